@@ -1,0 +1,1 @@
+"""C4 to MDS preprocessing: tokenize, concatenate and write streaming shards."""

@@ -1,0 +1,47 @@
+"""Token concatenation: documents in, fixed-length samples out, as llm-foundry's converters do it.
+
+Each document contributes ``bos + tokens + eos``. The buffer is cut into ``concat_tokens``-long
+samples; with wrapping the remainder carries into the next document, without it the remainder is
+dropped after each cut. Whatever is left at the end of the input is dropped (and counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class TokenConcatenator:
+    """Accumulates token ids and emits ``int32`` samples of exactly ``length`` tokens."""
+
+    def __init__(self, length: int, bos: Sequence[int] = (), eos: Sequence[int] = (), wrap: bool = True):
+        if length <= 0:
+            raise ValueError(f"concat length must be positive, got {length}")
+        self.length = length
+        self.bos, self.eos, self.wrap = list(bos), list(eos), wrap
+        self._buffer: list[int] = []
+        self.tokens_in = 0
+        self.tokens_dropped = 0
+
+    def add(self, ids: Sequence[int]) -> Iterator[NDArray[np.int32]]:
+        """Add one document's ids; yield every sample that became complete."""
+        piece = self.bos + list(ids) + self.eos
+        self.tokens_in += len(piece)
+        self._buffer.extend(piece)
+        while len(self._buffer) >= self.length:
+            sample = self._buffer[: self.length]
+            rest = self._buffer[self.length :]
+            if not self.wrap:
+                self.tokens_dropped += len(rest)
+                rest = []
+            self._buffer = rest
+            yield np.asarray(sample, dtype=np.int32)
+
+    def finish(self) -> int:
+        """Drop the final partial sample; return how many tokens that was."""
+        left = len(self._buffer)
+        self.tokens_dropped += left
+        self._buffer = []
+        return left

@@ -1,0 +1,1 @@
+"""Harness of the MPT Slurm benchmark suite: launch logic, log parsing, metrics and reports."""

@@ -1,0 +1,247 @@
+"""Launch decisions for `2.train-mpt-manual-distributed.sbatch`: everything that is not Slurm glue.
+
+The sbatch script runs one task per node (``srun --ntasks-per-node=1``); each task calls
+``python -m test_case.launch node MODEL [overrides...]``, which derives from Slurm's environment
+
+* its node rank (``SLURM_NODEID``) and the node count (``SLURM_JOB_NUM_NODES``),
+* the master address: the first host of ``SLURM_JOB_NODELIST``,
+* the master port: ``20000 + job_id % 10000`` (below Linux's ephemeral range, same on all nodes),
+* processes per node: GPUs on the node (``SLURM_GPUS_ON_NODE``, else ``nvidia-smi -L``), or
+  ``CPU_PROCS_PER_NODE`` (default 1) on a node without GPUs (gloo backend),
+
+and replaces itself with Composer's launcher running ``llmfoundry train``. Outside Slurm the same
+code runs one node on this machine. ``python -m test_case.launch header`` prints the run header
+that `test_case.log_parser` reads back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PORT_BASE, PORT_SPAN = 20000, 10000
+
+
+class LaunchError(RuntimeError):
+    """A configuration mistake reported as one clear line."""
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Expand a Slurm hostlist (``node[1-3,7],gpu-[01-02]-a``) like ``scontrol show hostnames``."""
+    hosts: list[str] = []
+    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", hostlist):
+        pieces = re.split(r"(\[[^\]]*\])", item)
+        choices: list[list[str]] = []
+        for piece in pieces:
+            if piece.startswith("["):
+                values: list[str] = []
+                for rng in piece[1:-1].split(","):
+                    lo, _, hi = rng.partition("-")
+                    if hi:
+                        width = len(lo) if lo.startswith("0") else 0
+                        values += [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+                    else:
+                        values.append(lo)
+                choices.append(values)
+            elif piece:
+                choices.append([piece])
+        hosts += ["".join(combo) for combo in itertools.product(*choices)]
+    return hosts
+
+
+def master_port(job_id: str | None) -> int:
+    """Port of the rendezvous: derived from the Slurm job id, or a free port when not under Slurm."""
+    if job_id and job_id.isdigit():
+        return PORT_BASE + int(job_id) % PORT_SPAN
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def count_gpus(env: Mapping[str, str]) -> int:
+    """GPUs this node gives the job: Slurm's count, else what ``nvidia-smi -L`` lists, else 0."""
+    for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+        value = env.get(key, "").split(":")[-1]
+        if value.isdigit():
+            return int(value)
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return 0
+        return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    return 0
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """What one node's task launches."""
+
+    job_id: str
+    run_name: str
+    node_rank: int
+    num_nodes: int
+    procs_per_node: int
+    gpus_per_node: int
+    master_addr: str
+    master_port: int
+    threads_per_proc: int
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the whole job."""
+        return self.num_nodes * self.procs_per_node
+
+
+def plan_node(env: Mapping[str, str], gpus: int | None = None) -> NodePlan:
+    """Derive this node's launch from Slurm's environment (or a single local node without it)."""
+    gpus = count_gpus(env) if gpus is None else gpus
+    job_id = env.get("SLURM_JOB_ID") or env.get("LOCAL_JOB_ID") or "local"
+    job_name = env.get("SLURM_JOB_NAME") or "mpt-train"
+    if "SLURM_JOB_ID" in env:
+        hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST", ""))
+        if not hosts:
+            raise LaunchError("SLURM_JOB_NODELIST is empty: run this inside an allocation")
+        num_nodes = int(env.get("SLURM_JOB_NUM_NODES") or len(hosts))
+        node_rank = int(env.get("SLURM_NODEID", "0"))
+        addr = env.get("MASTER_ADDR") or hosts[0]
+    else:
+        num_nodes, node_rank, addr = 1, 0, env.get("MASTER_ADDR", "127.0.0.1")
+    port = int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else master_port(env.get("SLURM_JOB_ID"))
+    procs = gpus if gpus > 0 else int(env.get("CPU_PROCS_PER_NODE", "1"))
+    if procs <= 0:
+        raise LaunchError("CPU_PROCS_PER_NODE must be a positive integer")
+    cpus = int(env.get("SLURM_CPUS_ON_NODE") or os.cpu_count() or 1)
+    return NodePlan(
+        job_id=job_id,
+        run_name=env.get("RUN_NAME") or f"{job_name}-{job_id}",
+        node_rank=node_rank,
+        num_nodes=num_nodes,
+        procs_per_node=procs,
+        gpus_per_node=gpus,
+        master_addr=addr,
+        master_port=port,
+        threads_per_proc=max(1, cpus // procs),
+    )
+
+
+def resolve_yaml(model: str) -> Path:
+    """``mpt-7b`` -> ``yamls/mpt-7b.yaml``; a path to a yaml is taken as it is."""
+    path = Path(model) if model.endswith((".yaml", ".yml")) else REPO_ROOT / "yamls" / f"{model}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (REPO_ROOT / "yamls").glob("*.yaml")))
+        raise LaunchError(f"no yaml for model {model!r} at {path} (known: {known})")
+    return path
+
+
+def config_overrides(plan: NodePlan, env: Mapping[str, str]) -> list[str]:
+    """OmegaConf dotlist the suite always passes; the user's own overrides come after and win."""
+    out = [f"variables.run_name={plan.run_name}"]
+    for var, key in (("DATA_ROOT", "data_local"), ("TOKENIZER", "tokenizer_name"), ("SAVE_ROOT", "save_root")):
+        if env.get(var):
+            out.append(f"variables.{key}={env[var]}")
+    return out
+
+
+def composer_command(plan: NodePlan, yaml: Path, overrides: list[str], env: Mapping[str, str]) -> list[str]:
+    """Composer's launcher for this node, running ``llmfoundry train``."""
+    return [
+        "composer",
+        "--nproc", str(plan.procs_per_node),
+        "--world_size", str(plan.world_size),
+        "--node_rank", str(plan.node_rank),
+        "--master_addr", plan.master_addr,
+        "--master_port", str(plan.master_port),
+        "-c", "llmfoundry", "train", str(yaml),
+        *config_overrides(plan, env),
+        *overrides,
+    ]
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def git_commit() -> str:
+    """Commit of this checkout, ``-dirty`` when it has local changes; ``unknown`` without git."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str]) -> dict[str, str]:
+    """Facts of the run, printed once at the top of the log and read back by the report."""
+    return {
+        "job_id": plan.job_id,
+        "run_name": plan.run_name,
+        "model": model,
+        "nodes": str(plan.num_nodes),
+        "nodelist": env.get("SLURM_JOB_NODELIST", socket.gethostname()),
+        "gpus_per_node": str(plan.gpus_per_node),
+        "procs_per_node": str(plan.procs_per_node),
+        "world_size": str(plan.world_size),
+        "backend": "nccl" if plan.gpus_per_node else "gloo",
+        "master": f"{plan.master_addr}:{plan.master_port}",
+        "image": env.get("IMAGE") or "none (bare-metal venv)",
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "torch": _version("torch"),
+        "composer": _version("mosaicml"),
+        "llm_foundry": _version("llm-foundry"),
+        "streaming": _version("mosaicml-streaming"),
+        "overrides": " ".join(overrides) or "none",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``header MODEL [overrides]`` prints the run header; ``node MODEL [overrides]`` launches."""
+    parser = argparse.ArgumentParser(prog="python -m test_case.launch")
+    parser.add_argument("action", choices=["header", "node", "plan"])
+    parser.add_argument("model", help="yaml name under yamls/ (e.g. mpt-7b) or a path to a yaml")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="OmegaConf dotlist overrides")
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    try:
+        yaml = resolve_yaml(args.model)
+        plan = plan_node(env)
+    except (LaunchError, ValueError) as err:
+        print(f"launch: error: {err}", file=sys.stderr)
+        return 2
+    if args.action == "header":
+        for key, value in run_header(plan, args.model, env, args.overrides).items():
+            print(f"[run-header] {key}: {value}")
+        return 0
+    cmd = composer_command(plan, yaml, args.overrides, env)
+    if args.action == "plan":
+        print(" ".join(cmd))
+        return 0
+    env.setdefault("OMP_NUM_THREADS", str(plan.threads_per_proc))
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()  # a killed run leaves streaming's shared memory behind: start clean
+    print(f"launch: node {plan.node_rank}/{plan.num_nodes} on {socket.gethostname()}: {' '.join(cmd)}", flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # pragma: no cover  (execvpe does not return)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
