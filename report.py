@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("paths", nargs="+", type=Path, help="log files or folders")
     parser.add_argument("--out", type=Path, default=None, help="folder for report.* (default: first PATH's folder)")
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="measured blocks to skip at the start of the steady-state window")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="measured blocks to skip at the start of the steady-state window"
+    )
     parser.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.paths if not p.exists()]

@@ -19,11 +19,15 @@ from preprocessing.inputs import C4_SPLITS, InputError, resolve_input_files
 def build_parser() -> argparse.ArgumentParser:
     """The command line, as documented in the README."""
     p = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__.splitlines()[0])
-    p.add_argument("--input", nargs="+", type=Path, required=True,
-                   help="C4-style .json.gz/.jsonl/.json files, or folders of them")
+    p.add_argument(
+        "--input", nargs="+", type=Path, required=True, help="C4-style .json.gz/.jsonl/.json files, or folders of them"
+    )
     p.add_argument("--out-root", type=Path, required=True, help="dataset root; the split goes to OUT_ROOT/SPLIT")
-    p.add_argument("--split", required=True,
-                   help=f"split name; C4 names ({', '.join(C4_SPLITS)}) select c4-train.* or c4-validation.*")
+    p.add_argument(
+        "--split",
+        required=True,
+        help=f"split name; C4 names ({', '.join(C4_SPLITS)}) select c4-train.* or c4-validation.*",
+    )
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (offline) or Hugging Face name")
     p.add_argument("--concat-tokens", type=int, required=True, help="tokens per sample (the model's max_seq_len)")
     p.add_argument("--eos-text", default="", help="text appended to every document, e.g. '<|endoftext|>'")
@@ -31,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wrap", action="store_true", help="drop a sample's overflow instead of carrying it over")
     p.add_argument("--compression", choices=["zstd", "none"], default="zstd")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    p.add_argument("--max-docs", type=int, default=None,
-                   help="documents to take (default: all; train_small 100000, val_small 10000, val_xsmall 3000)")
+    p.add_argument(
+        "--max-docs",
+        type=int,
+        default=None,
+        help="documents to take (default: all; train_small 100000, val_small 10000, val_xsmall 3000)",
+    )
     p.add_argument("--strict", action="store_true", help="stop at the first line that cannot be converted")
     return p
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 SUFFIXES = (".json.gz", ".jsonl.gz", ".jsonl", ".json")
 
@@ -71,7 +71,7 @@ def resolve_input_files(inputs: list[Path], split: str) -> list[Path]:
 
 
 def _open_text(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+    return cast(IO[bytes], gzip.open(path, "rb")) if path.name.endswith(".gz") else path.open("rb")
 
 
 def iter_documents(path: Path) -> Iterator[str | SkippedDocument]:

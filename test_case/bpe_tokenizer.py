@@ -39,5 +39,5 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 4
         model_max_length=1 << 30,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out_dir))
+    fast.save_pretrained(str(out_dir))  # type: ignore[attr-defined]  # transformers' stubs miss it
     return out_dir

@@ -11,6 +11,7 @@ One document is one module: its docstring followed by those of its classes and f
 from __future__ import annotations
 
 import ast
+import contextlib
 import gzip
 import json
 import sysconfig
@@ -63,9 +64,9 @@ def write_c4_sample(
     out_dir.mkdir(parents=True, exist_ok=True)
     train = [out_dir / f"c4-train.{i:05d}-of-{train_files:05d}.json.gz" for i in range(train_files)]
     val = [out_dir / f"c4-validation.{i:05d}-of-{validation_files:05d}.json.gz" for i in range(validation_files)]
-    handles = [gzip.open(p, "wt", encoding="utf-8", compresslevel=6) for p in train + val]
     n_train = n_val = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(gzip.open(p, "wt", encoding="utf-8", compresslevel=6)) for p in train + val]
         for i, (module, text) in enumerate(stdlib_documents()):
             record = {
                 "text": text,
@@ -79,7 +80,4 @@ def write_c4_sample(
                 handle = handles[n_train % train_files]
                 n_train += 1
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        for h in handles:
-            h.close()
     return SampleFiles(train=train, validation=val, train_docs=n_train, validation_docs=n_val)

@@ -9,7 +9,8 @@ The sbatch script runs one task per node (``srun --ntasks-per-node=1``); each ta
 * processes per node: GPUs on the node (``SLURM_GPUS_ON_NODE``, else ``nvidia-smi -L``), or
   ``CPU_PROCS_PER_NODE`` (default 1) on a node without GPUs (gloo backend),
 
-and replaces itself with Composer's launcher running ``llmfoundry train``. Outside Slurm the same
+and replaces itself with Composer's launcher running llm-foundry's training on every rank
+(through `test_case.foundry_train`, which fixes a multi-node race on shared filesystems). Outside Slurm the same
 code runs one node on this machine. ``python -m test_case.launch header`` prints the run header
 that `test_case.log_parser` reads back.
 """
@@ -138,7 +139,7 @@ def plan_node(env: Mapping[str, str], gpus: int | None = None) -> NodePlan:
 
 def resolve_yaml(model: str) -> Path:
     """``mpt-7b`` -> ``yamls/mpt-7b.yaml``; a path to a yaml is taken as it is."""
-    path = Path(model) if model.endswith((".yaml", ".yml")) else REPO_ROOT / "yamls" / f"{model}.yaml"
+    path = Path(model).resolve() if model.endswith((".yaml", ".yml")) else REPO_ROOT / "yamls" / f"{model}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (REPO_ROOT / "yamls").glob("*.yaml")))
         raise LaunchError(f"no yaml for model {model!r} at {path} (known: {known})")
@@ -155,15 +156,22 @@ def config_overrides(plan: NodePlan, env: Mapping[str, str]) -> list[str]:
 
 
 def composer_command(plan: NodePlan, yaml: Path, overrides: list[str], env: Mapping[str, str]) -> list[str]:
-    """Composer's launcher for this node, running ``llmfoundry train``."""
+    """Composer's launcher for this node, running llm-foundry's training as a module."""
     return [
         "composer",
-        "--nproc", str(plan.procs_per_node),
-        "--world_size", str(plan.world_size),
-        "--node_rank", str(plan.node_rank),
-        "--master_addr", plan.master_addr,
-        "--master_port", str(plan.master_port),
-        "-c", "llmfoundry", "train", str(yaml),
+        "--nproc",
+        str(plan.procs_per_node),
+        "--world_size",
+        str(plan.world_size),
+        "--node_rank",
+        str(plan.node_rank),
+        "--master_addr",
+        plan.master_addr,
+        "--master_port",
+        str(plan.master_port),
+        "-m",
+        "test_case.foundry_train",
+        str(yaml),
         *config_overrides(plan, env),
         *overrides,
     ]
@@ -179,10 +187,20 @@ def _version(dist: str) -> str:
 def git_commit() -> str:
     """Commit of this checkout, ``-dirty`` when it has local changes; ``unknown`` without git."""
     try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
-                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")

@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 RANK_PREFIX = re.compile(r"^(\d+): ?")
 BLOCK_HEADER = re.compile(r"^(?:\[epoch=(\d+)\])?\[(batch|token|sample)=(\d+)/(\d+)\]:\s*$")
@@ -103,7 +104,7 @@ def parse_value(text: str) -> Value:
         return text
 
 
-def is_finite_number(value: Value | None) -> bool:
+def is_finite_number(value: object) -> TypeGuard[int | float]:
     """True for an int or a finite float."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -138,13 +139,12 @@ def parse_composer_log(lines: Iterable[str], path: str = "<memory>") -> ParsedLo
                 current[rank] = block
             continue
         metric = METRIC_LINE.match(line)
-        if metric and current.get(rank) is not None:
-            block = current[rank]
-            assert block is not None
+        open_block = current.get(rank)
+        if metric and open_block is not None:
             kind, key, value = metric.groups()
             if kind == "Eval":
-                block.kind = "eval"
-            block.metrics[key] = parse_value(value)
+                open_block.kind = "eval"
+            open_block.metrics[key] = parse_value(value)
             continue
         current[rank] = None
         run = RUN_HEADER.match(line)

@@ -49,7 +49,9 @@ def format_table(runs: list[RunSummary]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     out = io.StringIO()
     for n, row in enumerate(rows):
-        out.write("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        out.write(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
         out.write("\n")
         if n == 0:
             out.write("  ".join("-" * w for w in widths) + "\n")
@@ -84,8 +86,12 @@ def format_csv(runs: list[RunSummary]) -> str:
 
 def report_document(runs: list[RunSummary], inputs: list[str], empty_files: list[str]) -> dict[str, Any]:
     """report.json's content."""
-    return {"schema_version": 1, "inputs": inputs, "files_without_runs": empty_files,
-            "runs": [r.to_dict() for r in runs]}
+    return {
+        "schema_version": 1,
+        "inputs": inputs,
+        "files_without_runs": empty_files,
+        "runs": [r.to_dict() for r in runs],
+    }
 
 
 def write_reports(out_dir: Path, runs: list[RunSummary], document: dict[str, Any]) -> list[Path]:

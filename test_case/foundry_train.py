@@ -1,0 +1,43 @@
+"""`python -m test_case.foundry_train YAML [overrides]`: ``llmfoundry train`` that survives shared filesystems.
+
+Composer's launcher starts this module on every rank instead of the ``llmfoundry train`` command.
+It is that command (``llmfoundry.command_utils.train_from_yaml``) with one fix applied first:
+
+Composer's ``dist.get_node_signal_file_name()`` draws a random name on rank 0 and broadcasts it,
+so every node gets ``._signal_file_node0_XXXXXX``. llm-foundry's ``build_tokenizer`` (in the working
+directory) and Composer's autoresume (in ``save_folder``) then make local rank 0 of *every* node
+create and delete that one file. On the shared filesystem of a Slurm cluster the second delete
+fails with ``FileNotFoundError`` (llm-foundry issues 1736 and 1848; seen here with 2 nodes). The
+file is meant to be per node, so we append this node's rank to the broadcast name.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+from composer.utils import dist
+
+_broadcast_signal_file_name = dist.get_node_signal_file_name
+
+
+def per_node_signal_file_name(rng: random.Random | None = None) -> str:
+    """Rank 0's broadcast name, made unique per node."""
+    return f"{_broadcast_signal_file_name(rng)}_n{dist.get_node_rank()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Apply the fix, then run llm-foundry's training exactly as ``llmfoundry train`` does."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m test_case.foundry_train YAML [key=value ...]", file=sys.stderr)
+        return 2
+    dist.get_node_signal_file_name = per_node_signal_file_name
+    from llmfoundry.command_utils import train_from_yaml
+
+    train_from_yaml(args[0], args[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

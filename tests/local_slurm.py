@@ -1,0 +1,346 @@
+"""A real Slurm cluster on this one machine, for the integration tests (and for trying the scripts).
+
+Debian's ``slurm-wlm`` (slurmctld + slurmd) and ``munge``, installed when missing, started by hand
+(no systemd): one controller and N emulated nodes ``node1..nodeN``. Each ``slurmd -N nodeK`` runs
+in its own UTS and mount namespace (``unshare -u -m``) with hostname ``nodeK`` and a hosts file that
+names every node, and its own ``/dev/shm`` (real nodes never share one; streaming keys its shared
+memory by name there), so jobs see a real multi-node allocation (``SLURM_JOB_NODELIST=node[1-2]``,
+``SLURM_NODEID``, ``hostname``) while all nodes share this machine's network stack and cores.
+
+Every daemon this module starts is recorded by PID in ``WORKDIR/pids.json`` and ended by PID on
+`LocalSlurmCluster.stop` after all jobs are cancelled and their ``slurmstepd`` processes are gone.
+`LocalSlurmCluster.start` is idempotent: a cluster already running from the same folder is reused.
+
+    python -m tests.local_slurm up [--nodes 2] [--workdir DIR]   # prints: export SLURM_CONF=...
+    python -m tests.local_slurm down [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGES = ("slurm-wlm", "munge")
+DEFAULT_WORKDIR = Path("/tmp/mpt-suite-slurm")
+CTLD_PORT = 16817
+NODE_PORT_BASE = 17000
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
+
+
+class SlurmError(RuntimeError):
+    """The local cluster could not be installed, started or used."""
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise SlurmError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie (PID 1 here may reap late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _processes_named(name: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == name and pid_alive(int(proc.name)):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def install_packages() -> None:
+    """Install slurm-wlm and munge with apt when missing, without letting packages start services."""
+    if shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("munged"):
+        return
+    if os.geteuid() != 0:
+        raise SlurmError("slurm-wlm and munge are missing and installing them needs root")
+    policy = Path("/usr/sbin/policy-rc.d")
+    had_policy = policy.exists()
+    if not had_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        _run(["apt-get", "update", "-q"], env=env, timeout=600)
+        _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES], env=env, timeout=900)
+    finally:
+        if not had_policy:
+            policy.unlink(missing_ok=True)
+
+
+@dataclass
+class LocalSlurmCluster:
+    """A controller and ``nodes`` emulated nodes whose state lives under ``workdir``."""
+
+    workdir: Path = DEFAULT_WORKDIR
+    nodes: int = 2
+    cpus_per_node: int = 1
+
+    @property
+    def conf(self) -> Path:
+        """slurm.conf of this cluster."""
+        return self.workdir / "slurm.conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for Slurm client commands (sbatch, squeue, scontrol)."""
+        return dict(os.environ, SLURM_CONF=str(self.conf))
+
+    @property
+    def node_names(self) -> list[str]:
+        """node1 ... nodeN."""
+        return [f"node{i}" for i in range(1, self.nodes + 1)]
+
+    def _pids_file(self) -> Path:
+        return self.workdir / "pids.json"
+
+    def _pids(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads(self._pids_file().read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_pid(self, name: str, pid: int) -> None:
+        pids = self._pids()
+        pids[name] = pid
+        self._pids_file().write_text(json.dumps(pids))
+
+    def running(self) -> bool:
+        """True when the controller and every node daemon recorded here are alive."""
+        pids = self._pids()
+        wanted = ["slurmctld", *self.node_names]
+        return all(name in pids and pid_alive(pids[name]) for name in wanted)
+
+    def write_config(self) -> None:
+        """slurm.conf and the hosts file the nodes see."""
+        w = self.workdir
+        for sub in ("state", "log", "spool"):
+            (w / sub).mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname().split(".")[0]
+        lines = [
+            "ClusterName=mptsuite",
+            f"SlurmctldHost={host}(127.0.0.1)",
+            f"SlurmctldPort={CTLD_PORT}",
+            "SlurmUser=root",
+            "AuthType=auth/munge",
+            "AuthInfo=cred_expire=10",
+            f"StateSaveLocation={w}/state",
+            f"SlurmdSpoolDir={w}/spool/%n",
+            f"SlurmctldPidFile={w}/slurmctld.pid",
+            f"SlurmdPidFile={w}/slurmd-%n.pid",
+            f"SlurmctldLogFile={w}/log/slurmctld.log",
+            f"SlurmdLogFile={w}/log/slurmd-%n.log",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "SlurmdParameters=config_overrides",
+            "MailProg=/bin/true",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "SchedulerParameters=sched_interval=2,bf_interval=2",
+            "SlurmctldTimeout=30",
+            "SlurmdTimeout=60",
+            "MinJobAge=600",
+            "KillWait=5",
+        ]
+        for i, name in enumerate(self.node_names, start=1):
+            lines.append(
+                f"NodeName={name} NodeHostname={name} NodeAddr=127.0.1.{i} Port={NODE_PORT_BASE + i} "
+                f"CPUs={self.cpus_per_node} RealMemory=2000 State=UNKNOWN"
+            )
+        lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        self.conf.write_text("\n".join(lines) + "\n")
+        hosts = Path("/etc/hosts").read_text()
+        extra = "".join(f"127.0.1.{i} {name}\n" for i, name in enumerate(self.node_names, start=1))
+        (w / "hosts").write_text(hosts.rstrip("\n") + "\n" + extra)
+
+    def _start_munge(self) -> None:
+        if Path("/run/munge/munge.socket.2").exists() and _processes_named("munged"):
+            return
+        run_dir = Path("/run/munge")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(run_dir, "munge", "munge")
+        for sub in ("/var/log/munge", "/var/lib/munge"):
+            Path(sub).mkdir(parents=True, exist_ok=True)
+            shutil.chown(sub, "munge", "munge")
+        if not Path("/etc/munge/munge.key").exists():
+            _run(["runuser", "-u", "munge", "--", "/usr/sbin/mungekey", "--create"])
+        proc = subprocess.Popen(
+            ["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--foreground"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._save_pid("munged", proc.pid)
+        self._wait(lambda: Path("/run/munge/munge.socket.2").exists(), 20, "munged did not create its socket")
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        log = (self.workdir / "log" / f"{name}.console").open("ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env, start_new_session=True)
+        self._save_pid(name, proc.pid)
+
+    @staticmethod
+    def _wait(cond: object, timeout: float, message: str) -> None:
+        assert callable(cond)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.5)
+        raise SlurmError(message)
+
+    def _nodes_idle(self) -> bool:
+        try:
+            out = _run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, timeout=10)
+        except (SlurmError, subprocess.TimeoutExpired):
+            return False
+        states = dict(line.split() for line in out.splitlines() if line.strip())
+        return all(states.get(n, "").rstrip("*") in {"idle", "mix", "alloc"} for n in self.node_names)
+
+    def start(self, timeout: float = 60) -> LocalSlurmCluster:
+        """Install if needed, write the config, start munged, slurmctld and the nodes; wait for idle."""
+        if self.running() and self._nodes_idle():
+            return self
+        self.stop()
+        install_packages()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self._start_munge()
+        self._spawn("slurmctld", ["slurmctld", "-D", "-c", "-f", str(self.conf)])
+        for name in self.node_names:
+            inner = (
+                f"hostname {name} && mount --bind {self.workdir}/hosts /etc/hosts && "
+                f"mount -t tmpfs -o size=1g tmpfs /dev/shm && exec slurmd -D -N {name} -f {self.conf}"
+            )
+            self._spawn(name, ["unshare", "-u", "-m", "sh", "-c", inner])
+        try:
+            self._wait(self._nodes_idle, timeout, "nodes did not become idle")
+        except SlurmError as err:
+            logs = "\n".join(p.read_text()[-2000:] for p in sorted((self.workdir / "log").glob("*")))
+            self.stop()
+            raise SlurmError(f"{err}; daemon logs:\n{logs}") from err
+        return self
+
+    def stop(self, timeout: float = 60) -> None:
+        """Cancel jobs, wait for their step daemons, end every daemon started here; leave nothing."""
+        pids = self._pids()
+        if not pids:
+            return
+        if "slurmctld" in pids and pid_alive(pids["slurmctld"]):
+            subprocess.run(
+                ["scancel", "--full", "--quiet", "--state=RUNNING"],
+                env=self.env,
+                capture_output=True,
+                check=False,
+                timeout=30,
+            )
+            subprocess.run(
+                ["scancel", "--quiet", "--state=PENDING"], env=self.env, capture_output=True, check=False, timeout=30
+            )
+            deadline = time.monotonic() + timeout
+            while _processes_named("slurmstepd") and time.monotonic() < deadline:
+                time.sleep(0.5)
+        for stepd in _processes_named("slurmstepd"):
+            os.kill(stepd, signal.SIGKILL)
+        order = [n for n in pids if n.startswith("node")] + ["slurmctld", "munged"]
+        for name in order:
+            pid = pids.get(name)
+            if pid and pid_alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + 20
+        for name in order:
+            pid = pids.get(name)
+            while pid and pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if pid and pid_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+        self._pids_file().unlink(missing_ok=True)
+
+    def sbatch(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+        """Submit a job; return its id."""
+        out = subprocess.run(
+            ["sbatch", "--parsable", *args],
+            capture_output=True,
+            text=True,
+            env=dict(self.env, **(env or {})),
+            cwd=cwd,
+            timeout=60,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise SlurmError(f"sbatch {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout.strip().split(";")[0]
+
+    def job_info(self, job_id: str) -> dict[str, str]:
+        """``scontrol show job`` as a dict (JobState, ExitCode, NodeList, Restarts, ...)."""
+        out = _run(["scontrol", "show", "job", "-o", job_id], env=self.env, timeout=30)
+        return dict(re.findall(r"(\w+)=(\S*)", out))
+
+    def wait(self, job_id: str, timeout: float = 600, until: set[str] | None = None) -> dict[str, str]:
+        """Poll until the job reaches one of ``until`` (default: any final state); return its info."""
+        until = until or FINAL_STATES
+        deadline = time.monotonic() + timeout
+        info: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            info = self.job_info(job_id)
+            if info.get("JobState") in until:
+                return info
+            time.sleep(1)
+        raise SlurmError(f"job {job_id} still {info.get('JobState')} after {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``up`` / ``down`` for trying the sbatch scripts by hand."""
+    parser = argparse.ArgumentParser(prog="python -m tests.local_slurm")
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    args = parser.parse_args(argv)
+    cluster = LocalSlurmCluster(args.workdir, args.nodes)
+    if args.action == "up":
+        cluster.start()
+        print(f"export SLURM_CONF={cluster.conf}")
+    else:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
