@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import gzip
+import io
 import json
 import sysconfig
 from collections.abc import Iterator
@@ -57,6 +58,16 @@ def stdlib_documents(stdlib_dir: Path | None = None) -> Iterator[tuple[str, str]
             yield module, text
 
 
+def _deterministic_gzip_writer(path: Path, stack: contextlib.ExitStack) -> io.TextIOWrapper:
+    """A text writer into ``path`` whose gzip header holds no time stamp or name: same text, same bytes.
+
+    ``stack`` closes the text layer, the gzip stream and the file, in that order.
+    """
+    raw = stack.enter_context(path.open("wb"))
+    gz = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6))
+    return stack.enter_context(io.TextIOWrapper(gz, encoding="utf-8"))
+
+
 def write_c4_sample(
     out_dir: Path, train_files: int = 2, validation_files: int = 1, validation_every: int = 10
 ) -> SampleFiles:
@@ -66,7 +77,7 @@ def write_c4_sample(
     val = [out_dir / f"c4-validation.{i:05d}-of-{validation_files:05d}.json.gz" for i in range(validation_files)]
     n_train = n_val = 0
     with contextlib.ExitStack() as stack:
-        handles = [stack.enter_context(gzip.open(p, "wt", encoding="utf-8", compresslevel=6)) for p in train + val]
+        handles = [_deterministic_gzip_writer(p, stack) for p in train + val]
         for i, (module, text) in enumerate(stdlib_documents()):
             record = {
                 "text": text,

@@ -1,0 +1,48 @@
+"""Shared fixtures: offline environment, the demo's C4 sample and tokenizer, an MDS dataset built from them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_var] = "1"
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(C4 sample folder, tokenizer folder), made once per session."""
+    from test_case.demo_assets import make_demo_assets
+
+    return make_demo_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture(scope="session")
+def mds_root(demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train_small and val_small converted with the real CLI (128 tokens per sample)."""
+    from preprocessing.cli import main
+
+    sample, tokenizer = demo_assets
+    root = tmp_path_factory.mktemp("mds")
+    for split in ("train_small", "val_small"):
+        args = [
+            "--input",
+            str(sample),
+            "--out-root",
+            str(root),
+            "--split",
+            split,
+            "--tokenizer",
+            str(tokenizer),
+            "--concat-tokens",
+            "128",
+            "--eos-text",
+            "<|endoftext|>",
+        ]
+        assert main(args) == 0
+    return root

@@ -1,0 +1,208 @@
+"""Launch decisions derived from Slurm's environment: hosts, ranks, ports, processes, command line."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from test_case.launch import (
+    LaunchError,
+    NodePlan,
+    composer_command,
+    count_gpus,
+    expand_hostlist,
+    master_port,
+    plan_node,
+    resolve_yaml,
+    run_header,
+)
+from test_case.log_parser import parse_composer_log
+from tests.conftest import REPO_ROOT
+
+
+@pytest.mark.parametrize(
+    ("hostlist", "hosts"),
+    [
+        ("node1", ["node1"]),
+        ("node[1-3]", ["node1", "node2", "node3"]),
+        ("gpu-st-p5-[01-02,07]", ["gpu-st-p5-01", "gpu-st-p5-02", "gpu-st-p5-07"]),
+        ("a1,b[2-3],c", ["a1", "b2", "b3", "c"]),
+        ("rack[1-2]-n[1-2]", ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]),
+        ("ip-10-1-2-[9-11]", ["ip-10-1-2-9", "ip-10-1-2-10", "ip-10-1-2-11"]),
+    ],
+)
+def test_expand_hostlist(hostlist: str, hosts: list[str]) -> None:
+    assert expand_hostlist(hostlist) == hosts
+
+
+def test_expand_hostlist_agrees_with_scontrol(tmp_path: Path) -> None:
+    import shutil
+
+    if not shutil.which("scontrol"):
+        pytest.skip("scontrol is not installed here (the Slurm integration tests install it)")
+    conf = tmp_path / "slurm.conf"  # scontrol needs a configuration even to expand a hostlist
+    conf.write_text("ClusterName=x\nSlurmctldHost=localhost\nNodeName=n1\nPartitionName=p Nodes=n1\n")
+    for hostlist in ("node[1-3,7]", "x[008-011]", "rack[1-2]-n[1-2]", "a1,b[2-3],c", "ip-10-1-2-[9-11]"):
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", hostlist],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"SLURM_CONF": str(conf), "PATH": "/usr/bin:/bin"},
+        )
+        assert expand_hostlist(hostlist) == out.stdout.split()
+
+
+def test_master_port_is_derived_from_job_id_and_below_ephemeral_range() -> None:
+    assert master_port("12345") == 22345 == master_port("22345")
+    assert all(20000 <= master_port(str(j)) < 30000 for j in range(0, 100000, 997))
+    assert 1024 < master_port(None) < 65536  # outside Slurm: a free port
+
+
+SLURM_ENV = {
+    "SLURM_JOB_ID": "4321",
+    "SLURM_JOB_NAME": "mpt-train",
+    "SLURM_JOB_NODELIST": "p5-[003-004]",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_CPUS_ON_NODE": "192",
+}
+
+
+def test_plan_on_a_gpu_node() -> None:
+    plan = plan_node(SLURM_ENV | {"SLURM_GPUS_ON_NODE": "8"})
+    assert plan == NodePlan(
+        job_id="4321",
+        run_name="mpt-train-4321",
+        node_rank=1,
+        num_nodes=2,
+        procs_per_node=8,
+        gpus_per_node=8,
+        master_addr="p5-003",
+        master_port=24321,
+        threads_per_proc=24,
+    )
+    assert plan.world_size == 16
+
+
+def test_plan_on_a_cpu_node_and_outside_slurm() -> None:
+    cpu = plan_node(SLURM_ENV | {"CPU_PROCS_PER_NODE": "2", "SLURM_CPUS_ON_NODE": "2"}, gpus=0)
+    assert (cpu.procs_per_node, cpu.world_size, cpu.threads_per_proc, cpu.gpus_per_node) == (2, 4, 1, 0)
+    local = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
+    assert (local.num_nodes, local.node_rank, local.master_addr, local.run_name) == (
+        1,
+        0,
+        "127.0.0.1",
+        "mpt-train-local-1",
+    )
+    with pytest.raises(LaunchError):
+        plan_node(SLURM_ENV | {"SLURM_JOB_NODELIST": ""}, gpus=0)
+
+
+def test_gpu_count_from_slurm_variables() -> None:
+    assert count_gpus({"SLURM_GPUS_ON_NODE": "4"}) == 4
+    assert count_gpus({"SLURM_GPUS_PER_NODE": "h100:8"}) == 8
+
+
+def test_composer_command() -> None:
+    plan = plan_node(SLURM_ENV | {"SLURM_GPUS_ON_NODE": "8"})
+    env = {"DATA_ROOT": "/fsx/c4", "TOKENIZER": "EleutherAI/gpt-neox-20b"}
+    cmd = composer_command(plan, resolve_yaml("mpt-tiny-cpu"), ["max_duration=10ba"], env)
+    assert cmd[:11] == [
+        "composer",
+        "--nproc",
+        "8",
+        "--world_size",
+        "16",
+        "--node_rank",
+        "1",
+        "--master_addr",
+        "p5-003",
+        "--master_port",
+        "24321",
+    ]
+    assert cmd[11:14] == ["-m", "test_case.foundry_train", str(REPO_ROOT / "yamls" / "mpt-tiny-cpu.yaml")]
+    assert cmd[14:] == [
+        "variables.run_name=mpt-train-4321",
+        "variables.data_local=/fsx/c4",
+        "variables.tokenizer_name=EleutherAI/gpt-neox-20b",
+        "max_duration=10ba",
+    ]
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(LaunchError, match=r"no yaml for model 'mpt-9000b'.*known: .*mpt-tiny-cpu"):
+        resolve_yaml("mpt-9000b")
+
+
+def test_run_header_round_trips_through_the_parser() -> None:
+    plan = plan_node(SLURM_ENV | {"SLURM_GPUS_ON_NODE": "8"})
+    header = run_header(plan, "mpt-7b", SLURM_ENV, ["max_duration=100ba"])
+    parsed = parse_composer_log([f"[run-header] {k}: {v}" for k, v in header.items()])
+    assert parsed.header == header
+    assert header["world_size"] == "16" and header["backend"] == "nccl" and header["torch"] == "2.7.0"
+
+
+def test_header_cli_prints_parseable_lines() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "test_case.launch", "header", "mpt-tiny-cpu"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    header = parse_composer_log(out.stdout.splitlines()).header
+    assert header["model"] == "mpt-tiny-cpu" and header["nodes"] == "1" and header["composer"] == "0.32.1"
+
+
+def _signal_file_names(node_rank: int, port: int, patched: bool, queue: Any) -> None:
+    """One rank of a 2-node, 1-process-per-node gloo group, as Composer's launcher sets it up."""
+    import os
+
+    os.environ.update(
+        {
+            "RANK": str(node_rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
+            "NODE_RANK": str(node_rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    import torch.distributed as tdist
+    from composer.utils import dist
+
+    from test_case import foundry_train
+
+    tdist.init_process_group("gloo")
+    name_of = foundry_train.per_node_signal_file_name if patched else dist.get_node_signal_file_name
+    queue.put((node_rank, name_of()))
+    tdist.destroy_process_group()
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_signal_file_name_is_per_node_only_with_the_fix(patched: bool) -> None:
+    """Composer broadcasts rank 0's name to every node (the race); the fix makes it per node."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    port = master_port(None)
+    procs = [ctx.Process(target=_signal_file_names, args=(r, port, patched, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    names = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert names[0].startswith("._signal_file_node0_")
+    if patched:
+        assert names[0] != names[1] and names[0].endswith("_n0") and names[1].endswith("_n1")
+        assert names[0].removesuffix("_n0") == names[1].removesuffix("_n1")
+    else:
+        assert names[0] == names[1]  # both nodes would create and delete one file on shared storage
