@@ -10,6 +10,7 @@ export DATA_ROOT="${DATA_ROOT:-$ROOT/data/my-copy-c4}"     # MDS dataset root (s
 export SAVE_ROOT="${SAVE_ROOT:-$ROOT/checkpoints}"         # checkpoints: <SAVE_ROOT>/<run-name>/checkpoints
 export VENV="${VENV:-$ROOT/.venv}"                         # bare-metal mode: the suite's virtual environment
 export IMAGE="${IMAGE:-}"                                  # container mode (pyxis/enroot): path to a .sqsh
+export CONTAINER_MOUNTS="${CONTAINER_MOUNTS:-$ROOT:$ROOT}"  # add DATA_ROOT/SAVE_ROOT when outside ROOT, e.g. /fsx:/fsx
 
 # Bare-metal mode: use the suite's venv when there is one (a container brings its own Python).
 if [[ -z "$IMAGE" && -f "$VENV/bin/activate" && "${VIRTUAL_ENV:-}" != "$VENV" ]]; then

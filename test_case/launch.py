@@ -11,8 +11,12 @@ The sbatch script runs one task per node (``srun --ntasks-per-node=1``); each ta
 
 and replaces itself with Composer's launcher running llm-foundry's training on every rank
 (through `test_case.foundry_train`, which fixes a multi-node race on shared filesystems). Outside Slurm the same
-code runs one node on this machine. ``python -m test_case.launch header`` prints the run header
-that `test_case.log_parser` reads back.
+code runs one node on this machine.
+
+Before launching, every node checks what it needs (`preflight`: dataset splits, tokenizer folder,
+checkpoint folder, GPUs for a flash-attention model) and stops with one clear line if something is
+missing; node 0 prints the run header that `test_case.log_parser` reads back (inside the container
+when there is one, so the versions are those that train).
 """
 
 from __future__ import annotations
@@ -62,12 +66,24 @@ def expand_hostlist(hostlist: str) -> list[str]:
 
 
 def master_port(job_id: str | None) -> int:
-    """Port of the rendezvous: derived from the Slurm job id, or a free port when not under Slurm."""
+    """Port of the rendezvous: derived from the Slurm job id, or a free port when not under Slurm.
+
+    Both stay below Linux's ephemeral range (32768-60999): a rank that connects to an ephemeral
+    port before the store listens can be given that same port as its own source port and connect
+    to itself (TCP simultaneous open), which hangs the rendezvous.
+    """
     if job_id and job_id.isdigit():
         return PORT_BASE + int(job_id) % PORT_SPAN
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    start = os.getpid() % PORT_SPAN
+    for offset in range(PORT_SPAN):
+        port = PORT_BASE + (start + offset) % PORT_SPAN
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise LaunchError(f"no free port in {PORT_BASE}-{PORT_BASE + PORT_SPAN - 1}; set MASTER_PORT")
 
 
 def count_gpus(env: Mapping[str, str]) -> int:
@@ -177,6 +193,49 @@ def composer_command(plan: NodePlan, yaml: Path, overrides: list[str], env: Mapp
     ]
 
 
+def _path_like(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~"))
+
+
+def preflight(yaml: Path, plan: NodePlan, env: Mapping[str, str], cwd: Path) -> list[str]:
+    """Problems that would make training fail later, each as one actionable line (empty: all good)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(OmegaConf.load(yaml), OmegaConf.from_dotlist(config_overrides(plan, env)))
+    problems: list[str] = []
+    for loader in ("train_loader", "eval_loader"):
+        dataset = OmegaConf.select(cfg, f"{loader}.dataset")
+        if dataset is None or dataset.get("remote"):
+            continue
+        local, split = cwd / str(dataset.local), str(dataset.split)
+        if not (local / split / "index.json").is_file():
+            problems.append(
+                f"{loader}: dataset split {split!r} not found at {local / split / 'index.json'}: run "
+                f"slurm-scripts/1.c4-preprocess.sbatch with DATA_ROOT={local} (SPLITS must include {split}), "
+                "or set DATA_ROOT to where it was written"
+            )
+    tokenizer = str(OmegaConf.select(cfg, "tokenizer.name"))
+    if _path_like(tokenizer) and not (cwd / tokenizer).expanduser().is_dir():
+        problems.append(f"tokenizer folder {tokenizer} does not exist: set TOKENIZER to a tokenizer folder or name")
+    save_folder = OmegaConf.select(cfg, "save_folder")
+    if save_folder and "://" not in str(save_folder):
+        folder = cwd / str(save_folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            problems.append(f"cannot create the checkpoint folder {folder}: {err.strerror}; set SAVE_ROOT")
+        else:
+            if not os.access(folder, os.W_OK):
+                problems.append(f"the checkpoint folder {folder} is not writable; set SAVE_ROOT")
+    attn = OmegaConf.select(cfg, "model.attn_config.attn_impl")
+    if attn == "flash" and plan.gpus_per_node == 0:
+        problems.append(
+            f"{yaml.stem} uses flash attention, which needs GPUs, and this node has none "
+            "(use mpt-tiny-cpu on CPU nodes, or request GPUs with --gpus-per-node)"
+        )
+    return problems
+
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -219,6 +278,7 @@ def run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: li
         "world_size": str(plan.world_size),
         "backend": "nccl" if plan.gpus_per_node else "gloo",
         "master": f"{plan.master_addr}:{plan.master_port}",
+        "restart_count": env.get("SLURM_RESTART_COUNT", "0"),
         "image": env.get("IMAGE") or "none (bare-metal venv)",
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
@@ -228,6 +288,12 @@ def run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: li
         "streaming": _version("mosaicml-streaming"),
         "overrides": " ".join(overrides) or "none",
     }
+
+
+def print_run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str]) -> None:
+    """The run header as ``[run-header] key: value`` lines."""
+    for key, value in run_header(plan, model, env, overrides).items():
+        print(f"[run-header] {key}: {value}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,13 +311,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch: error: {err}", file=sys.stderr)
         return 2
     if args.action == "header":
-        for key, value in run_header(plan, args.model, env, args.overrides).items():
-            print(f"[run-header] {key}: {value}")
+        print_run_header(plan, args.model, env, args.overrides)
         return 0
     cmd = composer_command(plan, yaml, args.overrides, env)
     if args.action == "plan":
         print(" ".join(cmd))
         return 0
+    problems = preflight(yaml, plan, env, Path.cwd())
+    for problem in problems:
+        print(f"launch: error: node {plan.node_rank}: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    if plan.node_rank == 0:
+        print_run_header(plan, args.model, env, args.overrides)
     env.setdefault("OMP_NUM_THREADS", str(plan.threads_per_proc))
     from streaming.base.util import clean_stale_shared_memory
 

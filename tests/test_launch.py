@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from test_case.launch import (
+    PORT_BASE,
+    PORT_SPAN,
     LaunchError,
     NodePlan,
     composer_command,
@@ -18,6 +20,7 @@ from test_case.launch import (
     expand_hostlist,
     master_port,
     plan_node,
+    preflight,
     resolve_yaml,
     run_header,
 )
@@ -61,7 +64,7 @@ def test_expand_hostlist_agrees_with_scontrol(tmp_path: Path) -> None:
 def test_master_port_is_derived_from_job_id_and_below_ephemeral_range() -> None:
     assert master_port("12345") == 22345 == master_port("22345")
     assert all(20000 <= master_port(str(j)) < 30000 for j in range(0, 100000, 997))
-    assert 1024 < master_port(None) < 65536  # outside Slurm: a free port
+    assert PORT_BASE <= master_port(None) < PORT_BASE + PORT_SPAN  # outside Slurm: free, still not ephemeral
 
 
 SLURM_ENV = {
@@ -206,3 +209,35 @@ def test_signal_file_name_is_per_node_only_with_the_fix(patched: bool) -> None:
         assert names[0].removesuffix("_n0") == names[1].removesuffix("_n1")
     else:
         assert names[0] == names[1]  # both nodes would create and delete one file on shared storage
+
+
+def test_preflight_passes_with_data_tokenizer_and_save_folder(
+    mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    env = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1]), "SAVE_ROOT": str(tmp_path / "ck")}
+    plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
+    assert preflight(resolve_yaml("mpt-tiny-cpu"), plan, env, tmp_path) == []
+    assert (tmp_path / "ck" / "mpt-train-local-1" / "checkpoints").is_dir()
+
+
+def test_preflight_names_each_problem_and_the_fix(tmp_path: Path) -> None:
+    env = {"DATA_ROOT": str(tmp_path / "nodata"), "TOKENIZER": "/no/such/tokenizer", "SAVE_ROOT": "/proc/ckpt"}
+    plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
+    problems = preflight(resolve_yaml("mpt-7b"), plan, env, tmp_path)
+    assert len(problems) == 5, problems
+    train, evaluation, tokenizer, save, flash = problems
+    assert f"dataset split 'train_small' not found at {tmp_path}/nodata/train_small/index.json" in train
+    assert "1.c4-preprocess.sbatch" in train and "'val_small'" in evaluation
+    assert tokenizer.startswith("tokenizer folder /no/such/tokenizer does not exist")
+    assert save.startswith("cannot create the checkpoint folder /proc/ckpt/mpt-train-local-1/checkpoints")
+    assert flash.startswith("mpt-7b uses flash attention, which needs GPUs, and this node has none")
+
+
+def test_node_action_stops_before_launching_when_inputs_are_missing(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DATA_ROOT": str(tmp_path / "nodata"), "SAVE_ROOT": str(tmp_path / "ck"),
+           "TOKENIZER": str(tmp_path)}  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "test_case.launch", "node", "mpt-tiny-cpu"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.startswith("launch: error: node 0: train_loader: dataset split 'train_small' not found")
+    assert "[run-header]" not in out.stdout and "Traceback" not in out.stderr

@@ -1,4 +1,10 @@
-"""Both sbatch scripts on a real 2-node Slurm cluster started by the test (see tests/local_slurm.py)."""
+"""Both sbatch scripts on a real 2-node Slurm cluster started by the test (see tests/local_slurm.py).
+
+Preprocessing runs once; the tiny MPT then trains on both nodes three times with the same config:
+uninterrupted, requeued with ``scontrol requeue`` after its first checkpoint, and sent the
+time-limit warning (USR1) that makes the script requeue itself. The interrupted runs must resume
+from their checkpoint and end exactly where the uninterrupted run ends.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,22 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from test_case.log_parser import parse_log_file
+from test_case.log_parser import ParsedLog, parse_log_file
 from test_case.metrics import LOSS_KEY
 from tests.conftest import REPO_ROOT
 from tests.local_slurm import LocalSlurmCluster, _processes_named, pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+TRAIN = "slurm-scripts/2.train-mpt-manual-distributed.sbatch"
+OVERRIDES = ["max_duration=60ba", "save_interval=10ba"]
 
 
 @pytest.fixture(scope="module")
@@ -32,72 +43,144 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmClus
     assert not _processes_named("slurmstepd")
 
 
+@dataclass
+class Workspace:
+    logs: Path
+    data: Path
+    ckpt: Path
+    tokenizer: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"PATH": os.environ["PATH"], "DATA_ROOT": str(self.data), "TOKENIZER": str(self.tokenizer),
+                "SAVE_ROOT": str(self.ckpt), **extra}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(cluster: LocalSlurmCluster, demo_assets: tuple[Path, Path],
+              tmp_path_factory: pytest.TempPathFactory) -> Workspace:  # fmt: skip
+    """The preprocessing job's output (asserted in test_preprocessing_job)."""
+    root = tmp_path_factory.mktemp("work")
+    ws = Workspace(root / "logs", root / "data", root / "ckpt", demo_assets[1])
+    ws.logs.mkdir()
+    job = cluster.sbatch([f"--output={ws.logs}/%x_%j.out", "slurm-scripts/1.c4-preprocess.sbatch"], cwd=REPO_ROOT,
+                         env=ws.env(C4_INPUT=str(demo_assets[0]), CONCAT_TOKENS="128", WORKERS="1"))  # fmt: skip
+    info = cluster.wait(job, timeout=300)
+    log = (ws.logs / f"c4-preprocess_{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
+    return ws
+
+
+@dataclass
+class TrainRun:
+    job_id: str
+    info: dict[str, str]
+    log: Path
+    text: str
+    parsed: ParsedLog
+
+
+def submit_training(cluster: LocalSlurmCluster, ws: Workspace) -> str:
+    args = [f"--output={ws.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
+    return cluster.sbatch(args, cwd=REPO_ROOT, env=ws.env())
+
+
+def finish(cluster: LocalSlurmCluster, ws: Workspace, job: str) -> TrainRun:
+    info = cluster.wait(job, timeout=600)
+    log = ws.logs / f"mpt-train_{job}.out"
+    text = log.read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    return TrainRun(job, info, log, text, parse_log_file(log))
+
+
+def wait_for_checkpoint(ws: Workspace, job: str, timeout: float = 300) -> Path:
+    folder = ws.ckpt / f"mpt-train-{job}" / "checkpoints"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob("ep0-ba*-rank0.pt"))
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint in {folder} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
+    return finish(cluster, workspace, submit_training(cluster, workspace))
+
+
 def test_cluster_start_is_idempotent(cluster: LocalSlurmCluster) -> None:
     before = cluster._pids()
     assert cluster.start()._pids() == before and cluster.running()
 
 
-def _job_env(**extra: str) -> dict[str, str]:
-    return {"PATH": os.environ["PATH"], **{k: v for k, v in extra.items()}}
-
-
-def test_preprocess_then_train_on_two_nodes(
-    cluster: LocalSlurmCluster, demo_assets: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_preprocessing_job(workspace: Workspace) -> None:
     from streaming import StreamingDataset
 
-    sample, tokenizer = demo_assets
-    logs, data, ckpt = tmp_path / "logs", tmp_path / "data", tmp_path / "ckpt"
-    logs.mkdir()
-    output = f"--output={logs}/%x_%j.out"
-
-    prep = cluster.sbatch(
-        [output, "slurm-scripts/1.c4-preprocess.sbatch"],
-        cwd=REPO_ROOT,
-        env=_job_env(
-            C4_INPUT=str(sample), DATA_ROOT=str(data), TOKENIZER=str(tokenizer), CONCAT_TOKENS="128", WORKERS="1"
-        ),
-    )
-    info = cluster.wait(prep, timeout=300)
-    prep_log = (logs / f"c4-preprocess_{prep}.out").read_text()
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), prep_log[-3000:]
     for split in ("train_small", "val_small"):
-        summary = json.loads((data / split / "summary.json").read_text())
-        ds = StreamingDataset(local=str(data), split=split, shuffle=False, batch_size=1)
+        summary = json.loads((workspace.data / split / "summary.json").read_text())
+        ds = StreamingDataset(local=str(workspace.data), split=split, shuffle=False, batch_size=1)
         assert len(ds) == summary["samples"] > 100 and ds[0]["tokens"].shape == (128,)
 
-    train = cluster.sbatch(
-        [output, "--nodes=2", "slurm-scripts/2.train-mpt-manual-distributed.sbatch", "mpt-tiny-cpu"],
-        cwd=REPO_ROOT,
-        env=_job_env(DATA_ROOT=str(data), TOKENIZER=str(tokenizer), SAVE_ROOT=str(ckpt)),
-    )
-    info = cluster.wait(train, timeout=600)
-    log_path = logs / f"mpt-train_{train}.out"
-    text = log_path.read_text()
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
-    assert info["NodeList"] == "node[1-2]"
+
+def test_training_on_two_nodes(uninterrupted: TrainRun, workspace: Workspace) -> None:
+    run, text = uninterrupted, uninterrupted.text
+    assert run.info["NodeList"] == "node[1-2]" and run.info["Restarts"] == "0"
     # Both nodes launched and joined one process group: node 1's rank logged from node2.
     assert "0: launch: node 0/2 on node1: composer --nproc 1 --world_size 2 --node_rank 0 --master_addr node1" in text
     assert "1: launch: node 1/2 on node2: composer --nproc 1 --world_size 2 --node_rank 1 --master_addr node1" in text
     assert "1: " in text and "rank1[" in text
+    header = run.parsed.header
+    assert (header["world_size"], header["nodelist"], header["job_id"]) == ("2", "node[1-2]", run.job_id)
+    losses = [b.metrics[LOSS_KEY] for b in run.parsed.train_blocks]
+    assert len(losses) == 60 and all(isinstance(x, float) and math.isfinite(x) for x in losses)
+    assert run.parsed.train_blocks[-1].step == run.parsed.train_blocks[-1].total == 60
+    assert (workspace.ckpt / f"mpt-train-{run.job_id}" / "checkpoints" / "ep0-ba60-rank0.pt").is_file()
 
-    parsed = parse_log_file(log_path)
-    assert parsed.header["world_size"] == "2" and parsed.header["nodelist"] == "node[1-2]"
-    assert parsed.header["job_id"] == train
-    losses = [b.metrics[LOSS_KEY] for b in parsed.train_blocks]
-    assert len(losses) == 40 and all(isinstance(x, float) and math.isfinite(x) for x in losses)
-    assert parsed.train_blocks[-1].step == parsed.train_blocks[-1].total == 40
-    assert (ckpt / f"mpt-train-{train}" / "checkpoints" / "ep0-ba40-rank0.pt").is_file()
 
-    report = subprocess.run(
-        [sys.executable, "report.py", str(logs), "--out", str(tmp_path / "report")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert report.returncode == 0, report.stderr
-    (run,) = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
-    assert (run["job_id"], run["world_size"], run["last_batch"], run["max_duration"]) == (train, 2, 40, 40)
+def test_report_reads_the_two_node_log(uninterrupted: TrainRun, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "report.py", str(uninterrupted.log), "--out", str(tmp_path)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (run,) = json.loads((tmp_path / "report.json").read_text())["runs"]
+    assert (run["job_id"], run["world_size"], run["last_batch"], run["max_duration"]) == (
+        uninterrupted.job_id, 2, 60, 60)  # fmt: skip
     assert run["tokens_per_sec"] > 0 and run["tokens_per_sec_per_device"] == pytest.approx(run["tokens_per_sec"] / 2)
-    assert run["final_train_loss"] == losses[-1]
+    assert run["final_train_loss"] == uninterrupted.parsed.train_blocks[-1].metrics[LOSS_KEY]
+
+
+def assert_resumed_like(run: TrainRun, reference: TrainRun, first_checkpoint: Path) -> None:
+    assert run.info["Restarts"] == "1"
+    starts = [line for line in run.text.splitlines() if "[run-header] restart_count:" in line]
+    assert [s.rsplit(":", 1)[1].strip() for s in starts] == ["0", "1"]
+    second_start = run.text.index(starts[1])
+    resumed = parse_log_file_text(run.text[second_start:])
+    saved_at = int(first_checkpoint.name.split("-ba")[1].split("-")[0])
+    assert resumed.train_blocks[0].step > saved_at  # continued after a checkpoint, not from batch 1
+    assert resumed.train_blocks[-1].step == resumed.train_blocks[-1].total == 60
+    final = run.parsed.train_blocks[-1].metrics[LOSS_KEY]
+    assert final == reference.parsed.train_blocks[-1].metrics[LOSS_KEY]
+
+
+def parse_log_file_text(text: str) -> ParsedLog:
+    from test_case.log_parser import parse_composer_log
+
+    return parse_composer_log(text.splitlines())
+
+
+def test_requeue_resumes_from_checkpoint(cluster: LocalSlurmCluster, workspace: Workspace,
+                                         uninterrupted: TrainRun) -> None:  # fmt: skip
+    job = submit_training(cluster, workspace)
+    first = wait_for_checkpoint(workspace, job)
+    subprocess.run(["scontrol", "requeue", job], env=cluster.env, check=True, capture_output=True)
+    assert_resumed_like(finish(cluster, workspace, job), uninterrupted, first)
+
+
+def test_time_limit_signal_makes_the_job_requeue_itself(cluster: LocalSlurmCluster, workspace: Workspace,
+                                                        uninterrupted: TrainRun) -> None:  # fmt: skip
+    job = submit_training(cluster, workspace)
+    first = wait_for_checkpoint(workspace, job)
+    # What --signal=B:USR1@120 delivers before the time limit: USR1 to the batch shell only.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster.env, check=True, capture_output=True)
+    run = finish(cluster, workspace, job)
+    assert f"time limit near: requeueing job {job}" in run.text
+    assert_resumed_like(run, uninterrupted, first)
