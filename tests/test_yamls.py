@@ -52,7 +52,7 @@ def test_yaml_passes_llmfoundry_validation(path: Path) -> None:
     assert cfg.model["attn_config"]["alibi"] is True
     assert cfg.console_log_interval == "1ba" and cfg.python_log_level == "info"
     assert {"speed_monitor", "memory_monitor"} <= set(cfg.callbacks or {})
-    window = cfg.callbacks["speed_monitor"]["window_size"]  # type: ignore[index]
+    window = cfg.callbacks["speed_monitor"]["window_size"]
     assert int(str(cfg.max_duration).removesuffix("ba")) >= 3 * window  # room for a steady-state window
 
 
