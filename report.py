@@ -1,8 +1,12 @@
-"""`python report.py PATH [PATH ...]`: tables and report files from Composer training logs.
+"""`python report.py PATH [PATH ...]`: tables, report files and plots from Composer training logs.
 
-PATH is a log file or a folder searched recursively for ``*.out``/``*.log``/``*.txt``. Each file
-with metric blocks is one run (one Slurm job writes one file). Parsing lives in
-`test_case.log_parser`, arithmetic in `test_case.metrics`, output in `test_case.render`.
+PATH is a log file or a folder searched recursively for ``*.out``/``*.log``/``*.txt``/``*.err``.
+Files are grouped into runs by their run name (one Slurm job writes one file, appended to across
+requeues). Parsing lives in `test_case.log_parser`, per-run arithmetic in `test_case.metrics`,
+comparisons in `test_case.compare`, output in `test_case.render` and `test_case.plots`.
+
+Exit codes: 0 report written; 1 no run found; 2 bad arguments or unreadable input;
+3 ``--baseline`` given and a run is below it by more than ``--tolerance``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from test_case.log_parser import parse_log_file
+from test_case.compare import DEFAULT_BASELINE, BaselineError, compare_to_baseline, load_baseline, scaling_groups
+from test_case.gpu_peaks import PEAK_TFLOPS
+from test_case.log_parser import ParsedLog, parse_log_file
 from test_case.metrics import RunSummary, summarise_run
 from test_case.render import format_table, report_document, write_reports
 
@@ -30,40 +36,103 @@ def find_logs(paths: list[Path]) -> list[Path]:
     return sorted(dict.fromkeys(found))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse, compute, render; exit 1 when no run was found."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("paths", nargs="+", type=Path, help="log files or folders")
-    parser.add_argument("--out", type=Path, default=None, help="folder for report.* (default: first PATH's folder)")
-    parser.add_argument(
-        "--warmup", type=int, default=0, help="measured blocks to skip at the start of the steady-state window"
+def group_runs(parsed: list[ParsedLog]) -> list[ParsedLog]:
+    """One log per run name: where several files share one (e.g. per-rank files), keep the one whose
+    reporting rank is lowest and has the most blocks, filling its header and config from the others."""
+    by_name: dict[str, list[ParsedLog]] = {}
+    for log in parsed:
+        name = log.header.get("run_name") or str(log.config.get("run_name") or log.path)
+        by_name.setdefault(name, []).append(log)
+    chosen = []
+    for logs in by_name.values():
+        logs.sort(key=lambda lg: (lg.reporting_rank if lg.reporting_rank is not None else -1, -len(lg.train_blocks)))
+        main = logs[0]
+        for other in logs[1:]:
+            main.header = other.header | main.header
+            main.config = other.config | main.config
+        chosen.append(main)
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, as documented in the README."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("paths", nargs="+", type=Path, help="log files or folders")
+    p.add_argument("--out", type=Path, default=None, help="folder for report.* and plots (default: first PATH's)")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", help=f"GPU type for MFU when the log does not say ({', '.join(PEAK_TFLOPS)})")
+    gpu.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s per device to compute MFU against")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_BASELINE,
+        default=None,
+        help=f"compare with published throughput (default CSV: {DEFAULT_BASELINE.name}); exit 3 if below",
     )
-    parser.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
-    args = parser.parse_args(argv)
+    p.add_argument("--tolerance", type=float, default=0.10, help="allowed shortfall against --baseline (0.10)")
+    p.add_argument("--warmup", type=int, default=0, help="measured blocks to skip at the start of the window")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, compute, compare, render; see the module docstring for exit codes."""
+    args = build_parser().parse_args(argv)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         print(f"report.py: error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    runs: list[RunSummary] = []
+    if args.warmup < 0 or not 0 <= args.tolerance < 1:
+        print("report.py: error: --warmup must be >= 0 and --tolerance in [0, 1)", file=sys.stderr)
+        return 2
+    baseline_rows = None
+    if args.baseline is not None:
+        try:
+            baseline_rows = load_baseline(args.baseline)
+        except (OSError, BaselineError) as err:
+            print(f"report.py: error: baseline: {err}", file=sys.stderr)
+            return 2
+
+    parsed: list[ParsedLog] = []
     empty: list[str] = []
-    for log in find_logs(args.paths):
-        parsed = parse_log_file(log)
-        if parsed.train_blocks:
-            runs.append(summarise_run(parsed, args.warmup))
+    for path in find_logs(args.paths):
+        log = parse_log_file(path)
+        if log.train_blocks:
+            parsed.append(log)
         else:
-            empty.append(str(log))
+            empty.append(str(path))
+    runs: list[RunSummary] = [
+        summarise_run(log, args.warmup, gpu=args.gpu, peak_override=args.peak_tflops) for log in group_runs(parsed)
+    ]
+    if baseline_rows is not None:
+        for run in runs:
+            run.baseline = compare_to_baseline(run, baseline_rows, args.tolerance)
+    scaling = scaling_groups(runs)
+
     first = args.paths[0]
     out_dir = args.out or (first if first.is_dir() else first.parent)
-    document = report_document(runs, [str(p) for p in args.paths], empty)
-    written = write_reports(out_dir, runs, document)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots: list[Path] = []
+    if not args.no_plots and runs:
+        from test_case.plots import plot_run, plot_scaling
+
+        plots = [plot_run(run, out_dir) for run in runs] + [plot_scaling(g, out_dir) for g in scaling]
+    document = report_document(runs, scaling, [str(p) for p in args.paths], empty)
+    written = write_reports(out_dir, runs, scaling, document, plots)
     if args.json:
-        print(json.dumps(document, indent=2, default=str))
+        print(json.dumps(document, indent=2))
     else:
-        print(format_table(runs), end="")
+        print(format_table(runs, scaling), end="")
         for name in empty:
             print(f"no runs in {name}")
-        print(f"wrote {', '.join(str(p) for p in written)}")
-    return 0 if runs else 1
+        print(f"wrote {', '.join(str(p) for p in written + plots)}")
+    if not runs:
+        return 1
+    if any(r.baseline and r.baseline["status"] == "below" for r in runs):
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

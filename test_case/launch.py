@@ -101,6 +101,24 @@ def count_gpus(env: Mapping[str, str]) -> int:
     return 0
 
 
+def gpu_name() -> str:
+    """Name of this node's first GPU as ``nvidia-smi`` prints it (``none`` without GPUs)."""
+    if not shutil.which("nvidia-smi"):
+        return "none"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+    names = out.stdout.strip().splitlines()
+    return names[0].strip() if names else "none"
+
+
 @dataclass(frozen=True)
 class NodePlan:
     """What one node's task launches."""
@@ -274,6 +292,7 @@ def run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: li
         "nodes": str(plan.num_nodes),
         "nodelist": env.get("SLURM_JOB_NODELIST", socket.gethostname()),
         "gpus_per_node": str(plan.gpus_per_node),
+        "gpu_name": gpu_name() if plan.gpus_per_node else "none",
         "procs_per_node": str(plan.procs_per_node),
         "world_size": str(plan.world_size),
         "backend": "nccl" if plan.gpus_per_node else "gloo",

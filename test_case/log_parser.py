@@ -1,11 +1,13 @@
 """Parsing of Composer console logs into metric blocks: the only module that reads log text.
 
 A training log is Composer's console output, possibly interleaved from several nodes and prefixed
-by ``srun -l`` (``0: ``), plus two things this suite adds or llm-foundry prints:
+by ``srun -l`` (``0: ``) or split into Composer launcher sections (``----------Begin global rank 1
+STDERR----------``), possibly pasted with ``> `` or ``[stderr]: `` in front of each line. It holds:
 
 * metric blocks: a header ``[batch=N/T]:`` (or ``[epoch=E][batch=N/T]:``, ``[token=N/T]:``,
   ``[sample=N/T]:``) followed by lines ``<TAB> Train <key>: <value>`` (``Eval`` for evaluation);
-  Composer prints the block after batch N finished.
+  Composer prints the block after batch N finished. Composer <= 0.11 printed one metric per line,
+  ``[batch=N/T]: key: value``; those lines are gathered into one block per step.
 * eval results: progress lines ``[Eval batch=k/K] Eval on <label> data``; the last one ends with
   ``:`` and is followed by ``Eval metrics/eval/...`` lines. Its step is that of the train block
   before it.
@@ -14,7 +16,8 @@ by ``srun -l`` (``0: ``), plus two things this suite adds or llm-foundry prints:
 * llm-foundry's config dump (YAML at the start of training): ``n_params``, ``max_seq_len``,
   ``global_train_batch_size`` and the model shape are read from it.
 
-Everything else is counted as unknown and ignored; no input makes the parser raise.
+Everything else is counted as unknown and ignored; no input makes the parser raise. Lines are
+streamed: memory grows with the number of metric blocks, not with the size of the file.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from pathlib import Path
 from typing import TypeGuard
 
 RANK_PREFIX = re.compile(r"^(\d+): ?")
-BLOCK_HEADER = re.compile(r"^(?:\[epoch=(\d+)\])?\[(batch|token|sample)=(\d+)/(\d+)\]:\s*$")
+QUOTE_PREFIX = re.compile(r"^(?:> ?|\[std(?:out|err)\]: ?)")
+LAUNCHER_SECTION = re.compile(r"^-{3,}(Begin|End) global rank (\d+) (?:STDOUT|STDERR)-{3,}\s*$")
+# A block header ``[batch=N/T]:``, or the one-line form of Composer <= 0.11 ``[batch=N/T]: key: value``
+# (also ``[epoch=E][batch=N/T]: ...`` and LLM-Shearing's ``[metric][batch=N]: key: value``).
+STEP_LINE = re.compile(
+    r"^(?:\[metric\])?(?:\[epoch=(\d+)\])?\[(batch|token|sample)=(\d+)(?:/(\d+))?\]:"
+    r"(?: ([^\s:][^:]*?): (.*?))?\s*$"
+)
 METRIC_LINE = re.compile(r"^\s*(Train|Eval) ([^\s:][^:]*?): (.*?)\s*$")
 EVAL_PROGRESS = re.compile(r"^\[Eval batch=(\d+)/(\d+)\] Eval on (.+?)(:?)\s*$")
 RUN_HEADER = re.compile(r"^\[run-header\] ([\w.-]+): ?(.*?)\s*$")
@@ -43,6 +53,7 @@ CONFIG_KEYS = {
     "precision": str,
     "max_duration": str,
     "activation_checkpointing": str,
+    "mixed_precision": str,
     "sharding_strategy": str,
     "run_name": str,
 }
@@ -74,6 +85,7 @@ class ParsedLog:
     config: dict[str, Value] = field(default_factory=dict)
     lines: int = 0
     unknown_lines: int = 0
+    starts: int = 0  # run headers seen: 1 + the restarts of a requeued job
 
     @property
     def reporting_rank(self) -> int | None:
@@ -113,55 +125,87 @@ def parse_composer_log(lines: Iterable[str], path: str = "<memory>") -> ParsedLo
     """Parse log lines (with or without newlines) into a `ParsedLog`."""
     log = ParsedLog(path=path)
     current: dict[int | None, MetricBlock | None] = {}
+    section_rank: int | None = None  # inside a launcher "Begin global rank K" section
+    blocks = log.blocks
+    number = 0
     for number, raw in enumerate(lines, start=1):
-        log.lines = number
-        line = raw.rstrip("\r\n")
-        rank: int | None = None
-        m = RANK_PREFIX.match(line)
-        if m:
-            rank, line = int(m.group(1)), line[m.end() :]
-        header = BLOCK_HEADER.match(line.strip())
-        if header:
-            epoch, unit, step, total = header.groups()
-            block = MetricBlock("train", unit, int(step), int(total), int(epoch) if epoch else None, number)
-            log.blocks.setdefault(rank, []).append(block)
-            current[rank] = block
+        line = raw.rstrip()
+        if not line:
             continue
-        progress = EVAL_PROGRESS.match(line.strip())
-        if progress:
-            current[rank] = None
-            if progress.group(4):
-                previous = [b for b in log.blocks.get(rank, []) if b.kind == "train"]
-                step, total = (previous[-1].step, previous[-1].total) if previous else (0, 0)
-                unit = previous[-1].unit if previous else "batch"
-                block = MetricBlock("eval", unit, step, total, None, number)
-                log.blocks.setdefault(rank, []).append(block)
-                current[rank] = block
-            continue
-        metric = METRIC_LINE.match(line)
-        open_block = current.get(rank)
-        if metric and open_block is not None:
-            kind, key, value = metric.groups()
-            if kind == "Eval":
-                open_block.kind = "eval"
-            open_block.metrics[key] = parse_value(value)
-            continue
+        rank = section_rank
+        first = line[0]
+        if first.isdigit():
+            m = RANK_PREFIX.match(line)
+            if m:
+                rank, line = int(m.group(1)), line[m.end() :]
+                if not line:
+                    continue
+                first = line[0]
+        if first in ">[" and (m := QUOTE_PREFIX.match(line)):
+            line = line[m.end() :]
+            first = line[:1]
+        # Metric lines are most of a log: test for them first, with a cheap substring check.
+        if ("Train " in line or "Eval " in line) and (metric := METRIC_LINE.match(line)):
+            block = current.get(rank)
+            if block is not None:
+                kind, key, value = metric.groups()
+                if kind == "Eval":
+                    block.kind = "eval"
+                block.metrics[key] = parse_value(value)
+                continue
         current[rank] = None
-        run = RUN_HEADER.match(line)
-        if run:
-            log.header[run.group(1)] = run.group(2)
+        stripped = line.strip()
+        if stripped[:1] == "[":
+            if step := STEP_LINE.match(stripped):
+                epoch, unit, n, total, key, value = step.groups()
+                block = current_one_line = None
+                if key is not None:  # one-line form: metrics of one step share a block
+                    previous = blocks.get(rank)
+                    last = previous[-1] if previous else None
+                    if last is not None and last.unit == unit and last.step == int(n) and last.kind == "train":
+                        current_one_line = last
+                if current_one_line is None:
+                    block = MetricBlock("train", unit, int(n), int(total or 0), int(epoch) if epoch else None, number)
+                    blocks.setdefault(rank, []).append(block)
+                else:
+                    block = current_one_line
+                if key is None:
+                    current[rank] = block
+                else:
+                    block.metrics[key] = parse_value(value)
+                continue
+            if progress := EVAL_PROGRESS.match(stripped):
+                if progress.group(4):
+                    previous_train = [b for b in blocks.get(rank, []) if b.kind == "train"]
+                    last_train = previous_train[-1] if previous_train else None
+                    block = MetricBlock(
+                        "eval",
+                        last_train.unit if last_train else "batch",
+                        last_train.step if last_train else 0,
+                        last_train.total if last_train else 0,
+                        None,
+                        number,
+                    )
+                    blocks.setdefault(rank, []).append(block)
+                    current[rank] = block
+                continue
+            if run := RUN_HEADER.match(stripped):
+                key = run.group(1)
+                if key == "job_id":
+                    log.starts += 1
+                log.header[key] = run.group(2)
+                continue
+        elif first == "-" and (section := LAUNCHER_SECTION.match(stripped)):
+            section_rank = int(section.group(2)) if section.group(1) == "Begin" else None
             continue
-        config = CONFIG_LINE.match(line)
-        if config and config.group(1) not in log.config:
+        elif ": " in line and (config := CONFIG_LINE.match(line)):
             key, value = config.groups()
             parsed = parse_value(value)
-            if CONFIG_KEYS[key] is int and not isinstance(parsed, int):
-                log.unknown_lines += 1
+            if key not in log.config and (CONFIG_KEYS[key] is not int or isinstance(parsed, int)):
+                log.config[key] = parsed
                 continue
-            log.config[key] = parsed
-            continue
-        if line.strip():
-            log.unknown_lines += 1
+        log.unknown_lines += 1
+    log.lines = number
     return log
 
 

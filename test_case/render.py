@@ -1,6 +1,7 @@
-"""Rendering of `RunSummary` lists: console table, report.md, report.csv, report.json.
+"""Rendering of a report: console table, report.md, report.csv, report.json.
 
-Nothing here computes a figure; every number comes from `test_case.metrics`.
+Nothing here computes a figure; every number comes from `test_case.metrics` (per run) or
+`test_case.compare` (across runs).
 """
 
 from __future__ import annotations
@@ -8,75 +9,171 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from test_case.metrics import RunSummary
 
+SCHEMA_VERSION = 2
+
 
 def _num(value: float | int | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-COLUMNS: list[tuple[str, Callable[[RunSummary], str]]] = [
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+Column = tuple[str, Callable[[RunSummary], str]]
+COLUMNS: list[Column] = [
     ("run", lambda r: r.name),
-    ("job", lambda r: r.job_id or "-"),
     ("model", lambda r: r.model or "-"),
+    ("gpu", lambda r: r.gpu or ("cpu" if r.mfu_note.startswith("MFU not computed: a CPU") else "-")),
     ("world", lambda r: _num(r.world_size, "d")),
     ("batches", lambda r: "-" if r.last_batch is None else f"{r.last_batch}/{r.max_duration}"),
     ("final loss", lambda r: _num(r.final_train_loss, ".4f")),
     ("tokens/s", lambda r: _num(r.tokens_per_sec, ",.0f")),
-    ("tokens/s/device", lambda r: _num(r.tokens_per_sec_per_device, ",.0f")),
+    ("tokens/s/dev", lambda r: _num(r.tokens_per_sec_per_device, ",.0f")),
     ("step s", lambda r: _num(r.step_time_median_s, ".3f")),
+    ("TFLOP/s/dev", lambda r: _num(r.tflops_per_device, ".1f")),
+    ("MFU", lambda r: _pct(r.mfu)),
+    ("MFU logged", lambda r: _pct(r.mfu_logged)),
+]
+DETAIL_COLUMNS: list[Column] = [
+    ("job", lambda r: r.job_id or "-"),
+    ("restarts", lambda r: str(r.restarts)),
+    ("params", lambda r: _num(r.n_params, ",d")),
+    ("precision", lambda r: r.precision or "-"),
+    ("samples/s", lambda r: _num(r.samples_per_sec, ",.1f")),
+    (
+        "step p10-p90 s",
+        lambda r: "-" if r.step_time_p10_s is None else f"{r.step_time_p10_s:.3f}-{r.step_time_p90_s:.3f}",
+    ),
+    ("HFU", lambda r: _pct(r.hfu)),
+    ("loss first/min", lambda r: f"{_num(r.loss_first, '.3f')}/{_num(r.loss_min, '.3f')}"),
+    ("peak mem GB", lambda r: _num(r.peak_mem_reserved_gb, ".1f")),
     ("window", lambda r: "-" if not r.window_batches else f"{r.window_batches[0]}-{r.window_batches[1]}"),
+    ("days to 1T tokens", lambda r: _num(None if r.hours_to_1t_tokens is None else r.hours_to_1t_tokens / 24, ",.1f")),
+    ("GPU-hours to 1T", lambda r: _num(r.gpu_hours_to_1t_tokens, ",.0f")),
 ]
 
 DEFINITIONS = """\
-- **batches**: N/T of the last `[batch=N/T]` block Composer printed.
-- **final loss**: `loss/train/total` of that last block.
+- **batches**: N/T of the last `[batch=N/T]` block Composer printed (T is `max_duration`).
 - **window**: the batches whose blocks carry `throughput/tokens_per_sec` (Composer's SpeedMonitor
-  logs it once its window has filled), minus the first `--warmup` of them.
-- **tokens/s**: median over the window of Composer's `throughput/tokens_per_sec` (all ranks).
-- **tokens/s/device**: tokens/s divided by the world size (run header, else Composer's ratio).
-- **step s**: median over the window of `1 / throughput/batches_per_sec`.
+  logs it once its window of batches has run, and again a window after a resume), minus the first
+  `--warmup` of them. Every throughput figure below is a median over this window.
+- **tokens/s**, **samples/s**: Composer's `throughput/tokens_per_sec` and `throughput/samples_per_sec`
+  (all ranks together). **tokens/s/dev** = tokens/s / world size.
+- **step s**: `1 / throughput/batches_per_sec`; **p10-p90** its 10th and 90th percentiles.
+- **TFLOP/s/dev**: llm-foundry's MPT model FLOPs per sample,
+  `(2 * n_params * seq + n_layers * 2 * 2 * d_model * seq^2) * 3`, times samples/s, / world size.
+- **MFU** = TFLOP/s/dev / peak TFLOP/s of the GPU at the run's precision (dense; table in
+  `test_case/gpu_peaks.py`). **HFU** counts the recomputed forward of activation checkpointing
+  (x4 instead of x3). **MFU logged** is Composer's own `throughput/device/mfu` (absent for GPUs
+  Composer does not know, e.g. H100 NVL).
+- **final loss**: the last logged `loss/train/total`; **loss first/min** over the run.
+- **peak mem GB**: the largest `memory/peak_reserved_mem` Composer's memory monitor logged.
+- **days to 1T tokens** = 1e12 / tokens/s / 86400; **GPU-hours to 1T** = that in hours x world size.
+- **scaling efficiency** = tokens/s/dev / tokens/s/dev of the smallest run of the same model, GPU,
+  precision and sequence length (1.0 = linear).
+- **baseline ratio** = tokens/s/dev / the published tokens/s per GPU for the same GPU, model and GPU
+  count; `below` when under 1 - tolerance.
 """
 
 
-def format_table(runs: list[RunSummary]) -> str:
-    """Fixed-width console table, one row per run, then warnings."""
-    rows = [[name for name, _ in COLUMNS]] + [[cell(r) for _, cell in COLUMNS] for r in runs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+def _table(columns: list[Column], runs: list[RunSummary], markdown: bool = False) -> str:
+    rows = [[name for name, _ in columns]] + [[cell(r) for _, cell in columns] for r in runs]
+    if markdown:
+        head = "| " + " | ".join(rows[0]) + " |"
+        rule = "|" + "|".join("---" for _ in columns) + "|"
+        return "\n".join([head, rule] + ["| " + " | ".join(row) + " |" for row in rows[1:]]) + "\n"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     out = io.StringIO()
     for n, row in enumerate(rows):
-        out.write(
-            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        )
-        out.write("\n")
+        cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        out.write("  ".join(cells).rstrip() + "\n")
         if n == 0:
             out.write("  ".join("-" * w for w in widths) + "\n")
-    for r in runs:
-        for warning in r.warnings:
-            out.write(f"warning: {r.name}: {warning}\n")
     return out.getvalue()
 
 
-def format_markdown(runs: list[RunSummary]) -> str:
-    """report.md: the table and the definition of every column."""
-    head = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |" for r in runs]
-    warn = [f"- {r.name}: {w}" for r in runs for w in r.warnings]
-    parts = ["# MPT benchmark report", "", head, rule, *body, "", "## How each figure is computed", "", DEFINITIONS]
-    if warn:
-        parts += ["## Warnings", "", *warn, ""]
+def _scaling_lines(scaling: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for group in scaling:
+        lines.append(
+            f"scaling {group['model']} on {group['gpu'] or '?'} ({group['precision']}, seq {group['max_seq_len']}):"
+        )
+        for p in group["points"]:
+            lines.append(
+                f"  {p['world_size']:>5} devices  {p['tokens_per_sec_per_device']:>12,.0f} tokens/s/dev  "
+                f"efficiency {100 * p['efficiency']:5.1f}%  ({p['run']})"
+            )
+    return lines
+
+
+def _baseline_lines(runs: list[RunSummary]) -> list[str]:
+    lines = []
+    for r in runs:
+        b = r.baseline
+        if b is None:
+            continue
+        if b["status"] == "no-match":
+            lines.append(f"baseline {r.name}: no match ({b['reason']})")
+        else:
+            lines.append(
+                f"baseline {r.name}: {b['status'].upper()} {100 * b['ratio']:.1f}% of "
+                f"{b['tokens_per_sec_per_gpu']:,.0f} tokens/s/GPU published for {b['gpu']} x{b['n_gpus']} "
+                f"(MFU {b['mfu_pct']:.1f}%), tolerance {100 * b['tolerance']:.0f}%"
+            )
+    return lines
+
+
+def _notes(runs: list[RunSummary]) -> list[str]:
+    notes = []
+    for r in runs:
+        if r.mfu is None and r.mfu_note:
+            notes.append(f"{r.name}: {r.mfu_note}")
+        notes += [f"warning: {r.name}: {w}" for w in r.warnings]
+    return notes
+
+
+def format_table(runs: list[RunSummary], scaling: list[dict[str, Any]]) -> str:
+    """The console report: main table, scaling, baseline verdicts, notes and warnings."""
+    parts = [_table(COLUMNS, runs)]
+    extra = _scaling_lines(scaling) + _baseline_lines(runs) + _notes(runs)
+    return "".join(parts) + "".join(line + "\n" for line in extra)
+
+
+def format_markdown(runs: list[RunSummary], scaling: list[dict[str, Any]], plots: list[Path]) -> str:
+    """report.md: both tables, comparisons, the definition of every figure, plots, warnings."""
+    parts = [
+        "# MPT benchmark report",
+        "",
+        _table(COLUMNS, runs, markdown=True),
+        "## Details",
+        "",
+        _table(DETAIL_COLUMNS, runs, markdown=True),
+    ]
+    if scaling:
+        parts += ["## Scaling", "", "```", *_scaling_lines(scaling), "```", ""]
+    if any(r.baseline for r in runs):
+        parts += ["## Baseline", "", *[f"- {line}" for line in _baseline_lines(runs)], ""]
+    parts += ["## How each figure is computed", "", DEFINITIONS]
+    if plots:
+        parts += ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
+    notes = _notes(runs)
+    if notes:
+        parts += ["## Notes and warnings", "", *[f"- {n}" for n in notes], ""]
     return "\n".join(parts)
 
 
 def format_csv(runs: list[RunSummary]) -> str:
-    """report.csv: one row per run, scalar fields of report.json."""
+    """report.csv: one row per run, the scalar fields of report.json."""
     dicts = [r.to_dict() for r in runs]
-    fields = [k for k, v in (dicts[0] if dicts else {}).items() if not isinstance(v, list | dict)]
+    fields = [k for k, v in (dicts[0] if dicts else {}).items() if not isinstance(v, list | dict) and k != "baseline"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -84,21 +181,39 @@ def format_csv(runs: list[RunSummary]) -> str:
     return out.getvalue()
 
 
-def report_document(runs: list[RunSummary], inputs: list[str], empty_files: list[str]) -> dict[str, Any]:
-    """report.json's content."""
-    return {
-        "schema_version": 1,
-        "inputs": inputs,
-        "files_without_runs": empty_files,
-        "runs": [r.to_dict() for r in runs],
-    }
+def json_safe(value: Any) -> Any:
+    """Non-finite floats become null (JSON has no nan/inf; ``has_nan`` records them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
-def write_reports(out_dir: Path, runs: list[RunSummary], document: dict[str, Any]) -> list[Path]:
+def report_document(
+    runs: list[RunSummary], scaling: list[dict[str, Any]], inputs: list[str], empty_files: list[str]
+) -> dict[str, Any]:
+    """report.json's content (schema in the README)."""
+    return json_safe(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "inputs": inputs,
+            "files_without_runs": empty_files,
+            "runs": [r.to_dict() for r in runs],
+            "scaling": scaling,
+        }
+    )
+
+
+def write_reports(
+    out_dir: Path, runs: list[RunSummary], scaling: list[dict[str, Any]], document: dict[str, Any], plots: list[Path]
+) -> list[Path]:
     """Write report.md, report.csv and report.json into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
-        "report.md": format_markdown(runs),
+        "report.md": format_markdown(runs, scaling, plots),
         "report.csv": format_csv(runs),
         "report.json": json.dumps(document, indent=2, allow_nan=False, default=str) + "\n",
     }

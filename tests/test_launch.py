@@ -197,12 +197,17 @@ def test_signal_file_name_is_per_node_only_with_the_fix(patched: bool) -> None:
     queue = ctx.Queue()
     port = master_port(None)
     procs = [ctx.Process(target=_signal_file_names, args=(r, port, patched, queue)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    names = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    try:
+        for p in procs:
+            p.start()
+        names = dict(queue.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:  # never leave a process behind when the test fails
+            if p.is_alive():
+                p.kill()
     assert names[0].startswith("._signal_file_node0_")
     if patched:
         assert names[0] != names[1] and names[0].endswith("_n0") and names[1].endswith("_n1")
@@ -234,10 +239,20 @@ def test_preflight_names_each_problem_and_the_fix(tmp_path: Path) -> None:
 
 
 def test_node_action_stops_before_launching_when_inputs_are_missing(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "DATA_ROOT": str(tmp_path / "nodata"), "SAVE_ROOT": str(tmp_path / "ck"),
-           "TOKENIZER": str(tmp_path)}  # fmt: skip
-    out = subprocess.run([sys.executable, "-m", "test_case.launch", "node", "mpt-tiny-cpu"], cwd=REPO_ROOT,
-                         capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATA_ROOT": str(tmp_path / "nodata"),
+        "SAVE_ROOT": str(tmp_path / "ck"),
+        "TOKENIZER": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "test_case.launch", "node", "mpt-tiny-cpu"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert out.returncode == 2
     assert out.stderr.startswith("launch: error: node 0: train_loader: dataset split 'train_small' not found")
     assert "[run-header]" not in out.stdout and "Traceback" not in out.stderr

@@ -158,3 +158,52 @@ def test_parser_never_raises(lines: list[str]) -> None:
     log = parse_composer_log(lines)
     assert log.unknown_lines <= len(lines)
     summarise_run(log)
+
+
+def test_one_line_form_of_old_composer_is_grouped_per_step() -> None:
+    lines = [
+        "[batch=7/5000]: trainer/grad_accum: 4",
+        "[batch=7/5000]: loss/train/total: 9.8454",
+        "[batch=8/5000]: wall_clock/train: 16.8334",
+        "[trace]: algorithm_traces/GradientClipping:1",
+        "[epoch=0][batch=16/625]: loss/train: 7.1243",
+        "[metric][batch=0]: time/epoch: 2365 ",
+    ]
+    log = parse_composer_log(lines)
+    steps = [(b.step, b.total, b.epoch, b.metrics) for b in log.train_blocks]
+    assert steps == [
+        (7, 5000, None, {"trainer/grad_accum": 4, "loss/train/total": 9.8454}),
+        (8, 5000, None, {"wall_clock/train": 16.8334}),
+        (16, 625, 0, {"loss/train": 7.1243}),
+        (0, 0, None, {"time/epoch": 2365}),
+    ]
+    assert log.unknown_lines == 1
+
+
+def test_launcher_sections_quote_and_stderr_prefixes() -> None:
+    lines = [
+        "----------Begin global rank 1 STDERR----------",
+        "[batch=1/10]:",
+        "\t Train loss/train/total: 3.0",
+        "----------End global rank 1 STDERR----------",
+        "> [batch=2/10]:",
+        ">          Train loss/train/total: 2.5",
+        "[stderr]: [batch=3/10]:",
+        "[stderr]: \t Train loss/train/total: 2.0",
+    ]
+    log = parse_composer_log(lines)
+    assert [b.step for b in log.blocks[1]] == [1]
+    assert [(b.step, b.metrics["loss/train/total"]) for b in log.blocks[None]] == [(2, 2.5), (3, 2.0)]
+    assert log.reporting_rank is None and log.unknown_lines == 0
+
+
+def test_each_run_header_counts_as_a_start() -> None:
+    log = parse_composer_log(
+        [
+            "0: [run-header] job_id: 5",
+            "0: [run-header] restart_count: 0",
+            "0: [run-header] job_id: 5",
+            "0: [run-header] restart_count: 1",
+        ]
+    )
+    assert log.starts == 2 and log.header["restart_count"] == "1"

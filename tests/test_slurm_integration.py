@@ -51,19 +51,28 @@ class Workspace:
     tokenizer: Path
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {"PATH": os.environ["PATH"], "DATA_ROOT": str(self.data), "TOKENIZER": str(self.tokenizer),
-                "SAVE_ROOT": str(self.ckpt), **extra}  # fmt: skip
+        return {
+            "PATH": os.environ["PATH"],
+            "DATA_ROOT": str(self.data),
+            "TOKENIZER": str(self.tokenizer),
+            "SAVE_ROOT": str(self.ckpt),
+            **extra,
+        }
 
 
 @pytest.fixture(scope="module")
-def workspace(cluster: LocalSlurmCluster, demo_assets: tuple[Path, Path],
-              tmp_path_factory: pytest.TempPathFactory) -> Workspace:  # fmt: skip
+def workspace(
+    cluster: LocalSlurmCluster, demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Workspace:
     """The preprocessing job's output (asserted in test_preprocessing_job)."""
     root = tmp_path_factory.mktemp("work")
     ws = Workspace(root / "logs", root / "data", root / "ckpt", demo_assets[1])
     ws.logs.mkdir()
-    job = cluster.sbatch([f"--output={ws.logs}/%x_%j.out", "slurm-scripts/1.c4-preprocess.sbatch"], cwd=REPO_ROOT,
-                         env=ws.env(C4_INPUT=str(demo_assets[0]), CONCAT_TOKENS="128", WORKERS="1"))  # fmt: skip
+    job = cluster.sbatch(
+        [f"--output={ws.logs}/%x_%j.out", "slurm-scripts/1.c4-preprocess.sbatch"],
+        cwd=REPO_ROOT,
+        env=ws.env(C4_INPUT=str(demo_assets[0]), CONCAT_TOKENS="128", WORKERS="1"),
+    )
     info = cluster.wait(job, timeout=300)
     log = (ws.logs / f"c4-preprocess_{job}.out").read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
@@ -138,12 +147,21 @@ def test_training_on_two_nodes(uninterrupted: TrainRun, workspace: Workspace) ->
 
 
 def test_report_reads_the_two_node_log(uninterrupted: TrainRun, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "report.py", str(uninterrupted.log), "--out", str(tmp_path)],
-                         cwd=REPO_ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "report.py", str(uninterrupted.log), "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     (run,) = json.loads((tmp_path / "report.json").read_text())["runs"]
     assert (run["job_id"], run["world_size"], run["last_batch"], run["max_duration"]) == (
-        uninterrupted.job_id, 2, 60, 60)  # fmt: skip
+        uninterrupted.job_id,
+        2,
+        60,
+        60,
+    )
     assert run["tokens_per_sec"] > 0 and run["tokens_per_sec_per_device"] == pytest.approx(run["tokens_per_sec"] / 2)
     assert run["final_train_loss"] == uninterrupted.parsed.train_blocks[-1].metrics[LOSS_KEY]
 
@@ -167,16 +185,18 @@ def parse_log_file_text(text: str) -> ParsedLog:
     return parse_composer_log(text.splitlines())
 
 
-def test_requeue_resumes_from_checkpoint(cluster: LocalSlurmCluster, workspace: Workspace,
-                                         uninterrupted: TrainRun) -> None:  # fmt: skip
+def test_requeue_resumes_from_checkpoint(
+    cluster: LocalSlurmCluster, workspace: Workspace, uninterrupted: TrainRun
+) -> None:
     job = submit_training(cluster, workspace)
     first = wait_for_checkpoint(workspace, job)
     subprocess.run(["scontrol", "requeue", job], env=cluster.env, check=True, capture_output=True)
     assert_resumed_like(finish(cluster, workspace, job), uninterrupted, first)
 
 
-def test_time_limit_signal_makes_the_job_requeue_itself(cluster: LocalSlurmCluster, workspace: Workspace,
-                                                        uninterrupted: TrainRun) -> None:  # fmt: skip
+def test_time_limit_signal_makes_the_job_requeue_itself(
+    cluster: LocalSlurmCluster, workspace: Workspace, uninterrupted: TrainRun
+) -> None:
     job = submit_training(cluster, workspace)
     first = wait_for_checkpoint(workspace, job)
     # What --signal=B:USR1@120 delivers before the time limit: USR1 to the batch shell only.

@@ -1,0 +1,140 @@
+"""Comparisons across runs: scaling efficiency over node counts, and a gate against published baselines.
+
+* Scaling: runs of the same model, GPU type, precision and sequence length at different world
+  sizes. ``efficiency = tokens_per_sec_per_device / tokens_per_sec_per_device of the smallest run``
+  (1.0 is perfect linear scaling).
+* Baseline: the row of a CSV in the format of ``reference/llm-foundry-mpt-benchmarks.csv``
+  (llm-foundry's published MPT throughput) with the same GPU type, model and number of GPUs.
+  ``ratio = tokens_per_sec_per_device / tokens_per_sec_per_gpu`` of that row; a run passes when
+  ``ratio >= 1 - tolerance``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from test_case.gpu_peaks import BASELINE_NAME
+from test_case.metrics import RunSummary
+
+DEFAULT_BASELINE = Path(__file__).resolve().parent.parent / "reference" / "llm-foundry-mpt-benchmarks.csv"
+
+
+@dataclass(frozen=True)
+class BaselineRow:
+    """One published measurement."""
+
+    gpu: str
+    model: str
+    seq_len: int
+    n_gpus: int
+    global_batch_size: int
+    precision: str
+    mfu_pct: float
+    tokens_per_sec_per_gpu: float
+
+
+class BaselineError(ValueError):
+    """The baseline CSV cannot be used; the message names the file and line."""
+
+
+def load_baseline(path: Path) -> list[BaselineRow]:
+    """Read a baseline CSV; a malformed row is an error naming its line."""
+    rows: list[BaselineRow] = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {
+            "gpu",
+            "model",
+            "seq_len",
+            "n_gpus",
+            "global_batch_size",
+            "precision",
+            "mfu_pct",
+            "tokens_per_sec_per_gpu",
+        }
+        if not need <= set(reader.fieldnames or []):
+            raise BaselineError(f"{path}: needs the columns {', '.join(sorted(need))}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append(
+                    BaselineRow(
+                        row["gpu"].strip().lower(),
+                        row["model"].strip(),
+                        int(row["seq_len"]),
+                        int(row["n_gpus"]),
+                        int(row["global_batch_size"]),
+                        row["precision"].strip(),
+                        float(row["mfu_pct"]),
+                        float(row["tokens_per_sec_per_gpu"]),
+                    )
+                )
+            except (TypeError, ValueError) as err:
+                raise BaselineError(f"{path}:{line}: {err}") from err
+    return rows
+
+
+def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: float) -> dict[str, Any]:
+    """The matching row and the verdict for one run (``status``: ok, below, no-match)."""
+    gpu = BASELINE_NAME.get(run.gpu or "", run.gpu or "")
+    matches = [
+        r
+        for r in rows
+        if r.gpu == gpu
+        and r.model == run.model
+        and r.n_gpus == run.world_size
+        and (run.max_seq_len is None or r.seq_len == run.max_seq_len)
+    ]
+    if not matches or run.tokens_per_sec_per_device is None:
+        why = "no throughput" if run.tokens_per_sec_per_device is None else "no row"
+        return {
+            "status": "no-match",
+            "reason": f"{why} for gpu={gpu or '?'} model={run.model} n_gpus={run.world_size} seq_len={run.max_seq_len}",
+        }
+    row = matches[0]
+    ratio = run.tokens_per_sec_per_device / row.tokens_per_sec_per_gpu
+    return {
+        "status": "ok" if ratio >= 1 - tolerance else "below",
+        "gpu": row.gpu,
+        "n_gpus": row.n_gpus,
+        "global_batch_size": row.global_batch_size,
+        "tokens_per_sec_per_gpu": row.tokens_per_sec_per_gpu,
+        "mfu_pct": row.mfu_pct,
+        "ratio": ratio,
+        "tolerance": tolerance,
+    }
+
+
+def scaling_groups(runs: list[RunSummary]) -> list[dict[str, Any]]:
+    """One entry per (model, gpu, precision, seq) with runs at two or more world sizes."""
+    groups: dict[tuple[Any, ...], list[RunSummary]] = {}
+    for run in runs:
+        if run.tokens_per_sec_per_device and run.world_size:
+            groups.setdefault((run.model, run.gpu, run.precision, run.max_seq_len), []).append(run)
+    out = []
+    for (model, gpu, precision, seq), members in groups.items():
+        # the best run at each world size
+        by_size: dict[int, RunSummary] = {}
+        for run in members:
+            assert run.world_size is not None and run.tokens_per_sec_per_device is not None
+            best = by_size.get(run.world_size)
+            if best is None or run.tokens_per_sec_per_device > (best.tokens_per_sec_per_device or 0):
+                by_size[run.world_size] = run
+        if len(by_size) < 2:
+            continue
+        sizes = sorted(by_size)
+        base = by_size[sizes[0]].tokens_per_sec_per_device or 1.0
+        points = [
+            {
+                "world_size": n,
+                "nodes": by_size[n].nodes,
+                "run": by_size[n].name,
+                "tokens_per_sec_per_device": by_size[n].tokens_per_sec_per_device,
+                "efficiency": (by_size[n].tokens_per_sec_per_device or 0) / base,
+            }
+            for n in sizes
+        ]
+        out.append({"model": model, "gpu": gpu, "precision": precision, "max_seq_len": seq, "points": points})
+    return out

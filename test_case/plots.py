@@ -1,0 +1,67 @@
+"""PNG plots of a report: loss and throughput against batch per run, and scaling per model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from test_case.metrics import RunSummary
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120]
+
+
+def plot_run(run: RunSummary, out_dir: Path) -> Path:
+    """``<run>.png``: train (and eval) loss, and tokens/s per device, against batch."""
+    fig, (ax_loss, ax_tps) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    loss = run.series.get("loss", [])
+    if loss:
+        ax_loss.plot([s for s, _ in loss], [v for _, v in loss], label="train loss", lw=1)
+    evals = run.series.get("eval_loss", [])
+    if evals:
+        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], "o", label="eval loss")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(loc="upper right")
+    tps = run.series.get("tokens_per_sec_per_device", [])
+    if tps:
+        ax_tps.plot([s for s, _ in tps], [v for _, v in tps], lw=1)
+    if run.window_batches:
+        ax_tps.axvspan(run.window_batches[0], run.window_batches[1], alpha=0.15, label="steady-state window")
+        ax_tps.legend(loc="lower right")
+    ax_tps.set_ylabel("tokens/s per device")
+    ax_tps.set_xlabel("batch")
+    fig.suptitle(f"{run.name} ({run.model or '?'}, world size {run.world_size or '?'})")
+    fig.tight_layout()
+    path = out_dir / f"{_safe(run.name)}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling(group: dict[str, Any], out_dir: Path) -> Path:
+    """``scaling-<model>.png``: tokens/s per device and efficiency against world size."""
+    points = group["points"]
+    sizes = [p["world_size"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(sizes, [p["tokens_per_sec_per_device"] for p in points], "o-", label="tokens/s per device")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("devices (world size)")
+    ax.set_ylabel("tokens/s per device")
+    ax2 = ax.twinx()
+    ax2.plot(sizes, [100 * p["efficiency"] for p in points], "s--", color="tab:orange", label="efficiency %")
+    ax2.set_ylabel("scaling efficiency %")
+    ax2.set_ylim(0, 110)
+    fig.suptitle(f"Scaling of {group['model']} on {group['gpu'] or '?'}")
+    fig.legend(loc="lower left")
+    fig.tight_layout()
+    path = out_dir / f"scaling-{_safe(str(group['model']))}-{_safe(str(group['gpu']))}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
