@@ -66,6 +66,7 @@ def gpu_log(world: int = 16, samples_per_sec: float = 80.0, mfu_logged: float | 
 def test_mfu_hfu_and_time_to_1t_tokens_from_the_config_dump() -> None:
     run = summarise_run(parse_composer_log(gpu_log()))
     flops_per_sample = (2 * 125e6 * 2048 + 12 * 2 * 2 * 768 * 2048**2) * 3
+    assert run.tflops_per_device is not None and run.mfu is not None and run.hours_to_1t_tokens is not None
     assert run.tflops_per_device == pytest.approx(flops_per_sample * 80 / 16 / 1e12)
     assert run.gpu == "h100-sxm" and run.peak_tflops == 989.5
     assert run.mfu == pytest.approx(run.tflops_per_device / 989.5)
@@ -83,6 +84,7 @@ def test_mfu_is_unknown_with_a_reason_never_against_a_wrong_peak() -> None:
     assert run.mfu is None and run.tflops_per_device is not None
     assert "no peak known for GPU 'NVIDIA GeForce RTX 3080'" in run.mfu_note
     forced = summarise_run(parse_composer_log(unknown), peak_override=100.0)
+    assert forced.tflops_per_device is not None
     assert forced.mfu == pytest.approx(forced.tflops_per_device / 100.0)
     nvl = summarise_run(parse_composer_log(gpu_log(mfu_logged=None)), gpu="NVIDIA H100 NVL")
     assert nvl.gpu == "h100-nvl" and nvl.peak_tflops == 835.5 and nvl.mfu_logged is None
@@ -261,6 +263,7 @@ def test_golden_logs_from_this_projects_two_node_runs(name: str) -> None:
     composer_device = statistics.median(float(b.metrics[DEVICE_TOKENS_PER_SEC]) for b in window)
     assert run.tokens_per_sec_per_device == pytest.approx(composer_device, rel=1e-3)
     composer_flops = statistics.median(float(b.metrics["throughput/flops_per_sec"]) for b in window)
+    assert run.tflops_per_device is not None
     assert run.tflops_per_device * 1e12 * 2 == pytest.approx(composer_flops, rel=1e-3)  # our formula = Composer's
     assert run.mfu is None and run.mfu_note.startswith("MFU not computed: a CPU run")
     requeued = "requeued" in name
