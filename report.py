@@ -19,7 +19,7 @@ from pathlib import Path
 from test_case.compare import DEFAULT_BASELINE, BaselineError, compare_to_baseline, load_baseline, scaling_groups
 from test_case.gpu_peaks import PEAK_TFLOPS
 from test_case.log_parser import ParsedLog, parse_log_file
-from test_case.metrics import RunSummary, summarise_run
+from test_case.metrics import RunSummary, is_used_key, summarise_run
 from test_case.render import format_table, report_document, write_reports
 
 LOG_SUFFIXES = {".out", ".log", ".txt", ".err"}
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parsed: list[ParsedLog] = []
     empty: list[str] = []
     for path in find_logs(args.paths):
-        log = parse_log_file(path)
+        log = parse_log_file(path, keep=is_used_key)
         if log.train_blocks:
             parsed.append(log)
         else:

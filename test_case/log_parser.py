@@ -17,14 +17,18 @@ STDERR----------``), possibly pasted with ``> `` or ``[stderr]: `` in front of e
   ``global_train_batch_size`` and the model shape are read from it.
 
 Everything else is counted as unknown and ignored; no input makes the parser raise. Lines are
-streamed: memory grows with the number of metric blocks, not with the size of the file.
+streamed, and only what the report uses is kept: the blocks of the reporting rank (the lowest rank
+that logged train blocks; those of higher ranks are dropped as soon as a lower one appears) and,
+with ``keep``, only the train metrics it selects. Memory therefore grows with the number of batches
+of one rank times the kept metrics, not with the size of the file.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeGuard
@@ -62,7 +66,7 @@ CONFIG_LINE = re.compile(r"^\s*(" + "|".join(CONFIG_KEYS) + r"): (\S.*?)\s*$")
 Value = float | int | str
 
 
-@dataclass
+@dataclass(slots=True)
 class MetricBlock:
     """One block of metrics that Composer logged at one point of training."""
 
@@ -104,14 +108,16 @@ class ParsedLog:
 def parse_value(text: str) -> Value:
     """Turn a logged value into int, float (``nan``/``inf`` included) or the string itself."""
     text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        pass
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
+        return int(text)  # "-3"
     except ValueError:
         return text
 
@@ -121,10 +127,33 @@ def is_finite_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_composer_log(lines: Iterable[str], path: str = "<memory>") -> ParsedLog:
-    """Parse log lines (with or without newlines) into a `ParsedLog`."""
+def _rank_order(rank: int | None) -> int:
+    return -1 if rank is None else rank
+
+
+def parse_composer_log(
+    lines: Iterable[str], path: str = "<memory>", keep: Callable[[str], bool] | None = None
+) -> ParsedLog:
+    """Parse log lines (with or without newlines) into a `ParsedLog`.
+
+    ``keep(key)`` selects the train metrics to store (default: all); eval metrics are all stored.
+    """
     log = ParsedLog(path=path)
     current: dict[int | None, MetricBlock | None] = {}
+    best: list[int] = []  # order of the reporting rank so far (empty until a train block is seen)
+
+    def store(rank: int | None, block: MetricBlock) -> bool:
+        """Add ``block`` if ``rank`` can be the reporting rank; drop higher ranks' blocks."""
+        order = _rank_order(rank)
+        if best and order > best[0]:
+            return False
+        if block.kind == "train" and (not best or order < best[0]):
+            best[:] = [order]
+            for other in [r for r in log.blocks if _rank_order(r) > order]:
+                del log.blocks[other]
+        log.blocks.setdefault(rank, []).append(block)
+        return True
+
     section_rank: int | None = None  # inside a launcher "Begin global rank K" section
     blocks = log.blocks
     number = 0
@@ -151,7 +180,8 @@ def parse_composer_log(lines: Iterable[str], path: str = "<memory>") -> ParsedLo
                 kind, key, value = metric.groups()
                 if kind == "Eval":
                     block.kind = "eval"
-                block.metrics[key] = parse_value(value)
+                if keep is None or block.kind == "eval" or keep(key):
+                    block.metrics[sys.intern(key)] = parse_value(value)  # one key object for all blocks
                 continue
         current[rank] = None
         stripped = line.strip()
@@ -166,12 +196,12 @@ def parse_composer_log(lines: Iterable[str], path: str = "<memory>") -> ParsedLo
                         current_one_line = last
                 if current_one_line is None:
                     block = MetricBlock("train", unit, int(n), int(total or 0), int(epoch) if epoch else None, number)
-                    blocks.setdefault(rank, []).append(block)
+                    store(rank, block)  # a dropped block still absorbs its metric lines
                 else:
                     block = current_one_line
                 if key is None:
                     current[rank] = block
-                else:
+                elif keep is None or keep(key):
                     block.metrics[key] = parse_value(value)
                 continue
             if progress := EVAL_PROGRESS.match(stripped):
@@ -186,7 +216,7 @@ def parse_composer_log(lines: Iterable[str], path: str = "<memory>") -> ParsedLo
                         None,
                         number,
                     )
-                    blocks.setdefault(rank, []).append(block)
+                    store(rank, block)
                     current[rank] = block
                 continue
             if run := RUN_HEADER.match(stripped):
@@ -209,7 +239,7 @@ def parse_composer_log(lines: Iterable[str], path: str = "<memory>") -> ParsedLo
     return log
 
 
-def parse_log_file(path: Path) -> ParsedLog:
+def parse_log_file(path: Path, keep: Callable[[str], bool] | None = None) -> ParsedLog:
     """Parse one file, streaming it line by line; undecodable bytes are replaced, not fatal."""
     with path.open("r", encoding="utf-8", errors="replace") as fh:
-        return parse_composer_log(fh, str(path))
+        return parse_composer_log(fh, str(path), keep)

@@ -45,6 +45,10 @@ SAMPLES_PER_SEC = "throughput/samples_per_sec"
 BATCHES_PER_SEC = "throughput/batches_per_sec"
 LOGGED_MFU = "throughput/device/mfu"
 PEAK_MEM_KEYS = {"allocated": ("memory/peak_allocated_mem",), "reserved": ("memory/peak_reserved_mem",)}
+USED_TRAIN_KEYS = frozenset(
+    {*LOSS_KEYS, TOKENS_PER_SEC, DEVICE_TOKENS_PER_SEC, SAMPLES_PER_SEC, BATCHES_PER_SEC, LOGGED_MFU}
+    | {key for keys in PEAK_MEM_KEYS.values() for key in keys}
+)
 SPIKE_FACTOR = 1.2
 SPIKE_LOOKBACK = 10
 TOKENS_1T = 1e12
@@ -105,6 +109,11 @@ class RunSummary:
         out = asdict(self)
         out.pop("series")
         return out
+
+
+def is_used_key(key: str) -> bool:
+    """The train metrics this module reads (the parser may drop the others to save memory)."""
+    return key in USED_TRAIN_KEYS
 
 
 def steady_state_window(blocks: list[MetricBlock], warmup: int = 0) -> list[MetricBlock]:

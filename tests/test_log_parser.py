@@ -61,7 +61,9 @@ def test_srun_rank_prefixes_and_interleaving_keep_ranks_apart() -> None:
     log = parse_composer_log(lines)
     assert log.reporting_rank == 0
     assert [b.metrics["loss/train/total"] for b in log.train_blocks] == [5.0, 4.0]
-    assert [b.metrics["loss/train/total"] for b in log.blocks[1]] == [9.0, 8.0]
+    assert list(log.blocks) == [0]  # a higher rank's blocks are not kept once a lower rank appears
+    late = parse_composer_log(["3: [batch=1/2]:", "3: \t Train loss/train/total: 1.0", *lines])
+    assert list(late.blocks) == [0] and len(late.train_blocks) == 2
 
 
 def test_eval_block_takes_the_step_of_the_train_block_before_it() -> None:
@@ -191,10 +193,11 @@ def test_launcher_sections_quote_and_stderr_prefixes() -> None:
         "[stderr]: [batch=3/10]:",
         "[stderr]: \t Train loss/train/total: 2.0",
     ]
-    log = parse_composer_log(lines)
-    assert [b.step for b in log.blocks[1]] == [1]
-    assert [(b.step, b.metrics["loss/train/total"]) for b in log.blocks[None]] == [(2, 2.5), (3, 2.0)]
-    assert log.reporting_rank is None and log.unknown_lines == 0
+    log = parse_composer_log(lines[:4])
+    assert [(b.step, b.metrics["loss/train/total"]) for b in log.blocks[1]] == [(1, 3.0)]
+    log = parse_composer_log(lines)  # unprefixed lines rank lowest: they are the run's blocks
+    assert [(b.step, b.metrics["loss/train/total"]) for b in log.train_blocks] == [(2, 2.5), (3, 2.0)]
+    assert log.reporting_rank is None and list(log.blocks) == [None] and log.unknown_lines == 0
 
 
 def test_each_run_header_counts_as_a_start() -> None:
@@ -207,3 +210,10 @@ def test_each_run_header_counts_as_a_start() -> None:
         ]
     )
     assert log.starts == 2 and log.header["restart_count"] == "1"
+
+
+def test_keep_selects_train_metrics_but_never_eval() -> None:
+    lines = [*BLOCK.splitlines(), "[Eval batch=1/1] Eval on eval data:", "\t Eval metrics/eval/X: 2.0"]
+    log = parse_composer_log(lines, keep=lambda key: key.startswith("loss/"))
+    assert log.train_blocks[0].metrics == {"loss/train/total": 6.5545}
+    assert log.blocks[None][1].metrics == {"metrics/eval/X": 2.0}
