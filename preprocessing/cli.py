@@ -1,26 +1,49 @@
-"""`python -m preprocessing`: convert C4-style JSON files of one split into MDS shards.
+"""`python -m preprocessing`: convert C4-style JSON files (or C4 from the hub) of one split into MDS shards.
 
 Flag names follow llm-foundry's ``convert_dataset_json`` / ``convert_dataset_hf`` where they exist
 (``--out-root``, ``--split``, ``--tokenizer``, ``--concat-tokens``, ``--eos-text``, ``--bos-text``,
-``--no-wrap``, ``--compression``). User mistakes end with one line on stderr and exit code 2.
+``--no-wrap``, ``--compression``). Under Slurm, each task (``SLURM_PROCID`` of ``SLURM_NTASKS``)
+converts its own share with ``--workers`` processes; rerunning the same command resumes. User
+mistakes end with one line on stderr and exit code 2; ``--strict`` input errors with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from preprocessing.convert import ConvertOptions, StrictInputError, convert_split, load_tokenizer
-from preprocessing.inputs import C4_SPLITS, InputError, resolve_input_files
+from preprocessing.convert import (
+    ConvertOptions,
+    OutputConflict,
+    claim_output,
+    fingerprint,
+    load_tokenizer,
+    merge_parts,
+    plan_shares,
+    read_part,
+    run_parts,
+)
+from preprocessing.inputs import C4_SPLITS, InputError, hub_source, resolve_input_files
+from preprocessing.progress import Progress
+from preprocessing.validate import ValidationError, validate_split
+
+PROG = "preprocessing"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, as documented in the README."""
-    p = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m preprocessing", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     p.add_argument(
-        "--input", nargs="+", type=Path, required=True, help="C4-style .json.gz/.jsonl/.json files, or folders of them"
+        "--input",
+        nargs="+",
+        type=Path,
+        help="C4-style .json.gz/.jsonl/.json files or folders of them; omit to stream allenai/c4 (en) "
+        "from the Hugging Face hub",
     )
     p.add_argument("--out-root", type=Path, required=True, help="dataset root; the split goes to OUT_ROOT/SPLIT")
     p.add_argument(
@@ -34,36 +57,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bos-text", default="", help="text prepended to every document")
     p.add_argument("--no-wrap", action="store_true", help="drop a sample's overflow instead of carrying it over")
     p.add_argument("--compression", choices=["zstd", "none"], default="zstd")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of this task (default 1)")
     p.add_argument(
         "--max-docs",
         type=int,
         default=None,
-        help="documents to take (default: all; train_small 100000, val_small 10000, val_xsmall 3000)",
+        help="documents to take, in file order (default: all; train_small 100000, val_small 10000, val_xsmall 3000)",
     )
     p.add_argument("--strict", action="store_true", help="stop at the first line that cannot be converted")
     return p
 
 
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Validate the inputs before any work, convert, print the totals."""
+    """Check everything a user can get wrong, convert this task's parts, merge when all are done."""
     args = build_parser().parse_args(argv)
-    prog = "preprocessing"
-    if args.concat_tokens <= 0 or args.workers <= 0:
-        print(f"{prog}: error: --concat-tokens and --workers must be positive", file=sys.stderr)
-        return 2
+    if args.concat_tokens <= 0 or args.workers <= 0 or (args.max_docs is not None and args.max_docs < 0):
+        return _error("--concat-tokens and --workers must be positive, --max-docs not negative")
+    task, tasks = int(os.environ.get("SLURM_PROCID", "0")), int(os.environ.get("SLURM_NTASKS", "1"))
+    if args.input:
+        try:
+            files = resolve_input_files(args.input, args.split)
+        except InputError as err:
+            return _error(str(err))
+        workers = max(1, min(args.workers, math.ceil(len(files) / tasks)))  # no part without a file
+    else:
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+            return _error(
+                "no --input given and the Hugging Face hub is off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1): "
+                "pass --input with local C4 files"
+            )
+        files, workers = [Path(hub_source(args.split))], args.workers
     try:
-        files = resolve_input_files(args.input, args.split)
-    except InputError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if args.workers > 1 else "true")
-    try:
-        load_tokenizer(args.tokenizer)
+        tokenizer = load_tokenizer(args.tokenizer)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
-        print(f"{prog}: error: cannot load tokenizer {args.tokenizer!r}: {first}", file=sys.stderr)
-        return 2
+        return _error(f"cannot load tokenizer {args.tokenizer!r}: {first}")
     max_docs = args.max_docs if args.max_docs is not None else C4_SPLITS.get(args.split, ("", None))[1]
     options = ConvertOptions(
         tokenizer=args.tokenizer,
@@ -76,20 +109,56 @@ def main(argv: list[str] | None = None) -> int:
         strict=args.strict,
     )
     split_dir = args.out_root / args.split
-    print(f"{prog}: {len(files)} file(s) -> {split_dir} with {args.workers} worker(s)", flush=True)
+    total = tasks * workers
+    shares = plan_shares(files, total, max_docs)
     try:
-        s = convert_split(files, split_dir, options, args.workers)
-    except StrictInputError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        claim_output(split_dir, fingerprint(files, options, total))
+    except OutputConflict as err:
+        return _error(str(err))
+    mine = shares[task * workers : (task + 1) * workers]
+    todo = [s for s in mine if read_part(split_dir, s.name) is None]
+    if todo:  # a dataset with an unfinished part must never look whole
+        (split_dir / "index.json").unlink(missing_ok=True)
+        (split_dir / "summary.json").unlink(missing_ok=True)
+    where = f"task {task} of {tasks}, " if tasks > 1 else ""
+    print(
+        f"{PROG}: {len(files)} file(s) -> {split_dir}: {where}{len(mine)} part(s) of {total}, "
+        f"{len(mine) - len(todo)} already complete",
+        flush=True,
+    )
+    if todo:
+        progress = Progress(f"{PROG} {args.split}", total_docs=max_docs)
+        errors = run_parts(todo, split_dir, options, progress)
+        progress.close()
+        if errors:
+            for message in errors:
+                print(f"{PROG}: error: {message}", file=sys.stderr)
+            return 1
+    waiting = [s.name for s in shares if read_part(split_dir, s.name) is None]
+    if waiting:
+        print(
+            f"{PROG}: this task's parts are complete; {len(waiting)} part(s) of other tasks are not yet: "
+            "the task that completes the last one merges the index"
+        )
+        return 0
+    s = merge_parts(split_dir, shares, options)
+    try:
+        checked = validate_split(args.out_root, args.split, s, args.concat_tokens, len(tokenizer))
+    except ValidationError as err:
+        print(f"{PROG}: error: validation failed: {err}", file=sys.stderr)
         return 1
     print(
-        f"{prog}: {s['split']}: {s['documents_written']}/{s['documents_read']} documents, "
-        f"{s['documents_skipped']} skipped, {s['tokens']} tokens, {s['samples']} samples of "
-        f"{args.concat_tokens}, {s['tokens_dropped']} tokens dropped, {s['elapsed_s']:.1f} s, "
-        f"{s['tokens_per_s']:.0f} tokens/s"
+        f"{PROG}: {s['split']}: {s['documents_written']:,}/{s['documents_read']:,} documents, "
+        f"{s['documents_skipped']:,} skipped, {s['tokens']:,} tokens, {s['samples']:,} samples of "
+        f"{args.concat_tokens}, {s['tokens_dropped']:,} tokens dropped, {s['elapsed_s']:.1f} s, "
+        f"{s['tokens_per_s'] or 0:,.0f} tokens/s"
+    )
+    print(
+        f"{PROG}: validated {split_dir}/index.json with streaming: {len(shares)} parts, {s['samples']:,} samples "
+        f"({checked:,} read back), max token id {s['max_token_id']} < vocabulary {len(tokenizer)}"
     )
     for skipped in s["skipped"][:20]:
-        print(f"{prog}: skipped {skipped['file']}:{skipped['line']}: {skipped['reason']}")
+        print(f"{PROG}: skipped {skipped['file']}:{skipped['line']}: {skipped['reason']}")
     if s["documents_skipped"] > 20:
-        print(f"{prog}: ... {s['documents_skipped'] - 20} more in {split_dir / 'summary.json'}")
+        print(f"{PROG}: ... {s['documents_skipped'] - 20} more in {split_dir / 'summary.json'}")
     return 0

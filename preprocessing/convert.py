@@ -1,35 +1,49 @@
-"""Conversion of a split: each worker tokenizes its share of the files into its own MDS sub-folder.
+"""Conversion of one split: shares of the input converted by worker processes into MDS parts.
 
-Layout of the output (llm-foundry's ``text`` loader reads it with ``local=OUT_ROOT, split=SPLIT``)::
+Layout (llm-foundry's ``text`` loader reads it with ``local=OUT_ROOT, split=SPLIT``)::
 
-    OUT_ROOT/SPLIT/index.json            merged index (streaming's merge_index), written last
-    OUT_ROOT/SPLIT/part-00000-of-0000K/  one MDSWriter per worker: shard.*.mds(.zstd), index.json
-    OUT_ROOT/SPLIT/summary.json          documents, tokens, samples, skipped lines, timing
+    OUT_ROOT/SPLIT/dataset.json                what this folder holds: options, inputs, part count
+    OUT_ROOT/SPLIT/part-00003-of-00008/        one MDSWriter per part: shard.*.mds(.zstd), index.json
+    OUT_ROOT/SPLIT/part-00003-of-00008/.complete.json   written last: the part is finished (its stats)
+    OUT_ROOT/SPLIT/index.json                  merged index, written only when every part is complete
+    OUT_ROOT/SPLIT/summary.json                documents, tokens, samples, skipped lines, timing
 
-Worker ``k`` of ``K`` owns files ``k, k+K, k+2K, ...`` of the sorted file list, so the same inputs
-and ``K`` always give the same bytes.
+Shares: with ``T`` Slurm tasks (``SLURM_NTASKS``) of ``K`` workers each there are ``P = T * K``
+parts; worker ``k`` of task ``t`` converts part ``p = t * K + k``, which owns files
+``p, p + P, p + 2P, ...`` of the sorted file list. The same inputs and ``P`` give the same bytes.
+
+Resume: a part with ``.complete.json`` is skipped; a part without it is deleted and redone from
+scratch, never appended to. The task that completes the last part merges the index (written to a
+temporary file and renamed, so a reader never sees half an index) and writes the summary.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import shutil
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from preprocessing.concat import TokenConcatenator
-from preprocessing.inputs import SkippedDocument, iter_documents
+from preprocessing.inputs import HUB_PREFIX, SkippedDocument, iter_documents, iter_hub_documents
+from preprocessing.progress import Progress
 
 COLUMNS = {"tokens": "ndarray:int32"}
 TOKENIZE_BATCH = 256
+COMPLETE = ".complete.json"
+FINGERPRINT = "dataset.json"
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """Everything that decides the bytes of the output, besides the input files."""
+    """Everything that decides the bytes of the output, besides the input."""
 
     tokenizer: str
     concat_tokens: int
@@ -45,9 +59,13 @@ class StrictInputError(RuntimeError):
     """Raised in ``--strict`` mode at the first line that cannot be converted."""
 
 
+class OutputConflict(RuntimeError):
+    """The output folder holds something else than this conversion would write."""
+
+
 @dataclass
-class ShareStats:
-    """What one worker did."""
+class PartStats:
+    """What one part holds."""
 
     part: str
     files: list[str]
@@ -56,7 +74,24 @@ class ShareStats:
     tokens: int = 0
     samples: int = 0
     tokens_dropped: int = 0
+    max_token_id: int = -1
+    elapsed_s: float = 0.0
     skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Share:
+    """One part's work: its files and, with ``--max-docs``, how many documents of each to take."""
+
+    index: int
+    total: int
+    files: tuple[str, ...]
+    budgets: tuple[int | None, ...]  # documents to take from each file (None: all)
+
+    @property
+    def name(self) -> str:
+        """Sub-folder of this part."""
+        return f"part-{self.index:05d}-of-{self.total:05d}"
 
 
 def load_tokenizer(name_or_dir: str) -> Any:
@@ -73,15 +108,70 @@ def special_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, truncation=False, padding=False, add_special_tokens=False)["input_ids"])
 
 
-def part_name(k: int, total: int) -> str:
-    """Sub-folder of worker ``k`` of ``total``."""
-    return f"part-{k:05d}-of-{total:05d}"
+def count_documents(path: Path, limit: int) -> int:
+    """Non-blank lines of ``path``, counting no further than ``limit`` (cheap: no JSON parsing)."""
+    n = 0
+    for doc in iter_documents(path, parse=False):
+        if not isinstance(doc, SkippedDocument) or doc.document:
+            n += 1
+        if n >= limit:
+            break
+    return n
 
 
-def convert_share(files: list[Path], out_dir: Path, options: ConvertOptions, doc_budget: int | None) -> ShareStats:
-    """Convert ``files`` in order into a fresh MDS folder ``out_dir``; at most ``doc_budget`` docs."""
+def plan_shares(files: list[Path], total: int, max_docs: int | None) -> list[Share]:
+    """Deal files round-robin into ``total`` shares; ``max_docs`` takes the first documents in file order.
+
+    A hub source is one stream that every share reads its own shard of; ``max_docs`` then takes
+    ``ceil(max_docs / total)`` documents from each shard (exactly the first ones only with one share).
+    """
+    if len(files) == 1 and str(files[0]).startswith(HUB_PREFIX):
+        budget = None if max_docs is None else -(-max_docs // total)
+        return [Share(k, total, (str(files[0]),), (budget,)) for k in range(total)]
+    budgets: list[int | None] = [None] * len(files)
+    if max_docs is not None:
+        left = max_docs
+        for i, path in enumerate(files):
+            take = count_documents(path, left) if left > 0 else 0
+            budgets[i] = take
+            left -= take
+    return [
+        Share(
+            index=k,
+            total=total,
+            files=tuple(str(f) for f in files[k::total]),
+            budgets=tuple(budgets[k::total]),
+        )
+        for k in range(total)
+    ]
+
+
+def _documents(share: Share) -> Iterator[str | SkippedDocument]:
+    for path, budget in zip(share.files, share.budgets, strict=True):
+        if budget == 0:
+            continue
+        taken = 0
+        docs = (
+            iter_hub_documents(path, share.index, share.total)
+            if path.startswith(HUB_PREFIX)
+            else iter_documents(Path(path))
+        )
+        for doc in docs:
+            if budget is not None and taken >= budget:
+                break
+            if not isinstance(doc, SkippedDocument) or doc.document:
+                taken += 1
+            yield doc
+
+
+def convert_part(share: Share, split_dir: Path, options: ConvertOptions, counters: Any = None) -> PartStats:
+    """Convert one share into ``split_dir/<part>`` from scratch and mark it complete."""
     from streaming import MDSWriter
 
+    start = time.perf_counter()
+    out_dir = split_dir / share.name
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # an unfinished part is redone, never appended to
     tokenizer = load_tokenizer(options.tokenizer)
     concat = TokenConcatenator(
         options.concat_tokens,
@@ -89,88 +179,153 @@ def convert_share(files: list[Path], out_dir: Path, options: ConvertOptions, doc
         special_ids(tokenizer, options.eos_text),
         options.wrap,
     )
-    stats = ShareStats(part=out_dir.name, files=[str(f) for f in files])
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    stats = PartStats(part=share.name, files=list(share.files))
     with MDSWriter(out=str(out_dir), columns=COLUMNS, compression=options.compression) as writer:
 
         def flush(batch: list[str]) -> None:
             if not batch:
                 return
-            encoded = tokenizer(batch, truncation=False, padding=False)["input_ids"]
-            for ids in encoded:
+            for ids in tokenizer(batch, truncation=False, padding=False)["input_ids"]:
+                if ids:
+                    stats.max_token_id = max(stats.max_token_id, max(ids))
                 for sample in concat.add(ids):
                     writer.write({"tokens": sample})
                     stats.samples += 1
             stats.documents_written += len(batch)
             batch.clear()
+            if counters is not None:
+                counters[2 * share.index] = stats.documents_read
+                counters[2 * share.index + 1] = concat.tokens_in
 
         batch: list[str] = []
-        for path in files:
-            for doc in iter_documents(path):
-                if doc_budget is not None and stats.documents_read >= doc_budget:
-                    break
-                stats.documents_read += 1
-                if isinstance(doc, SkippedDocument):
-                    if options.strict:
-                        raise StrictInputError(f"{doc.file}:{doc.line}: {doc.reason} (--strict)")
-                    stats.skipped.append(asdict(doc))
-                    continue
-                batch.append(doc)
-                if len(batch) >= TOKENIZE_BATCH:
-                    flush(batch)
-            flush(batch)
+        for doc in _documents(share):
+            if isinstance(doc, SkippedDocument):
+                if options.strict:
+                    raise StrictInputError(f"{doc.file}:{doc.line}: {doc.reason} (--strict)")
+                stats.skipped.append(asdict(doc))
+                if doc.document:
+                    stats.documents_read += 1
+                continue
+            stats.documents_read += 1
+            batch.append(doc)
+            if len(batch) >= TOKENIZE_BATCH:
+                flush(batch)
+        flush(batch)
         concat.finish()
-    stats.tokens = concat.tokens_in
-    stats.tokens_dropped = concat.tokens_dropped
+    stats.tokens, stats.tokens_dropped = concat.tokens_in, concat.tokens_dropped
+    stats.elapsed_s = round(time.perf_counter() - start, 3)
+    _write_atomic(out_dir / COMPLETE, json.dumps(asdict(stats)) + "\n")
     return stats
 
 
-def _convert_share_args(args: tuple[list[Path], Path, ConvertOptions, int | None]) -> ShareStats:
-    return convert_share(*args)
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
-def convert_split(files: list[Path], split_dir: Path, options: ConvertOptions, workers: int = 1) -> dict[str, Any]:
-    """Convert ``files`` into ``split_dir`` with ``workers`` processes; return the summary dict."""
+def _part_main(share: Share, split_dir: Path, options: ConvertOptions, counters: Any) -> None:
+    """Worker process: convert, or leave the error message for the parent and exit non-zero."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    try:
+        convert_part(share, split_dir, options, counters)
+    except StrictInputError as err:
+        (split_dir / f".{share.name}.error").write_text(str(err))
+        sys.exit(3)
+
+
+def fingerprint(files: list[Path], options: ConvertOptions, total_parts: int) -> dict[str, Any]:
+    """What makes this dataset: options, input files (path and size) and the part count."""
+    inputs = [[str(f), 0] if str(f).startswith(HUB_PREFIX) else [str(f.resolve()), f.stat().st_size] for f in files]
+    return {"options": asdict(options), "inputs": inputs, "parts": total_parts}
+
+
+def claim_output(split_dir: Path, fp: dict[str, Any]) -> None:
+    """Record what this folder will hold, or refuse a folder that holds something else."""
+    existing = split_dir / FINGERPRINT
+    if existing.exists():
+        old = json.loads(existing.read_text())
+        if old != fp:
+            diffs = [k for k in fp if old.get(k) != fp[k]]
+            raise OutputConflict(
+                f"{split_dir} holds a different dataset ({', '.join(diffs)} differ): use another --out-root or "
+                "--split, or delete that folder to start over"
+            )
+        return
+    if split_dir.exists() and any(split_dir.iterdir()):
+        raise OutputConflict(
+            f"{split_dir} is not empty and was not written by this tool: use another --out-root or --split"
+        )
+    split_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(existing, json.dumps(fp, indent=2) + "\n")
+
+
+def read_part(split_dir: Path, name: str) -> PartStats | None:
+    """A complete part's stats, or None when it is not complete."""
+    marker = split_dir / name / COMPLETE
+    if not marker.exists():
+        return None
+    return PartStats(**json.loads(marker.read_text()))
+
+
+def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -> dict[str, Any]:
+    """Merge the part indexes into ``index.json`` (atomically) and write ``summary.json``."""
     from streaming.base.util import merge_index
 
-    start = time.perf_counter()
-    workers = max(1, min(workers, len(files)))
-    shares = [files[k::workers] for k in range(workers)]
-    # --max-docs is a budget over the whole split: with one worker it is exact; with several,
-    # each worker gets an equal part (rounded up), which keeps the shares independent.
-    budget = None if options.max_docs is None else -(-options.max_docs // workers)
-    jobs = [(share, split_dir / part_name(k, workers), options, budget) for k, share in enumerate(shares)]
-    split_dir.mkdir(parents=True, exist_ok=True)
-    (split_dir / "index.json").unlink(missing_ok=True)
-    if workers == 1:
-        results = [_convert_share_args(jobs[0])]
-    else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(_convert_share_args, jobs)
-    merge_index(
-        [str((split_dir / r.part / "index.json").resolve()) for r in results],
-        str(split_dir.resolve()),
-        keep_local=True,
-        download_timeout=60,
-    )
-    elapsed = time.perf_counter() - start
-    tokens = sum(r.tokens for r in results)
+    parts = [read_part(split_dir, s.name) for s in shares]
+    assert all(p is not None for p in parts)
+    stats = [p for p in parts if p is not None]
+    with tempfile.TemporaryDirectory(dir=split_dir, prefix=".merge-") as tmp:
+        indexes = [str((split_dir / p.part / "index.json").resolve()) for p in stats]
+        merge_index(indexes, tmp, keep_local=True, download_timeout=60)
+        # the merged basenames are "part-.../shard..." relative to the index: valid in split_dir too
+        os.replace(Path(tmp) / "index.json", split_dir / "index.json")
+    elapsed = max((p.elapsed_s for p in stats), default=0.0)
+    tokens = sum(p.tokens for p in stats)
     summary: dict[str, Any] = {
         "split": split_dir.name,
         "options": asdict(options),
-        "workers": workers,
-        "input_files": [str(f) for f in files],
-        "documents_read": sum(r.documents_read for r in results),
-        "documents_written": sum(r.documents_written for r in results),
-        "documents_skipped": sum(len(r.skipped) for r in results),
+        "parts": len(stats),
+        "input_files": sorted(f for p in stats for f in p.files),
+        "documents_read": sum(p.documents_read for p in stats),
+        "documents_written": sum(p.documents_written for p in stats),
+        "documents_skipped": sum(len(p.skipped) for p in stats),
         "tokens": tokens,
-        "samples": sum(r.samples for r in results),
-        "tokens_dropped": sum(r.tokens_dropped for r in results),
-        "elapsed_s": round(elapsed, 3),
+        "samples": sum(p.samples for p in stats),
+        "tokens_dropped": sum(p.tokens_dropped for p in stats),
+        "max_token_id": max((p.max_token_id for p in stats), default=-1),
+        "elapsed_s": elapsed,
         "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
-        "skipped": [s for r in results for s in r.skipped],
-        "parts": [asdict(r) | {"skipped": len(r.skipped)} for r in results],
+        "skipped": [s for p in stats for s in p.skipped],
+        "part_stats": [asdict(p) | {"skipped": len(p.skipped)} for p in stats],
     }
-    (split_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_atomic(split_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def run_parts(shares: list[Share], split_dir: Path, options: ConvertOptions, progress: Progress) -> list[str]:
+    """Convert the given shares, one process each, showing progress; return error messages."""
+    ctx = mp.get_context("spawn")
+    total = shares[0].total if shares else 0
+    counters = ctx.Array("q", 2 * total, lock=False)
+    procs = [ctx.Process(target=_part_main, args=(s, split_dir, options, counters), name=s.name) for s in shares]
+    for proc in procs:
+        proc.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            progress.update(sum(counters[0::2]), sum(counters[1::2]))
+            time.sleep(0.5)
+    finally:
+        for proc in procs:
+            proc.join()
+    progress.update(sum(counters[0::2]), sum(counters[1::2]))
+    errors = []
+    for share, proc in zip(shares, procs, strict=True):
+        if proc.exitcode != 0:
+            note = split_dir / f".{share.name}.error"
+            errors.append(note.read_text() if note.exists() else f"{share.name}: worker exited with {proc.exitcode}")
+            note.unlink(missing_ok=True)
+    return errors

@@ -1,14 +1,16 @@
-"""Which files make up a split, and the documents inside them (C4 JSON lines, plain or gzipped).
+"""Where a split's documents come from: C4 JSON-lines files (plain or gzipped), or the HF hub.
 
 Reading never loads a whole file: lines are streamed. A line that cannot become a document (invalid
 JSON, invalid UTF-8, a missing or non-string ``text``) is reported as a `SkippedDocument` with its
-file and line number instead of being dropped silently.
+file and line number instead of being dropped silently; so are files that hold nothing or end
+early (an empty file, a truncated or corrupt gzip), marked as not being a document themselves.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +34,12 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class SkippedDocument:
-    """A line that was not converted, and why."""
+    """A line (or a whole file, ``document=False``) that was not converted, and why."""
 
     file: str
     line: int
     reason: str
+    document: bool = True
 
 
 def _is_data_file(path: Path) -> bool:
@@ -74,25 +77,69 @@ def _open_text(path: Path) -> IO[bytes]:
     return cast(IO[bytes], gzip.open(path, "rb")) if path.name.endswith(".gz") else path.open("rb")
 
 
-def iter_documents(path: Path) -> Iterator[str | SkippedDocument]:
-    """Yield the ``text`` of each JSON line of ``path``, or a `SkippedDocument` for a bad line."""
+def iter_documents(path: Path, parse: bool = True) -> Iterator[str | SkippedDocument]:
+    """Yield the ``text`` of each JSON line of ``path``, or a `SkippedDocument` for a bad line.
+
+    With ``parse=False`` every non-blank line yields ``""`` (for counting documents cheaply).
+    """
     name = str(path)
-    with _open_text(path) as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield SkippedDocument(name, line_no, "invalid UTF-8")
-                continue
-            except json.JSONDecodeError as err:
-                yield SkippedDocument(name, line_no, f"invalid JSON: {err.msg}")
-                continue
-            text = record.get("text") if isinstance(record, dict) else None
-            if text is None:
-                yield SkippedDocument(name, line_no, "no 'text' field")
-            elif not isinstance(text, str):
-                yield SkippedDocument(name, line_no, f"'text' is {type(text).__name__}, not a string")
-            else:
-                yield text
+    line_no = 0
+    documents = 0
+    try:
+        with _open_text(path) as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                documents += 1
+                if not parse:
+                    yield ""
+                    continue
+                yield _document(name, line_no, raw)
+    except (EOFError, OSError, zlib.error) as err:
+        what = "truncated or corrupt gzip" if name.endswith(".gz") else "unreadable file"
+        yield SkippedDocument(name, line_no + 1, f"{what}: {err}", document=False)
+        return
+    if documents == 0:
+        yield SkippedDocument(name, 0, "empty file: no documents", document=False)
+
+
+def _document(name: str, line_no: int, raw: bytes) -> str | SkippedDocument:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return SkippedDocument(name, line_no, "invalid UTF-8")
+    except json.JSONDecodeError as err:
+        return SkippedDocument(name, line_no, f"invalid JSON: {err.msg}")
+    text = record.get("text") if isinstance(record, dict) else None
+    if text is None:
+        return SkippedDocument(name, line_no, "no 'text' field")
+    if not isinstance(text, str):
+        return SkippedDocument(name, line_no, f"'text' is {type(text).__name__}, not a string")
+    return text
+
+
+HUB_PREFIX = "hf://allenai/c4/en/"
+
+
+def hub_source(split: str) -> str:
+    """The pseudo file name that stands for a C4 split on the Hugging Face hub."""
+    return HUB_PREFIX + {
+        "train": "train",
+        "train_small": "train",
+        "val": "validation",
+        "val_small": "validation",
+        "val_xsmall": "validation",
+    }.get(split, split)
+
+
+def iter_hub_documents(source: str, shard: int, shards: int) -> Iterator[str | SkippedDocument]:
+    """Documents of C4 from the hub (``datasets`` streaming), this shard of ``shards``."""
+    from datasets import load_dataset
+
+    hf_split = source.removeprefix(HUB_PREFIX)
+    dataset = load_dataset("allenai/c4", "en", split=hf_split, streaming=True)
+    if shards > 1:
+        dataset = dataset.shard(num_shards=shards, index=shard)
+    for i, record in enumerate(dataset, start=1):
+        text = record.get("text")
+        yield text if isinstance(text, str) else SkippedDocument(source, i, "no string 'text' field")

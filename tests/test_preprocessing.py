@@ -195,4 +195,4 @@ def test_two_workers_write_the_same_samples_deterministically(demo_assets: tuple
     first, second = run(tmp_path / "a"), run(tmp_path / "b")
     assert len(first) == 2 and first == second  # one shard per worker, same bytes every time
     summary = json.loads((tmp_path / "a" / "train_small" / "summary.json").read_text())
-    assert summary["workers"] == 2 and [len(p["files"]) for p in summary["parts"]] == [1, 1]
+    assert summary["parts"] == 2 and [len(p["files"]) for p in summary["part_stats"]] == [1, 1]

@@ -1,0 +1,257 @@
+"""Preprocessing claims that need real runs: byte-identity with llm-foundry, resume after kill -9,
+Slurm task shares, and inputs that are empty, truncated or belong to another dataset."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from preprocessing.cli import main
+from tests.conftest import REPO_ROOT
+
+
+def tree_bytes(split_dir: Path) -> dict[str, bytes]:
+    """Every shard and index of a split (what a reader sees), by relative path."""
+    return {
+        str(p.relative_to(split_dir)): p.read_bytes()
+        for p in sorted(split_dir.rglob("*"))
+        if p.is_file() and (p.name.startswith("shard.") or p.name == "index.json")
+    }
+
+
+def test_one_worker_is_byte_identical_to_llmfoundry_convert_dataset_json(
+    demo_assets: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
+
+    sample, tokenizer = demo_assets
+    source = sample / "c4-train.00000-of-00002.json.gz"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    theirs = tmp_path / "llmfoundry"
+    convert_dataset_json(
+        path=str(source),
+        out_root=str(theirs),
+        compression="zstd",
+        concat_tokens=128,
+        split="train",
+        tokenizer=str(tokenizer),
+        eos_text="<|endoftext|>",
+    )
+    args = [
+        "--input",
+        str(source),
+        "--out-root",
+        str(tmp_path / "ours"),
+        "--split",
+        "train",
+        "--tokenizer",
+        str(tokenizer),
+        "--concat-tokens",
+        "128",
+        "--eos-text",
+        "<|endoftext|>",
+        "--compression",
+        "zstd",
+    ]
+    assert main(args) == 0
+    ours = tmp_path / "ours" / "train" / "part-00000-of-00001"
+    their_shards = sorted(p.name for p in theirs.glob("shard.*"))
+    assert their_shards == ["shard.00000.mds.zstd"]
+    for name in their_shards:
+        assert (ours / name).read_bytes() == (theirs / name).read_bytes()
+    assert json.loads((ours / "index.json").read_text()) == json.loads((theirs / "index.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def larger_input(demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four C4 train files of different sizes (the sample's documents repeated), ~9 MB of text."""
+    sample, _ = demo_assets
+    lines = []
+    for path in sorted(sample.glob("c4-train.*.json.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            lines += fh.readlines()
+    folder = tmp_path_factory.mktemp("larger")
+    for i, copies in enumerate((3, 1, 2, 1)):
+        with gzip.open(folder / f"c4-train.{i:05d}-of-00004.json.gz", "wt", encoding="utf-8") as fh:
+            fh.writelines(lines * copies)
+    return folder
+
+
+def command(inputs: Path, out: Path, tokenizer: Path, workers: int = 2) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "preprocessing",
+        "--input",
+        str(inputs),
+        "--out-root",
+        str(out),
+        "--split",
+        "train",
+        "--tokenizer",
+        str(tokenizer),
+        "--concat-tokens",
+        "128",
+        "--eos-text",
+        "<|endoftext|>",
+        "--workers",
+        str(workers),
+    ]
+
+
+@pytest.mark.slow
+def test_kill_minus_9_at_any_moment_then_rerun_gives_the_same_bytes(
+    larger_input: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    tokenizer = demo_assets[1]
+    subprocess.run(command(larger_input, tmp_path / "ref", tokenizer), cwd=REPO_ROOT, check=True, capture_output=True)
+    reference = tree_bytes(tmp_path / "ref" / "train")
+    assert len([k for k in reference if k.startswith("part-")]) >= 4  # two parts, shard + index each
+    for n, delay in enumerate((0.5, 3.0, 5.0, "first part complete")):
+        out = tmp_path / f"run{n}"
+        proc = subprocess.Popen(
+            command(larger_input, out, tokenizer),
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        if isinstance(delay, float):
+            time.sleep(delay)
+        else:
+            while not list(out.glob("train/part-*/.complete.json")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        split = out / "train"
+        complete = list(split.glob("part-*/.complete.json"))
+        assert len(complete) == 2 or not (split / "index.json").exists()  # never looks whole half-written
+        rerun = subprocess.run(command(larger_input, out, tokenizer), cwd=REPO_ROOT, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
+        assert f"{len(complete)} already complete" in rerun.stdout
+        assert tree_bytes(split) == reference, f"kill after {delay}"
+
+
+def test_slurm_task_shares_merge_into_the_single_task_result(
+    larger_input: Path,
+    demo_assets: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tokenizer = demo_assets[1]
+    base = [
+        "--input",
+        str(larger_input),
+        "--split",
+        "train",
+        "--tokenizer",
+        str(tokenizer),
+        "--concat-tokens",
+        "128",
+        "--eos-text",
+        "<|endoftext|>",
+    ]
+    assert main([*base, "--out-root", str(tmp_path / "single"), "--workers", "2"]) == 0
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert main([*base, "--out-root", str(tmp_path / "tasks"), "--workers", "1"]) == 0
+    assert "1 part(s) of other tasks are not yet" in capsys.readouterr().out
+    assert not (tmp_path / "tasks" / "train" / "index.json").exists()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert main([*base, "--out-root", str(tmp_path / "tasks"), "--workers", "1"]) == 0
+    assert "validated" in capsys.readouterr().out
+    assert tree_bytes(tmp_path / "tasks" / "train") == tree_bytes(tmp_path / "single" / "train")
+
+
+def test_empty_and_truncated_files_are_reported(
+    demo_assets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = (json.dumps({"text": "Fine words about Python. " * 30}) + "\n").encode()
+    (folder / "a.jsonl").write_bytes(b"")
+    whole = gzip.compress(good * 50)
+    (folder / "b.json.gz").write_bytes(whole[: len(whole) // 2])
+    (folder / "c.jsonl").write_bytes(good * 3)
+    args = [
+        "--input",
+        str(folder),
+        "--out-root",
+        str(tmp_path / "o"),
+        "--split",
+        "x",
+        "--tokenizer",
+        str(demo_assets[1]),
+        "--concat-tokens",
+        "64",
+    ]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "o" / "x" / "summary.json").read_text())
+    reasons = {Path(s["file"]).name: s for s in summary["skipped"]}
+    assert reasons["a.jsonl"]["reason"] == "empty file: no documents" and reasons["a.jsonl"]["document"] is False
+    assert reasons["b.json.gz"]["reason"].startswith("truncated or corrupt gzip")
+    assert summary["documents_written"] >= 3 and summary["documents_skipped"] == 2
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_output_folder_with_another_dataset_is_refused(
+    demo_assets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "--input",
+        str(demo_assets[0]),
+        "--out-root",
+        str(tmp_path),
+        "--split",
+        "val_small",
+        "--tokenizer",
+        str(demo_assets[1]),
+    ]
+    assert main([*args, "--concat-tokens", "64"]) == 0
+    assert main([*args, "--concat-tokens", "64"]) == 0  # the same command again: nothing to do, still valid
+    assert main([*args, "--concat-tokens", "32"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'val_small'} holds a different dataset (options differ)" in err
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "index.json").write_text("{}")
+    foreign = [
+        "--input",
+        str(demo_assets[0]),
+        "--out-root",
+        str(tmp_path),
+        "--split",
+        "foreign",
+        "--tokenizer",
+        str(demo_assets[1]),
+        "--concat-tokens",
+        "64",
+    ]
+    assert main(foreign) == 2
+    assert "is not empty and was not written by this tool" in capsys.readouterr().err
+
+
+def test_hub_without_network_is_a_clear_error(
+    demo_assets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "--out-root",
+        str(tmp_path),
+        "--split",
+        "train_small",
+        "--tokenizer",
+        str(demo_assets[1]),
+        "--concat-tokens",
+        "64",
+    ]
+    assert main(args) == 2
+    assert "no --input given and the Hugging Face hub is off" in capsys.readouterr().err
