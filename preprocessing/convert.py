@@ -13,8 +13,9 @@ parts; worker ``k`` of task ``t`` converts part ``p = t * K + k``, which owns fi
 ``p, p + P, p + 2P, ...`` of the sorted file list. The same inputs and ``P`` give the same bytes.
 
 Resume: a part with ``.complete.json`` is skipped; a part without it is deleted and redone from
-scratch, never appended to. The task that completes the last part merges the index (written to a
-temporary file and renamed, so a reader never sees half an index) and writes the summary.
+scratch, never appended to. A task that finds every part complete merges the index (written to a
+temporary file and renamed, so a reader never sees half an index) and writes the summary; when two
+tasks finish together both may merge, which is harmless: the merge is atomic and its bytes the same.
 """
 
 from __future__ import annotations
@@ -243,24 +244,40 @@ def fingerprint(files: list[Path], options: ConvertOptions, total_parts: int) ->
     return {"options": asdict(options), "inputs": inputs, "parts": total_parts}
 
 
+OWN_ENTRIES = (".dataset.json.", "part-", ".part-", ".merge-", ".summary.json.", ".complete")
+
+
 def claim_output(split_dir: Path, fp: dict[str, Any]) -> None:
-    """Record what this folder will hold, or refuse a folder that holds something else."""
-    existing = split_dir / FINGERPRINT
-    if existing.exists():
-        old = json.loads(existing.read_text())
-        if old != fp:
-            diffs = [k for k in fp if old.get(k) != fp[k]]
-            raise OutputConflict(
-                f"{split_dir} holds a different dataset ({', '.join(diffs)} differ): use another --out-root or "
-                "--split, or delete that folder to start over"
-            )
-        return
-    if split_dir.exists() and any(split_dir.iterdir()):
-        raise OutputConflict(
-            f"{split_dir} is not empty and was not written by this tool: use another --out-root or --split"
-        )
+    """Record what this folder will hold, or refuse a folder that holds something else.
+
+    Safe when several Slurm tasks start at once: the fingerprint is published with ``os.link``,
+    which only one task can win; the others compare against it.
+    """
     split_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(existing, json.dumps(fp, indent=2) + "\n")
+    existing = split_dir / FINGERPRINT
+    if not existing.exists():
+        foreign = sorted(p.name for p in split_dir.iterdir() if not p.name.startswith(OWN_ENTRIES))
+        if foreign:
+            raise OutputConflict(
+                f"{split_dir} is not empty and was not written by this tool ({', '.join(foreign[:3])}): "
+                "use another --out-root or --split"
+            )
+        fd, tmp = tempfile.mkstemp(dir=split_dir, prefix=".dataset.json.")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(fp, indent=2) + "\n")
+        try:
+            os.link(tmp, existing)
+        except FileExistsError:
+            pass  # another task published it first: compare below
+        finally:
+            os.unlink(tmp)
+    old = json.loads(existing.read_text())
+    if old != fp:
+        diffs = [k for k in fp if old.get(k) != fp[k]]
+        raise OutputConflict(
+            f"{split_dir} holds a different dataset ({', '.join(diffs)} differ): use another --out-root or "
+            "--split, or delete that folder to start over"
+        )
 
 
 def read_part(split_dir: Path, name: str) -> PartStats | None:

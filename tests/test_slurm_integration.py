@@ -49,6 +49,7 @@ class Workspace:
     data: Path
     ckpt: Path
     tokenizer: Path
+    preprocess_log: str = ""
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -69,13 +70,14 @@ def workspace(
     ws = Workspace(root / "logs", root / "data", root / "ckpt", demo_assets[1])
     ws.logs.mkdir()
     job = cluster.sbatch(
-        [f"--output={ws.logs}/%x_%j.out", "slurm-scripts/1.c4-preprocess.sbatch"],
+        [f"--output={ws.logs}/%x_%j.out", "--nodes=2", "slurm-scripts/1.c4-preprocess.sbatch"],
         cwd=REPO_ROOT,
         env=ws.env(C4_INPUT=str(demo_assets[0]), CONCAT_TOKENS="128", WORKERS="1"),
     )
     info = cluster.wait(job, timeout=300)
     log = (ws.logs / f"c4-preprocess_{job}.out").read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
+    ws.preprocess_log = log
     return ws
 
 
@@ -122,11 +124,19 @@ def test_cluster_start_is_idempotent(cluster: LocalSlurmCluster) -> None:
     assert cluster.start()._pids() == before and cluster.running()
 
 
-def test_preprocessing_job(workspace: Workspace) -> None:
+def test_preprocessing_job_shares_the_work_between_two_nodes(workspace: Workspace) -> None:
     from streaming import StreamingDataset
 
+    log = workspace.preprocess_log
+    for task in (0, 1):  # both nodes' tasks converted a part of each split; the last one merged
+        assert (
+            f"{task}: preprocessing: 2 file(s) -> {workspace.data}/train_small: task {task} of 2, 1 part(s) of 2" in log
+        )
+    # a task that finds every part complete merges (atomically): one or both tasks, per split
+    assert all(f"{split}/index.json with streaming: 2 parts" in log for split in ("train_small", "val_small"))
     for split in ("train_small", "val_small"):
         summary = json.loads((workspace.data / split / "summary.json").read_text())
+        assert summary["parts"] == 2
         ds = StreamingDataset(local=str(workspace.data), split=split, shuffle=False, batch_size=1)
         assert len(ds) == summary["samples"] > 100 and ds[0]["tokens"].shape == (128,)
 
