@@ -12,12 +12,19 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help install demo test lint lock clean
+# Container image (README, "Container image"). SQSH is where the sbatch scripts look for it.
+BASE_IMAGE ?= mosaicml/llm-foundry:2.7.0_cu128_aws-latest
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_TAG ?= mpt-slurm-bench:$(VERSION)
+SQSH ?= llm-foundry.sqsh
+
+.PHONY: help install demo test lint lock clean image sqsh base-digest
 
 help:
 	@echo "make demo   preprocess a C4 sample, train a tiny MPT on the CPU, print the report"
 	@echo "make test   lint (ruff, mypy, shellcheck) and the full test suite, local Slurm included"
-	@echo "make lock   re-resolve constraints.txt from pyproject.toml"
+	@echo "make lock   re-resolve constraints.txt (Python 3.11) and constraints-py312.txt (the image) from pyproject.toml"
+	@echo "make image  docker build the container; make sqsh: enroot import it to $(SQSH)"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x "$(PY)" || $(PYTHON) -m venv "$(VENV)"
@@ -40,6 +47,7 @@ lint: install
 	"$(PY)" -m ruff format --check .
 	"$(PY)" -m mypy
 	"$(VENV)/bin/shellcheck" -x slurm-scripts/*.sbatch slurm-scripts/env.sh .ci/run
+	"$(VENV)/bin/hadolint" 0.llm-foundry.Dockerfile
 
 test: lint
 	"$(PY)" -m pytest
@@ -47,6 +55,20 @@ test: lint
 lock: install
 	"$(VENV)/bin/uv" pip compile pyproject.toml --extra dev --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --no-header -o constraints.txt
+	"$(VENV)/bin/uv" pip compile pyproject.toml --extra dev --python-version 3.12 \
+	  --python-platform x86_64-manylinux_2_28 --no-header -o constraints-py312.txt
+
+image:
+	docker build -f 0.llm-foundry.Dockerfile -t "$(IMAGE_TAG)" \
+	  --build-arg BASE_IMAGE="$(BASE_IMAGE)" --build-arg SUITE_VERSION="$(VERSION)" \
+	  --build-arg LLMFOUNDRY_VERSION="$$(sed -n 's/.*"llm-foundry==\([^"]*\)".*/\1/p' pyproject.toml)" \
+	  --build-arg STREAMING_VERSION="$$(sed -n 's/.*"mosaicml-streaming==\([^"]*\)".*/\1/p' pyproject.toml)" .
+
+sqsh:
+	enroot import -o "$(SQSH)" "dockerd://$(IMAGE_TAG)"
+
+base-digest:
+	docker buildx imagetools inspect "$(BASE_IMAGE)" --format '{{json .Manifest.Digest}}'
 
 clean:
 	rm -rf "$(DEMO_DIR)" .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,13 @@ export LOG_DIR="${LOG_DIR:-$ROOT/logs}"
 export DATA_ROOT="${DATA_ROOT:-$ROOT/data/my-copy-c4}"     # MDS dataset root (shared storage on a cluster)
 export SAVE_ROOT="${SAVE_ROOT:-$ROOT/checkpoints}"         # checkpoints: <SAVE_ROOT>/<run-name>/checkpoints
 export VENV="${VENV:-$ROOT/.venv}"                         # bare-metal mode: the suite's virtual environment
-export IMAGE="${IMAGE:-}"                                  # container mode (pyxis/enroot): path to a .sqsh
+# Container mode (pyxis/enroot): IMAGE is the .sqsh to run in. Unset: $ROOT/llm-foundry.sqsh when
+# `make image sqsh` has written it, else bare metal. Set to a path: it must exist. Set empty: bare metal.
+if [[ -z "${IMAGE+set}" ]]; then
+  IMAGE=""
+  if [[ -f "$ROOT/llm-foundry.sqsh" ]]; then IMAGE="$ROOT/llm-foundry.sqsh"; fi
+fi
+export IMAGE
 export CONTAINER_MOUNTS="${CONTAINER_MOUNTS:-$ROOT:$ROOT}"  # add DATA_ROOT/SAVE_ROOT when outside ROOT, e.g. /fsx:/fsx
 
 # Bare-metal mode: use the suite's venv when there is one (a container brings its own Python).

