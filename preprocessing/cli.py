@@ -27,7 +27,6 @@ from preprocessing.convert import (
     run_parts,
 )
 from preprocessing.inputs import C4_SPLITS, InputError, hub_source, resolve_input_files
-from preprocessing.progress import Progress
 from preprocessing.validate import ValidationError, validate_split
 
 PROG = "preprocessing"
@@ -84,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             files = resolve_input_files(args.input, args.split)
         except InputError as err:
             return _error(str(err))
-        workers = max(1, min(args.workers, math.ceil(len(files) / tasks)))  # no part without a file
+        # no part without input: plain files can be split in byte ranges, gzipped ones cannot
+        if not any(f.name.endswith((".jsonl", ".json")) for f in files):
+            workers = max(1, min(args.workers, math.ceil(len(files) / tasks)))
+        else:
+            workers = args.workers
     else:
         if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
             return _error(
@@ -127,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if todo:
-        progress = Progress(f"{PROG} {args.split}", total_docs=max_docs)
-        errors = run_parts(todo, split_dir, options, progress)
-        progress.close()
+        errors = run_parts(todo, split_dir, options, f"{PROG} {args.split}", total_docs=max_docs)
         if errors:
             for message in errors:
                 print(f"{PROG}: error: {message}", file=sys.stderr)

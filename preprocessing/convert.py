@@ -9,8 +9,11 @@ Layout (llm-foundry's ``text`` loader reads it with ``local=OUT_ROOT, split=SPLI
     OUT_ROOT/SPLIT/summary.json                documents, tokens, samples, skipped lines, timing
 
 Shares: with ``T`` Slurm tasks (``SLURM_NTASKS``) of ``K`` workers each there are ``P = T * K``
-parts; worker ``k`` of task ``t`` converts part ``p = t * K + k``, which owns files
-``p, p + P, p + 2P, ...`` of the sorted file list. The same inputs and ``P`` give the same bytes.
+parts; worker ``k`` of task ``t`` converts part ``p = t * K + k``, which owns sources
+``p, p + P, p + 2P, ...`` of the sorted source list. A source is a file, or, when there are fewer
+files than parts, a byte range of a plain (uncompressed) file: each such file is cut into
+``ceil(P / files)`` equal ranges, a line belonging to the range its first byte is in. The same
+inputs and ``P`` give the same bytes.
 
 Resume: a part with ``.complete.json`` is skipped; a part without it is deleted and redone from
 scratch, never appended to. A task that finds every part complete merges the index (written to a
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from preprocessing.concat import TokenConcatenator
-from preprocessing.inputs import HUB_PREFIX, SkippedDocument, iter_documents, iter_hub_documents
+from preprocessing.inputs import HUB_PREFIX, SkippedDocument, iter_documents, iter_hub_documents, splittable
 from preprocessing.progress import Progress
 
 COLUMNS = {"tokens": "ndarray:int32"}
@@ -80,19 +83,27 @@ class PartStats:
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
+Source = tuple[str, int, int]  # path, first byte, end byte (-1: to the end of the file)
+
+
 @dataclass(frozen=True)
 class Share:
-    """One part's work: its files and, with ``--max-docs``, how many documents of each to take."""
+    """One part's work: its sources and, with ``--max-docs``, how many documents of each to take."""
 
     index: int
     total: int
-    files: tuple[str, ...]
-    budgets: tuple[int | None, ...]  # documents to take from each file (None: all)
+    sources: tuple[Source, ...]
+    budgets: tuple[int | None, ...]  # documents to take from each source (None: all)
 
     @property
     def name(self) -> str:
         """Sub-folder of this part."""
         return f"part-{self.index:05d}-of-{self.total:05d}"
+
+    @property
+    def files(self) -> list[str]:
+        """The sources as text: ``path`` or ``path[start:end]`` for a byte range."""
+        return [p if (s, e) == (0, -1) else f"{p}[{s}:{e}]" for p, s, e in self.sources]
 
 
 def load_tokenizer(name_or_dir: str) -> Any:
@@ -109,10 +120,11 @@ def special_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, truncation=False, padding=False, add_special_tokens=False)["input_ids"])
 
 
-def count_documents(path: Path, limit: int) -> int:
-    """Non-blank lines of ``path``, counting no further than ``limit`` (cheap: no JSON parsing)."""
+def count_documents(source: Source, limit: int) -> int:
+    """Non-blank lines of a source, counting no further than ``limit`` (cheap: no JSON parsing)."""
     n = 0
-    for doc in iter_documents(path, parse=False):
+    path, start, end = source
+    for doc in iter_documents(Path(path), parse=False, start=start, end=end):
         if not isinstance(doc, SkippedDocument) or doc.document:
             n += 1
         if n >= limit:
@@ -128,34 +140,35 @@ def plan_shares(files: list[Path], total: int, max_docs: int | None) -> list[Sha
     """
     if len(files) == 1 and str(files[0]).startswith(HUB_PREFIX):
         budget = None if max_docs is None else -(-max_docs // total)
-        return [Share(k, total, (str(files[0]),), (budget,)) for k in range(total)]
-    budgets: list[int | None] = [None] * len(files)
+        return [Share(k, total, ((str(files[0]), 0, -1),), (budget,)) for k in range(total)]
+    sources: list[Source] = []
+    cuts = -(-total // len(files)) if files and len(files) < total else 1
+    for path in files:
+        size = path.stat().st_size
+        if cuts == 1 or not splittable(path) or size == 0:
+            sources.append((str(path), 0, -1))
+        else:
+            bounds = [size * i // cuts for i in range(cuts)] + [-1]
+            sources += [(str(path), bounds[i], bounds[i + 1]) for i in range(cuts)]
+    budgets: list[int | None] = [None] * len(sources)
     if max_docs is not None:
         left = max_docs
-        for i, path in enumerate(files):
-            take = count_documents(path, left) if left > 0 else 0
+        for i, source in enumerate(sources):
+            take = count_documents(source, left) if left > 0 else 0
             budgets[i] = take
             left -= take
-    return [
-        Share(
-            index=k,
-            total=total,
-            files=tuple(str(f) for f in files[k::total]),
-            budgets=tuple(budgets[k::total]),
-        )
-        for k in range(total)
-    ]
+    return [Share(k, total, tuple(sources[k::total]), tuple(budgets[k::total])) for k in range(total)]
 
 
 def _documents(share: Share) -> Iterator[str | SkippedDocument]:
-    for path, budget in zip(share.files, share.budgets, strict=True):
+    for (path, start, end), budget in zip(share.sources, share.budgets, strict=True):
         if budget == 0:
             continue
         taken = 0
         docs = (
             iter_hub_documents(path, share.index, share.total)
             if path.startswith(HUB_PREFIX)
-            else iter_documents(Path(path))
+            else iter_documents(Path(path), start=start, end=end)
         )
         for doc in docs:
             if budget is not None and taken >= budget:
@@ -180,7 +193,7 @@ def convert_part(share: Share, split_dir: Path, options: ConvertOptions, counter
         special_ids(tokenizer, options.eos_text),
         options.wrap,
     )
-    stats = PartStats(part=share.name, files=list(share.files))
+    stats = PartStats(part=share.name, files=share.files)
     with MDSWriter(out=str(out_dir), columns=COLUMNS, compression=options.compression) as writer:
 
         def flush(batch: list[str]) -> None:
@@ -323,14 +336,25 @@ def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -
     return summary
 
 
-def run_parts(shares: list[Share], split_dir: Path, options: ConvertOptions, progress: Progress) -> list[str]:
-    """Convert the given shares, one process each, showing progress; return error messages."""
-    ctx = mp.get_context("spawn")
+def run_parts(
+    shares: list[Share], split_dir: Path, options: ConvertOptions, label: str, total_docs: int | None = None
+) -> list[str]:
+    """Convert the given shares, one process each, showing progress; return error messages.
+
+    Workers are forked once the parent has imported streaming and transformers, so none of them
+    pays those imports again (seconds each). Nothing here starts a thread before the fork; the
+    progress bar (tqdm runs a monitor thread) is created after it.
+    """
+    import streaming  # noqa: F401  (imported before the fork, inherited by every worker)
+    import transformers  # noqa: F401
+
+    ctx = mp.get_context("fork")
     total = shares[0].total if shares else 0
     counters = ctx.Array("q", 2 * total, lock=False)
     procs = [ctx.Process(target=_part_main, args=(s, split_dir, options, counters), name=s.name) for s in shares]
     for proc in procs:
         proc.start()
+    progress = Progress(label, total_docs=total_docs)
     try:
         while any(p.is_alive() for p in procs):
             progress.update(sum(counters[0::2]), sum(counters[1::2]))
@@ -339,6 +363,7 @@ def run_parts(shares: list[Share], split_dir: Path, options: ConvertOptions, pro
         for proc in procs:
             proc.join()
     progress.update(sum(counters[0::2]), sum(counters[1::2]))
+    progress.close()
     errors = []
     for share, proc in zip(shares, procs, strict=True):
         if proc.exitcode != 0:

@@ -77,17 +77,56 @@ def _open_text(path: Path) -> IO[bytes]:
     return cast(IO[bytes], gzip.open(path, "rb")) if path.name.endswith(".gz") else path.open("rb")
 
 
-def iter_documents(path: Path, parse: bool = True) -> Iterator[str | SkippedDocument]:
+def splittable(path: Path) -> bool:
+    """Plain (uncompressed) files can be read from any byte offset, so they can be split in ranges."""
+    return not path.name.endswith(".gz")
+
+
+def _lines_before(path: Path, pos: int) -> int:
+    """Newlines in the first ``pos`` bytes of a plain file (line numbers of a range)."""
+    n = 0
+    with path.open("rb") as fh:
+        while pos > 0:
+            chunk = fh.read(min(pos, 1 << 24))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            pos -= len(chunk)
+    return n
+
+
+def _range_lines(fh: IO[bytes], path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the lines that start in ``[start, end)`` (``end < 0``: to the end)."""
+    if start > 0:
+        fh.seek(start - 1)
+        if fh.read(1) != b"\n":
+            fh.readline()  # the line in progress at ``start`` belongs to the range before
+    first = fh.tell()
+    base: int | None = None
+    while end < 0 or fh.tell() < end:
+        raw = fh.readline()
+        if not raw:
+            return
+        if base is None:
+            base = _lines_before(path, first) if first > 0 else 0
+        base += 1
+        yield base, raw
+
+
+def iter_documents(path: Path, parse: bool = True, start: int = 0, end: int = -1) -> Iterator[str | SkippedDocument]:
     """Yield the ``text`` of each JSON line of ``path``, or a `SkippedDocument` for a bad line.
 
-    With ``parse=False`` every non-blank line yields ``""`` (for counting documents cheaply).
+    ``start``/``end`` read only the lines that start in that byte range (plain files only). With
+    ``parse=False`` every non-blank line yields ``""`` (for counting documents cheaply).
     """
     name = str(path)
     line_no = 0
     documents = 0
+    whole = start == 0 and end < 0
     try:
         with _open_text(path) as fh:
-            for line_no, raw in enumerate(fh, start=1):
+            lines = enumerate(fh, start=1) if whole else _range_lines(fh, path, start, end)
+            for line_no, raw in lines:
                 if not raw.strip():
                     continue
                 documents += 1
@@ -99,7 +138,7 @@ def iter_documents(path: Path, parse: bool = True) -> Iterator[str | SkippedDocu
         what = "truncated or corrupt gzip" if name.endswith(".gz") else "unreadable file"
         yield SkippedDocument(name, line_no + 1, f"{what}: {err}", document=False)
         return
-    if documents == 0:
+    if documents == 0 and whole:
         yield SkippedDocument(name, 0, "empty file: no documents", document=False)
 
 

@@ -255,3 +255,34 @@ def test_hub_without_network_is_a_clear_error(
     ]
     assert main(args) == 2
     assert "no --input given and the Hugging Face hub is off" in capsys.readouterr().err
+
+
+def test_one_plain_file_is_split_in_byte_ranges_without_losing_a_line(
+    demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with gzip.open(demo_assets[0] / "c4-train.00000-of-00002.json.gz", "rt", encoding="utf-8") as fh:
+        lines = fh.readlines()
+    lines.insert(150, "{broken\n")  # in the second half: its line number must still be 151
+    source = tmp_path / "one.jsonl"
+    source.write_text("".join(lines))
+    args = [
+        "--input",
+        str(source),
+        "--out-root",
+        str(tmp_path / "o"),
+        "--split",
+        "train",
+        "--tokenizer",
+        str(demo_assets[1]),
+        "--concat-tokens",
+        "128",
+        "--workers",
+        "3",
+    ]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "o" / "train" / "summary.json").read_text())
+    assert summary["parts"] == 3 and all(p["documents_read"] > 0 for p in summary["part_stats"])
+    assert summary["documents_read"] == len(lines) and summary["documents_written"] == len(lines) - 1
+    (skipped,) = summary["skipped"]
+    assert skipped["line"] == 151 and skipped["reason"].startswith("invalid JSON")
+    assert [p["files"][0].split("[")[1] for p in summary["part_stats"]][0].startswith("0:")
