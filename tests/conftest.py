@@ -14,6 +14,25 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
 
 
+def preprocess_args(
+    inputs: Path | None, out_root: Path, split: str, tokenizer: Path, concat_tokens: int, *extra: str
+) -> list[str]:
+    """Command line of ``python -m preprocessing`` (``inputs=None``: the hub)."""
+    head = [] if inputs is None else ["--input", str(inputs)]
+    return [
+        *head,
+        "--out-root",
+        str(out_root),
+        "--split",
+        split,
+        "--tokenizer",
+        str(tokenizer),
+        "--concat-tokens",
+        str(concat_tokens),
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(C4 sample folder, tokenizer folder), made once per session."""
@@ -30,19 +49,6 @@ def mds_root(demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
     sample, tokenizer = demo_assets
     root = tmp_path_factory.mktemp("mds")
     for split in ("train_small", "val_small"):
-        args = [
-            "--input",
-            str(sample),
-            "--out-root",
-            str(root),
-            "--split",
-            split,
-            "--tokenizer",
-            str(tokenizer),
-            "--concat-tokens",
-            "128",
-            "--eos-text",
-            "<|endoftext|>",
-        ]
+        args = preprocess_args(sample, root, split, tokenizer, 128, "--eos-text", "<|endoftext|>")
         assert main(args) == 0
     return root

@@ -11,6 +11,7 @@ import pytest
 
 from preprocessing.cli import main
 from preprocessing.concat import TokenConcatenator
+from tests.conftest import preprocess_args
 
 
 def test_output_reads_back_with_streaming(mds_root: Path, demo_assets: tuple[Path, Path]) -> None:
@@ -99,18 +100,7 @@ def test_bad_lines_are_skipped_and_reported(
     bad_input: Path, demo_assets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    args = [
-        "--input",
-        str(bad_input),
-        "--out-root",
-        str(out),
-        "--split",
-        "train",
-        "--tokenizer",
-        str(demo_assets[1]),
-        "--concat-tokens",
-        "32",
-    ]
+    args = preprocess_args(bad_input, out, "train", demo_assets[1], 32)
     assert main(args) == 0
     summary = json.loads((out / "train" / "summary.json").read_text())
     assert summary["documents_read"] == 6 and summary["documents_written"] == 2
@@ -125,19 +115,7 @@ def test_bad_lines_are_skipped_and_reported(
 def test_strict_stops_at_first_bad_line(
     bad_input: Path, demo_assets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [
-        "--input",
-        str(bad_input),
-        "--out-root",
-        str(tmp_path / "o"),
-        "--split",
-        "train",
-        "--tokenizer",
-        str(demo_assets[1]),
-        "--concat-tokens",
-        "32",
-        "--strict",
-    ]
+    args = preprocess_args(bad_input, tmp_path / "o", "train", demo_assets[1], 32, "--strict")
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "c4-train.00000-of-00001.json.gz:2: invalid JSON" in err
@@ -173,22 +151,9 @@ def test_user_mistakes_are_one_line_errors(
 
 def test_two_workers_write_the_same_samples_deterministically(demo_assets: tuple[Path, Path], tmp_path: Path) -> None:
     def run(out: Path) -> list[bytes]:
-        args = [
-            "--input",
-            str(demo_assets[0]),
-            "--out-root",
-            str(out),
-            "--split",
-            "train_small",
-            "--tokenizer",
-            str(demo_assets[1]),
-            "--concat-tokens",
-            "128",
-            "--eos-text",
-            "<|endoftext|>",
-            "--workers",
-            "2",
-        ]
+        args = preprocess_args(
+            demo_assets[0], out, "train_small", demo_assets[1], 128, "--eos-text", "<|endoftext|>", "--workers", "2"
+        )
         assert main(args) == 0
         return [p.read_bytes() for p in sorted((out / "train_small").glob("part-*/shard.*"))]
 

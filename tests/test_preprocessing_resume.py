@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from preprocessing.cli import main
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, preprocess_args
 
 
 def tree_bytes(split_dir: Path) -> dict[str, bytes]:
@@ -46,22 +46,9 @@ def test_one_worker_is_byte_identical_to_llmfoundry_convert_dataset_json(
         tokenizer=str(tokenizer),
         eos_text="<|endoftext|>",
     )
-    args = [
-        "--input",
-        str(source),
-        "--out-root",
-        str(tmp_path / "ours"),
-        "--split",
-        "train",
-        "--tokenizer",
-        str(tokenizer),
-        "--concat-tokens",
-        "128",
-        "--eos-text",
-        "<|endoftext|>",
-        "--compression",
-        "zstd",
-    ]
+    args = preprocess_args(
+        source, tmp_path / "ours", "train", tokenizer, 128, "--eos-text", "<|endoftext|>", "--compression", "zstd"
+    )
     assert main(args) == 0
     ours = tmp_path / "ours" / "train" / "part-00000-of-00001"
     their_shards = sorted(p.name for p in theirs.glob("shard.*"))
@@ -87,25 +74,8 @@ def larger_input(demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPa
 
 
 def command(inputs: Path, out: Path, tokenizer: Path, workers: int = 2) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "preprocessing",
-        "--input",
-        str(inputs),
-        "--out-root",
-        str(out),
-        "--split",
-        "train",
-        "--tokenizer",
-        str(tokenizer),
-        "--concat-tokens",
-        "128",
-        "--eos-text",
-        "<|endoftext|>",
-        "--workers",
-        str(workers),
-    ]
+    extra = ("--eos-text", "<|endoftext|>", "--workers", str(workers))
+    return [sys.executable, "-m", "preprocessing", *preprocess_args(inputs, out, "train", tokenizer, 128, *extra)]
 
 
 @pytest.mark.slow
@@ -185,18 +155,7 @@ def test_empty_and_truncated_files_are_reported(
     whole = gzip.compress(good * 50)
     (folder / "b.json.gz").write_bytes(whole[: len(whole) // 2])
     (folder / "c.jsonl").write_bytes(good * 3)
-    args = [
-        "--input",
-        str(folder),
-        "--out-root",
-        str(tmp_path / "o"),
-        "--split",
-        "x",
-        "--tokenizer",
-        str(demo_assets[1]),
-        "--concat-tokens",
-        "64",
-    ]
+    args = preprocess_args(folder, tmp_path / "o", "x", demo_assets[1], 64)
     assert main(args) == 0
     summary = json.loads((tmp_path / "o" / "x" / "summary.json").read_text())
     reasons = {Path(s["file"]).name: s for s in summary["skipped"]}
@@ -226,18 +185,7 @@ def test_output_folder_with_another_dataset_is_refused(
     assert f"{tmp_path / 'val_small'} holds a different dataset (options differ)" in err
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "index.json").write_text("{}")
-    foreign = [
-        "--input",
-        str(demo_assets[0]),
-        "--out-root",
-        str(tmp_path),
-        "--split",
-        "foreign",
-        "--tokenizer",
-        str(demo_assets[1]),
-        "--concat-tokens",
-        "64",
-    ]
+    foreign = preprocess_args(demo_assets[0], tmp_path, "foreign", demo_assets[1], 64)
     assert main(foreign) == 2
     assert "is not empty and was not written by this tool" in capsys.readouterr().err
 
@@ -245,16 +193,7 @@ def test_output_folder_with_another_dataset_is_refused(
 def test_hub_without_network_is_a_clear_error(
     demo_assets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [
-        "--out-root",
-        str(tmp_path),
-        "--split",
-        "train_small",
-        "--tokenizer",
-        str(demo_assets[1]),
-        "--concat-tokens",
-        "64",
-    ]
+    args = preprocess_args(None, tmp_path, "train_small", demo_assets[1], 64)
     assert main(args) == 2
     assert "no --input given and the Hugging Face hub is off" in capsys.readouterr().err
 
@@ -267,20 +206,7 @@ def test_one_plain_file_is_split_in_byte_ranges_without_losing_a_line(
     lines.insert(150, "{broken\n")  # in the second half: its line number must still be 151
     source = tmp_path / "one.jsonl"
     source.write_text("".join(lines))
-    args = [
-        "--input",
-        str(source),
-        "--out-root",
-        str(tmp_path / "o"),
-        "--split",
-        "train",
-        "--tokenizer",
-        str(demo_assets[1]),
-        "--concat-tokens",
-        "128",
-        "--workers",
-        "3",
-    ]
+    args = preprocess_args(source, tmp_path / "o", "train", demo_assets[1], 128, "--workers", "3")
     assert main(args) == 0
     summary = json.loads((tmp_path / "o" / "train" / "summary.json").read_text())
     assert summary["parts"] == 3 and all(p["documents_read"] > 0 for p in summary["part_stats"])
