@@ -32,14 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TIMED = """
-import resource, subprocess, sys, time
-t = time.perf_counter()
-r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(time.perf_counter() - t, rss, r.returncode)
-sys.stderr.write(r.stderr[-2000:] if r.returncode else "")
-"""
+from benchmarks.timing import timed  # noqa: E402
 
 CEILING = """
 import json, os, sys, time
@@ -60,15 +53,6 @@ from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_data
 convert_dataset_json(path=sys.argv[1], out_root=sys.argv[2], compression="zstd", concat_tokens=2048,
                      split="train", tokenizer=sys.argv[3], eos_text="<|endoftext|>")
 """
-
-
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one fresh process."""
-    out = subprocess.run([sys.executable, "-c", TIMED, *cmd], capture_output=True, text=True, env=env, check=True)
-    seconds, rss, rc = out.stdout.split()
-    if int(rc) != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... exited {rc}:\n{out.stderr}")
-    return float(seconds), float(rss)
 
 
 def make_input(path: Path, mb: float) -> int:

@@ -19,13 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.timing import timed  # noqa: E402
+
 BLOCK = """\
 {r}: [batch={n}/{t}]:
 {r}: \t Train time/batch: {p}
@@ -101,21 +104,6 @@ print(json.dumps({"s": time.perf_counter() - t, "lines": n}))
 """
 
 
-def run_timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one fresh process."""
-    wrapper = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024; "
-        "print(time.perf_counter() - t, rss, r.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True)
-    seconds, rss, rc = out.stdout.split()
-    if int(rc) != 0:
-        raise SystemExit(f"{' '.join(cmd)} exited {rc}")
-    return float(seconds), float(rss)
-
-
 def main() -> int:
     """Write the log, time both sides alternately, print medians and the ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -135,9 +123,9 @@ def main() -> int:
         )
     bare, report = [], []
     for i in range(args.repeats):
-        bare.append(run_timed([sys.executable, "-c", BARE, str(log)]))
+        bare.append(timed([sys.executable, "-c", BARE, str(log)]))
         report.append(
-            run_timed([sys.executable, str(REPO / "report.py"), str(log), "--no-plots", "--out", str(work / "out")])
+            timed([sys.executable, str(REPO / "report.py"), str(log), "--no-plots", "--out", str(work / "out")])
         )
         print(
             f"run {i + 1}: bare {bare[-1][0]:.2f} s {bare[-1][1]:.0f} MB | report {report[-1][0]:.2f} s "

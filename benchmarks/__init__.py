@@ -1,0 +1,1 @@
+"""Benchmark scripts: they print figures; targets are checked by reading them, never in tests."""
