@@ -19,7 +19,7 @@ from pathlib import Path
 from test_case.compare import DEFAULT_BASELINE, BaselineError, compare_to_baseline, load_baseline, scaling_groups
 from test_case.gpu_peaks import PEAK_TFLOPS
 from test_case.log_parser import ParsedLog, parse_log_file
-from test_case.metrics import RunSummary, is_used_key, summarise_run
+from test_case.metrics import USED_TRAIN_KEYS, RunSummary, summarise_run
 from test_case.render import format_table, report_document, write_reports
 
 LOG_SUFFIXES = {".out", ".log", ".txt", ".err"}
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=0, help="measured blocks to skip at the start of the window")
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="processes that parse a large log together (default: all CPUs)"
+    )
     return p
 
 
@@ -84,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"report.py: error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    if args.warmup < 0 or not 0 <= args.tolerance < 1:
-        print("report.py: error: --warmup must be >= 0 and --tolerance in [0, 1)", file=sys.stderr)
+    if args.warmup < 0 or not 0 <= args.tolerance < 1 or (args.jobs is not None and args.jobs < 1):
+        print("report.py: error: --warmup must be >= 0, --tolerance in [0, 1), --jobs >= 1", file=sys.stderr)
         return 2
     baseline_rows = None
     if args.baseline is not None:
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parsed: list[ParsedLog] = []
     empty: list[str] = []
     for path in find_logs(args.paths):
-        log = parse_log_file(path, keep=is_used_key)
+        log = parse_log_file(path, keep=USED_TRAIN_KEYS, jobs=args.jobs)
         if log.train_blocks:
             parsed.append(log)
         else:

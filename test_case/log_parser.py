@@ -16,20 +16,36 @@ STDERR----------``), possibly pasted with ``> `` or ``[stderr]: `` in front of e
 * llm-foundry's config dump (YAML at the start of training): ``n_params``, ``max_seq_len``,
   ``global_train_batch_size`` and the model shape are read from it.
 
-Everything else is counted as unknown and ignored; no input makes the parser raise. Lines are
-streamed, and only what the report uses is kept: the blocks of the reporting rank (the lowest rank
-that logged train blocks; those of higher ranks are dropped as soon as a lower one appears) and,
-with ``keep``, only the train metrics it selects. Memory therefore grows with the number of batches
-of one rank times the kept metrics, not with the size of the file.
+Everything else is counted as unknown and ignored; no input makes the parser raise. Only what the
+report uses is kept: the blocks of the reporting rank (the lowest rank that logged train blocks;
+those of higher ranks are dropped as soon as a lower one appears) and, with ``keep``, only the
+train metrics it names. Memory therefore grows with the number of batches of one rank times the
+kept metrics, not with the size of the file.
+
+How it reads (`LogParser`): `LogParser.feed_line` gives each line its meaning, one line at a time.
+Most of a log is metric blocks whose lines repeat the keys of the block before, so
+`LogParser.feed_text` reads a block with one regular expression built from those keys (a "shape")
+and hands every other line to `feed_line`; both paths give the same result, which the tests check
+on real and generated logs. A large file is cut at block headers into parts that worker processes
+parse at the same time (`parse_log_file`); a part is merged only where its lines mean the same
+without the state of the parts before it, and is read again in order otherwise.
 """
 
 from __future__ import annotations
 
+import codecs
+import gc
+import io
+import itertools
 import math
+import multiprocessing
+import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TypeGuard
 
@@ -63,6 +79,19 @@ CONFIG_KEYS = {
 }
 CONFIG_LINE = re.compile(r"^\s*(" + "|".join(CONFIG_KEYS) + r"): (\S.*?)\s*$")
 
+# The block path of `LogParser.feed_text`: a block header line in Composer's own form (rank prefix or
+# none, no other prefix, no trailing text), and metric lines ``<prefix><TAB> Train key: value``, each
+# a case of METRIC_LINE, as `feed_line` would read them.
+BLOCK_HEADER = re.compile(r"((?:\d+: ?)?)(?:\[epoch=(\d+)\])?\[(batch|token|sample)=(\d+)(?:/(\d+))?\]:[ \t]*\n")
+BLOCK_HEADER_BYTES = re.compile(rb"\n(?:\d+: ?)?(?:\[epoch=\d+\])?\[(?:batch|token|sample)=\d+(?:/\d+)?\]:[ \t]*\r?\n")
+METRIC_BODY_LINE = re.compile(r"\t Train ([^\s:][^:\n]*+): [^\S\n]*+\S[^\n]*+\n")
+KEPT_VALUE = r"[^\S\n]*+(\S(?:[^\n]*\S)?)[^\S\n]*+\n"  # the value without surrounding whitespace
+SKIPPED_VALUE = r"[^\S\n]*+\S[^\n]*+\n"
+MAX_SHAPES = 256  # distinct block shapes compiled per file; blocks of any other shape are read line by line
+CHUNK_BYTES = 1 << 22  # read at a time
+PARALLEL_MIN_BYTES = 64 << 20  # smallest part worth a process of its own
+SPLIT_WINDOW_BYTES = 1 << 20  # how far past a cut point to look for a block header
+
 Value = float | int | str
 
 
@@ -77,6 +106,10 @@ class MetricBlock:
     epoch: int | None
     line: int  # 1-based line of the header in the file
     metrics: dict[str, Value] = field(default_factory=dict)
+
+    def __reduce__(self) -> tuple[type[MetricBlock], tuple[object, ...]]:
+        """Pickled as its fields (much faster than the generic path for slotted dataclasses)."""
+        return MetricBlock, (self.kind, self.unit, self.step, self.total, self.epoch, self.line, self.metrics)
 
 
 @dataclass
@@ -108,7 +141,7 @@ class ParsedLog:
 def parse_value(text: str) -> Value:
     """Turn a logged value into int, float (``nan``/``inf`` included) or the string itself."""
     text = text.strip()
-    if text.isdigit():
+    if text.isdecimal():
         return int(text)
     try:
         return float(text)
@@ -127,86 +160,120 @@ def is_finite_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+class _Incoming:
+    """Marks state that comes from the part of the file before a detached parser's part."""
+
+
+INCOMING = _Incoming()
+
+
 def _rank_order(rank: int | None) -> int:
     return -1 if rank is None else rank
 
 
-def parse_composer_log(
-    lines: Iterable[str], path: str = "<memory>", keep: Callable[[str], bool] | None = None
-) -> ParsedLog:
-    """Parse log lines (with or without newlines) into a `ParsedLog`.
+@dataclass(slots=True)
+class _Shape:
+    """A regular expression for the metric lines of one block, learned from a block of one prefix."""
 
-    ``keep(key)`` selects the train metrics to store (default: all); eval metrics are all stored.
+    pattern: re.Pattern[str]
+    lines: int  # metric lines it matches
+    kept: tuple[str, ...]  # keys whose values its groups capture, in order
+    next_metric: str  # a line after the match that starts with this may be one more metric line
+
+
+class LogParser:
+    """The state of parsing one log, fed in file order (`feed_line`, `feed_text`, `feed_file`).
+
+    ``detached=True`` parses a later part of a file without the state of the parts before it; every
+    line whose meaning depends on that state sets `depends_on_earlier` (or `assumed_no_section`),
+    and `absorb` merges such a part into the parser of the parts before it.
     """
-    log = ParsedLog(path=path)
-    current: dict[int | None, MetricBlock | None] = {}
-    best: list[int] = []  # order of the reporting rank so far (empty until a train block is seen)
 
-    def store(rank: int | None, block: MetricBlock) -> bool:
+    def __init__(self, path: str = "<memory>", keep: AbstractSet[str] | None = None, detached: bool = False):
+        self.log = ParsedLog(path=path)
+        self.keep = keep
+        self.detached = detached
+        self.number = 0  # lines read
+        self.current: dict[int | None, MetricBlock | None] = {}  # the block each rank's metric lines go to
+        self.best: int | None = None  # order of the reporting rank so far
+        self.section_rank: int | None = None  # inside a launcher "Begin global rank K" section
+        self.section_known = not detached
+        self.assumed_no_section = False  # detached: an unprefixed line was read as outside a section
+        self.depends_on_earlier = False  # detached: a line's meaning needs the parts before
+        self.shapes: dict[str, _Shape] = {}  # per rank prefix: the shape of its last block
+        self.known_shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
+        self.prefix_ranks: dict[str, int] = {}
+        self.totals: dict[str | None, int] = {}
+        self.dropped = MetricBlock("train", "batch", 0, 0, None, 0)  # absorbs the lines of blocks not kept
+
+    def __getstate__(self) -> dict[str, object]:
+        """Compiled shapes stay behind when a worker sends its part back."""
+        state = self.__dict__.copy()
+        state["shapes"], state["known_shapes"] = {}, {}
+        return state
+
+    def _keeps(self, key: str) -> bool:
+        return self.keep is None or key in self.keep
+
+    def _store(self, rank: int | None, block: MetricBlock) -> bool:
         """Add ``block`` if ``rank`` can be the reporting rank; drop higher ranks' blocks."""
         order = _rank_order(rank)
-        if best and order > best[0]:
+        if self.best is not None and order > self.best:
             return False
-        if block.kind == "train" and (not best or order < best[0]):
-            best[:] = [order]
-            for other in [r for r in log.blocks if _rank_order(r) > order]:
-                del log.blocks[other]
-        log.blocks.setdefault(rank, []).append(block)
+        if block.kind == "train" and (self.best is None or order < self.best):
+            self.best = order
+            for other in [r for r in self.log.blocks if _rank_order(r) > order]:
+                del self.log.blocks[other]
+        self.log.blocks.setdefault(rank, []).append(block)
         return True
 
-    section_rank: int | None = None  # inside a launcher "Begin global rank K" section
-    blocks = log.blocks
-    number = 0
-    for number, raw in enumerate(lines, start=1):
+    def _local_blocks(self, rank: int | None) -> list[MetricBlock]:
+        """The stored blocks of ``rank``; a detached parser without any depends on the parts before."""
+        blocks = self.log.blocks.get(rank, [])
+        if self.detached and not blocks:
+            self.depends_on_earlier = True
+        return blocks
+
+    def feed_line(self, raw: str) -> None:
+        """Read one line (with or without its newline)."""
+        self.number += 1
         line = raw.rstrip()
         if not line:
-            continue
-        rank = section_rank
+            return
+        rank = self.section_rank
         first = line[0]
-        if first.isdigit():
-            m = RANK_PREFIX.match(line)
-            if m:
-                rank, line = int(m.group(1)), line[m.end() :]
-                if not line:
-                    continue
-                first = line[0]
+        m = RANK_PREFIX.match(line) if first.isdigit() else None
+        if m:
+            rank, line = int(m.group(1)), line[m.end() :]
+            if not line:
+                return
+            first = line[0]
+        elif not self.section_known:
+            self.assumed_no_section = True
         if first in ">[" and (m := QUOTE_PREFIX.match(line)):
             line = line[m.end() :]
             first = line[:1]
         # Metric lines are most of a log: test for them first, with a cheap substring check.
         if ("Train " in line or "Eval " in line) and (metric := METRIC_LINE.match(line)):
-            block = current.get(rank)
-            if block is not None:
+            block = self.current.get(rank, INCOMING if self.detached else None)
+            if isinstance(block, MetricBlock):
                 kind, key, value = metric.groups()
                 if kind == "Eval":
                     block.kind = "eval"
-                if keep is None or block.kind == "eval" or keep(key):
+                if block.kind == "eval" or self._keeps(key):
                     block.metrics[sys.intern(key)] = parse_value(value)  # one key object for all blocks
-                continue
-        current[rank] = None
+                return
+            if block is INCOMING:
+                self.depends_on_earlier = True
+        self.current[rank] = None
         stripped = line.strip()
         if stripped[:1] == "[":
             if step := STEP_LINE.match(stripped):
-                epoch, unit, n, total, key, value = step.groups()
-                block = current_one_line = None
-                if key is not None:  # one-line form: metrics of one step share a block
-                    previous = blocks.get(rank)
-                    last = previous[-1] if previous else None
-                    if last is not None and last.unit == unit and last.step == int(n) and last.kind == "train":
-                        current_one_line = last
-                if current_one_line is None:
-                    block = MetricBlock("train", unit, int(n), int(total or 0), int(epoch) if epoch else None, number)
-                    store(rank, block)  # a dropped block still absorbs its metric lines
-                else:
-                    block = current_one_line
-                if key is None:
-                    current[rank] = block
-                elif keep is None or keep(key):
-                    block.metrics[key] = parse_value(value)
-                continue
+                self._step_line(rank, step)
+                return
             if progress := EVAL_PROGRESS.match(stripped):
                 if progress.group(4):
-                    previous_train = [b for b in blocks.get(rank, []) if b.kind == "train"]
+                    previous_train = [b for b in self._local_blocks(rank) if b.kind == "train"]
                     last_train = previous_train[-1] if previous_train else None
                     block = MetricBlock(
                         "eval",
@@ -214,32 +281,267 @@ def parse_composer_log(
                         last_train.step if last_train else 0,
                         last_train.total if last_train else 0,
                         None,
-                        number,
+                        self.number,
                     )
-                    store(rank, block)
-                    current[rank] = block
-                continue
+                    self._store(rank, block)
+                    self.current[rank] = block
+                return
             if run := RUN_HEADER.match(stripped):
                 key = run.group(1)
                 if key == "job_id":
-                    log.starts += 1
-                log.header[key] = run.group(2)
-                continue
+                    self.log.starts += 1
+                self.log.header[key] = run.group(2)
+                return
         elif first == "-" and (section := LAUNCHER_SECTION.match(stripped)):
-            section_rank = int(section.group(2)) if section.group(1) == "Begin" else None
-            continue
+            self.section_rank = int(section.group(2)) if section.group(1) == "Begin" else None
+            self.section_known = True
+            return
         elif ": " in line and (config := CONFIG_LINE.match(line)):
             key, value = config.groups()
             parsed = parse_value(value)
-            if key not in log.config and (CONFIG_KEYS[key] is not int or isinstance(parsed, int)):
-                log.config[key] = parsed
+            if key not in self.log.config and (CONFIG_KEYS[key] is not int or isinstance(parsed, int)):
+                self.log.config[key] = parsed
+                return
+        self.log.unknown_lines += 1
+
+    def _step_line(self, rank: int | None, step: re.Match[str]) -> None:
+        """A block header, or one metric in the one-line form of Composer <= 0.11."""
+        epoch, unit, n, total, key, value = step.groups()
+        block = None
+        if key is not None:  # one-line form: metrics of one step share a block
+            previous = self._local_blocks(rank)
+            last = previous[-1] if previous else None
+            if last is not None and last.unit == unit and last.step == int(n) and last.kind == "train":
+                block = last
+        if block is None:
+            block = MetricBlock("train", unit, int(n), int(total or 0), int(epoch) if epoch else None, self.number)
+            self._store(rank, block)  # a dropped block still absorbs its metric lines
+        if key is None:
+            self.current[rank] = block
+        elif self._keeps(key):
+            block.metrics[key] = parse_value(value)
+
+    def feed_text(self, text: str, end: int | None = None) -> None:
+        """Read the complete lines of ``text[:end]`` (it ends with a newline): whole blocks at a time
+        where their lines have the shape of the block before, every other line with `feed_line`."""
+        end = len(text) if end is None else end
+        pos = 0
+        header = BLOCK_HEADER.match
+        shapes, current, ranks, totals = self.shapes, self.current, self.prefix_ranks, self.totals
+        while pos < end:
+            m = header(text, pos, end)
+            if m is None:
+                newline = text.index("\n", pos, end)
+                self.feed_line(text[pos:newline])
+                pos = newline + 1
                 continue
-        log.unknown_lines += 1
-    log.lines = number
-    return log
+            prefix, epoch, unit, n, total = m.groups()
+            if prefix:
+                rank = ranks.get(prefix)
+                if rank is None:
+                    rank = ranks[prefix] = int(prefix[: prefix.index(":")])
+            else:
+                rank = self.section_rank
+                if not self.section_known:
+                    self.assumed_no_section = True
+            body_start = m.end()
+            shape = shapes.get(prefix)
+            body = shape.pattern.match(text, body_start, end) if shape is not None else None
+            if shape is None or body is None or text.startswith(shape.next_metric, body.end()):
+                shape = self._learn_shape(text, body_start, end, prefix)  # a new shape, or a longer one
+                body = shape.pattern.match(text, body_start, end)
+                assert body is not None  # a shape matches the block it was learned from
+            self.number += 1
+            if self.best is not None and _rank_order(rank) > self.best:
+                current[rank] = self.dropped  # a higher rank's block: read, not kept
+            else:
+                values = body.groups()
+                try:  # parse_value's common cases, without a call per value
+                    parsed: list[Value] = [int(v) if v.isdecimal() else float(v) for v in values]
+                except ValueError:
+                    parsed = [parse_value(v) for v in values]
+                total_steps = totals.get(total)
+                if total_steps is None:
+                    total_steps = totals[total] = int(total or 0)  # one int object per distinct T
+                block = MetricBlock(
+                    "train",
+                    unit,
+                    int(n),
+                    total_steps,
+                    int(epoch) if epoch else None,
+                    self.number,
+                    dict(zip(shape.kept, parsed, strict=True)),
+                )
+                self._store(rank, block)
+                current[rank] = block
+            self.number += shape.lines
+            pos = body.end()
+
+    def _learn_shape(self, text: str, pos: int, end: int, prefix: str) -> _Shape:
+        """The shape of the block whose metric lines start at ``pos``."""
+        keys: list[str] = []
+        while text.startswith(prefix, pos) and (line := METRIC_BODY_LINE.match(text, pos + len(prefix), end)):
+            keys.append(sys.intern(line.group(1)))
+            pos = line.end()
+        shape = self.known_shapes.get((prefix, tuple(keys)))
+        if shape is None:
+            start = re.escape(prefix) + r"\t Train "
+            pattern = "".join(
+                start + re.escape(k) + ": " + (KEPT_VALUE if self._keeps(k) else SKIPPED_VALUE) for k in keys
+            )
+            kept = tuple(k for k in keys if self._keeps(k))
+            shape = _Shape(re.compile(pattern), len(keys), kept, prefix + "\t Train ")
+            if len(self.known_shapes) < MAX_SHAPES:
+                self.known_shapes[(prefix, tuple(keys))] = shape
+        self.shapes[prefix] = shape
+        return shape
+
+    def feed_file(self, path: Path, start: int = 0, end: int | None = None) -> None:
+        """Read bytes ``start:end`` of a file (``start`` at a line start), as text mode would decode them:
+        UTF-8 with undecodable bytes replaced, ``\r\n`` and ``\r`` read as newlines."""
+        decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(errors="replace"), translate=True)
+        carry = ""
+        with path.open("rb") as fh:
+            fh.seek(start)
+            left = (path.stat().st_size if end is None else end) - start
+            while left > 0:
+                data = fh.read(min(CHUNK_BYTES, left))
+                if not data:
+                    break
+                left -= len(data)
+                text = carry + decoder.decode(data)
+                cut = text.rfind("\n") + 1
+                self.feed_text(text, cut)
+                carry = text[cut:]
+        text = carry + decoder.decode(b"", final=True)
+        cut = text.rfind("\n") + 1
+        self.feed_text(text, cut)
+        if text[cut:]:
+            self.feed_line(text[cut:])
+
+    def absorb(self, later: LogParser) -> bool:
+        """Append the part that the detached parser ``later`` read after this one's; False (and no
+        change) when its lines would mean something else after this part: read that part again."""
+        if later.depends_on_earlier or (later.assumed_no_section and self.section_rank is not None):
+            return False
+        log = self.log
+        for rank, blocks in later.log.blocks.items():
+            for block in blocks:
+                block.line += self.number
+            log.blocks.setdefault(rank, []).extend(blocks)
+        # Read in order, the reporting rank would be the lower of the two (a block counts as train by
+        # its kind when stored: an Eval line may turn it into an eval block later, in either order).
+        bests = [b for b in (self.best, later.best) if b is not None]
+        self.best = min(bests) if bests else None
+        for rank in [r for r in log.blocks if self.best is not None and _rank_order(r) > self.best]:
+            del log.blocks[rank]
+        self.current.update(later.current)
+        if later.section_known:
+            self.section_rank = later.section_rank
+        log.header.update(later.log.header)
+        for key, value in later.log.config.items():
+            if key in log.config:
+                log.unknown_lines += 1  # read in order, a second dump of a key is not config
+            else:
+                log.config[key] = value
+        log.starts += later.log.starts
+        log.unknown_lines += later.log.unknown_lines
+        self.number += later.number
+        return True
+
+    def finish(self) -> ParsedLog:
+        """The parsed log."""
+        self.log.lines = self.number
+        return self.log
 
 
-def parse_log_file(path: Path, keep: Callable[[str], bool] | None = None) -> ParsedLog:
-    """Parse one file, streaming it line by line; undecodable bytes are replaced, not fatal."""
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        return parse_composer_log(fh, str(path), keep)
+def parse_composer_log(lines: Iterable[str], path: str = "<memory>", keep: AbstractSet[str] | None = None) -> ParsedLog:
+    """Parse log lines (with or without newlines) one at a time into a `ParsedLog`.
+
+    ``keep`` names the train metrics to store (default: all); eval metrics are all stored.
+    """
+    parser = LogParser(path, keep)
+    for raw in lines:
+        parser.feed_line(raw)
+    return parser.finish()
+
+
+def _parse_part(path: str, keep: AbstractSet[str] | None, start: int, end: int, sender: Connection) -> None:
+    """Worker process: parse bytes ``start:end`` of ``path`` without the parts before them; send the
+    parser back (the worker then exits and frees its memory)."""
+    parser = LogParser(path, keep, detached=True)
+    parser.feed_file(Path(path), start, end)
+    sender.send(parser)
+    sender.close()
+
+
+def split_points(path: Path, parts: int) -> list[int]:
+    """Offsets that cut ``path`` into about ``parts`` equal parts, each starting at a block header
+    line where one is near (else at a line start); the first is 0 and the last the file size."""
+    size = path.stat().st_size
+    points = [0]
+    with path.open("rb") as fh:
+        for i in range(1, parts):
+            fh.seek(size * i // parts)
+            window = fh.read(SPLIT_WINDOW_BYTES)
+            header = BLOCK_HEADER_BYTES.search(window)
+            newline = window.find(b"\n")
+            if header is None and newline < 0:
+                continue
+            point = fh.tell() - len(window) + (header.start() + 1 if header else newline + 1)
+            if points[-1] < point < size:
+                points.append(point)
+    return [*points, size]
+
+
+def default_jobs() -> int:
+    """Processes `parse_log_file` uses: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parse_log_file(
+    path: Path,
+    keep: AbstractSet[str] | None = None,
+    jobs: int | None = None,
+    min_part_bytes: int = PARALLEL_MIN_BYTES,
+) -> ParsedLog:
+    """Parse one file; undecodable bytes are replaced, not fatal. A file of at least
+    ``min_part_bytes`` per process is split into ``jobs`` parts parsed at the same time (where
+    processes can be forked); the result is the same as reading it line by line."""
+    jobs = default_jobs() if jobs is None else jobs
+    parts = min(jobs, path.stat().st_size // max(1, min_part_bytes))
+    points = split_points(path, parts) if parts > 1 and "fork" in multiprocessing.get_all_start_methods() else []
+    parser = LogParser(str(path), keep)
+    collecting = gc.isenabled()
+    gc.disable()  # parsing makes no reference cycles; collections over the growing heap only cost time
+    try:
+        if len(points) <= 2:
+            parser.feed_file(path)
+            return parser.finish()
+        later_parts = list(itertools.pairwise(points))[1:]
+        context = multiprocessing.get_context("fork")
+        workers = []
+        for start, end in later_parts:
+            receiver, sender = context.Pipe(duplex=False)
+            worker = context.Process(target=_parse_part, args=(str(path), keep, start, end, sender), daemon=True)
+            worker.start()
+            sender.close()
+            workers.append((worker, receiver))
+        try:
+            parser.feed_file(path, 0, points[1])
+            for (start, end), (worker, receiver) in zip(later_parts, workers, strict=True):
+                try:
+                    later = receiver.recv()
+                except EOFError:  # the worker died (killed, out of memory): read its part here
+                    later = None
+                worker.join()
+                if later is None or not parser.absorb(later):
+                    parser.feed_file(path, start, end)
+        finally:
+            for worker, _ in workers:
+                if worker.is_alive():
+                    worker.kill()
+        return parser.finish()
+    finally:
+        if collecting:
+            gc.enable()

@@ -214,6 +214,6 @@ def test_each_run_header_counts_as_a_start() -> None:
 
 def test_keep_selects_train_metrics_but_never_eval() -> None:
     lines = [*BLOCK.splitlines(), "[Eval batch=1/1] Eval on eval data:", "\t Eval metrics/eval/X: 2.0"]
-    log = parse_composer_log(lines, keep=lambda key: key.startswith("loss/"))
+    log = parse_composer_log(lines, keep={"loss/train/total", "loss/train"})
     assert log.train_blocks[0].metrics == {"loss/train/total": 6.5545}
     assert log.blocks[None][1].metrics == {"metrics/eval/X": 2.0}
