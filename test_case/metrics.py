@@ -28,14 +28,20 @@ Definitions (each printed figure comes from exactly one function here):
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
-import statistics
-from dataclasses import asdict, dataclass, field
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
 from test_case.gpu_peaks import peak_tflops
-from test_case.log_parser import MetricBlock, ParsedLog, Value, is_finite_number
+from test_case.log_parser import MetricBlock, ParsedLog, Value
 
 LOSS_KEY = "loss/train/total"
 LOSS_KEYS = (LOSS_KEY, "loss/train", "metrics/train/LanguageCrossEntropy", "LanguageCrossEntropy")
@@ -102,39 +108,61 @@ class RunSummary:
     eval: dict[str, float] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
-    series: dict[str, list[list[float]]] = field(default_factory=dict, repr=False)
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)  # batches, values
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (without the per-batch series, which only the plots use)."""
-        out = asdict(self)
-        out.pop("series")
-        return out
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "series"}
 
 
-def is_used_key(key: str) -> bool:
-    """The train metrics this module reads (the parser may drop the others to save memory)."""
-    return key in USED_TRAIN_KEYS
+def metric_column(blocks: Sequence[MetricBlock], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``key`` in every block as float64 (nan where absent or not a number), and a mask of the blocks
+    where it is a number (nan and inf included; a number too large for a float counts as inf)."""
+    metrics = [b.metrics for b in blocks]
+    if not any(map(operator.methodcaller("__contains__", key), metrics)):
+        return np.full(len(blocks), math.nan), np.zeros(len(blocks), dtype=bool)
+    raw = list(map(operator.methodcaller("get", key), metrics))
+    if set(map(type, raw)) <= {float, int, type(None)}:
+        try:
+            values = np.array(raw, dtype=np.float64)  # None becomes nan
+            return values, np.fromiter(map(operator.is_not, raw, itertools.repeat(None)), bool, len(raw))
+        except OverflowError:
+            pass
+    numeric = np.array([isinstance(v, int | float) and not isinstance(v, bool) for v in raw], dtype=bool)
+    return np.array([_to_float(v) if ok else math.nan for v, ok in zip(raw, numeric, strict=True)]), numeric
+
+
+def _to_float(value: Value | None) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return math.inf
+
+
+def window_indices(tokens_per_sec: np.ndarray, warmup: int = 0) -> np.ndarray:
+    """Indices of the steady-state window: blocks with a finite ``throughput/tokens_per_sec`` (the
+    `metric_column` given), less the first ``warmup`` of them."""
+    return np.flatnonzero(np.isfinite(tokens_per_sec))[warmup:]
 
 
 def steady_state_window(blocks: list[MetricBlock], warmup: int = 0) -> list[MetricBlock]:
     """Train blocks with a filled speed window, after skipping ``warmup`` of them."""
-    measured = [b for b in blocks if is_finite_number(b.metrics.get(TOKENS_PER_SEC))]
-    return measured[warmup:]
+    return [blocks[i] for i in window_indices(metric_column(blocks, TOKENS_PER_SEC)[0], warmup)]
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
+def _median(values: np.ndarray) -> float | None:
+    return float(np.median(values)) if len(values) else None
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def _percentile(values: np.ndarray, q: float) -> float | None:
     """Linear-interpolated percentile (q in 0..100)."""
-    if not values:
+    if not len(values):
         return None
-    ordered = sorted(values)
+    ordered = np.sort(values)
     pos = (len(ordered) - 1) * q / 100
     lo = math.floor(pos)
     hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
 
 
 def _as_int(value: Value | str | None) -> int | None:
@@ -144,44 +172,50 @@ def _as_int(value: Value | str | None) -> int | None:
         return None
 
 
-def _window_values(window: list[MetricBlock], key: str) -> list[float]:
-    return [float(v) for b in window if is_finite_number(v := b.metrics.get(key))]
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
 
 
-def infer_world_size(parsed: ParsedLog, window: list[MetricBlock]) -> int | None:
-    """World size from the run header, else from Composer's total/per-device throughput ratio."""
-    from_header = _as_int(parsed.header.get("world_size"))
-    if from_header:
-        return from_header
-    for block in window:
-        total, device = block.metrics.get(TOKENS_PER_SEC), block.metrics.get(DEVICE_TOKENS_PER_SEC)
-        if is_finite_number(total) and is_finite_number(device) and float(device) > 0:
-            return max(1, round(float(total) / float(device)))
-    return None
+def world_size_from_throughput(total: np.ndarray, device: np.ndarray) -> int | None:
+    """World size as Composer's total over per-device throughput (``throughput/tokens_per_sec`` over
+    ``throughput/device/tokens_per_sec``, window columns) in the first window block that logs both."""
+    with np.errstate(invalid="ignore"):
+        both = np.flatnonzero(np.isfinite(total) & np.isfinite(device) & (device > 0))
+    return max(1, round(float(total[both[0]] / device[both[0]]))) if len(both) else None
 
 
-def loss_series(blocks: list[MetricBlock]) -> list[tuple[int, float]]:
-    """(batch, loss) of every train block that logged a loss, under the first key the log uses."""
+def block_steps(blocks: Sequence[MetricBlock]) -> np.ndarray:
+    """N of each block's ``[batch=N/T]`` as an array (of Python ints where one exceeds int64)."""
+    steps = [b.step for b in blocks]
+    try:
+        return np.array(steps, dtype=np.int64)
+    except OverflowError:
+        return np.array(steps, dtype=object)
+
+
+def loss_series(blocks: Sequence[MetricBlock]) -> tuple[np.ndarray, np.ndarray]:
+    """Batches and losses of the train blocks that logged a loss (nan and inf included), under the
+    first of `LOSS_KEYS` the log uses."""
     for key in LOSS_KEYS:
-        series = [(b.step, float(v)) for b in blocks if isinstance(v := b.metrics.get(key), int | float)]
-        if series:
-            return series
-    return []
+        values, numeric = metric_column(blocks, key)
+        if numeric.any():
+            return block_steps(blocks)[numeric], values[numeric]
+    return np.array([], dtype=np.int64), np.array([], dtype=np.float64)
 
 
-def loss_spikes(series: list[tuple[int, float]]) -> list[int]:
+def loss_spikes(steps: Sequence[int] | np.ndarray, losses: Sequence[float] | np.ndarray) -> list[int]:
     """First batch of each run of consecutive spiking batches (see the module docstring)."""
-    starts: list[int] = []
-    spiking = False
-    for i, (step, loss) in enumerate(series):
-        history = [v for _, v in series[max(0, i - SPIKE_LOOKBACK) : i] if math.isfinite(v)]
-        is_spike = (
-            len(history) >= SPIKE_LOOKBACK and math.isfinite(loss) and loss > SPIKE_FACTOR * statistics.median(history)
+    values = np.asarray(losses, dtype=np.float64)
+    if len(values) <= SPIKE_LOOKBACK:
+        return []
+    history = sliding_window_view(values[:-1], SPIKE_LOOKBACK)  # row j: the losses before loss j + LOOKBACK
+    loss = values[SPIKE_LOOKBACK:]
+    with np.errstate(invalid="ignore"):
+        spiking = (
+            np.isfinite(history).all(axis=1) & np.isfinite(loss) & (loss > SPIKE_FACTOR * np.median(history, axis=1))
         )
-        if is_spike and not spiking:
-            starts.append(step)
-        spiking = is_spike
-    return starts
+    starts = spiking & ~np.concatenate(([False], spiking[:-1]))
+    return [int(steps[j + SPIKE_LOOKBACK]) for j in np.flatnonzero(starts)]
 
 
 def mpt_flops_per_sample(n_params: int, n_layers: int, d_model: int, seq_len: int, passes: int = 3) -> float:
@@ -221,64 +255,73 @@ def summarise_run(
     run.last_batch, run.max_duration, run.duration_unit = last.step, last.total, last.unit
     run.completed = bool(last.total) and last.step >= last.total
 
-    series = loss_series(blocks)
-    if series:
-        values = [v for _, v in series]
-        finite = [v for v in values if math.isfinite(v)]
-        run.loss_first, run.final_train_loss = values[0], values[-1]
-        run.loss_min = min(finite) if finite else None
-        bad = [s for s, v in series if not math.isfinite(v)]
-        run.has_nan, run.first_nan_batch = bool(bad), (bad[0] if bad else None)
-        run.loss_spikes = loss_spikes(series)
+    loss_steps, losses = loss_series(blocks)
+    if len(losses):
+        finite = np.isfinite(losses)
+        run.loss_first, run.final_train_loss = float(losses[0]), float(losses[-1])
+        run.loss_min = float(losses[finite].min()) if finite.any() else None
+        bad = np.flatnonzero(~finite)
+        run.has_nan, run.first_nan_batch = bool(len(bad)), (int(loss_steps[bad[0]]) if len(bad) else None)
+        run.loss_spikes = loss_spikes(loss_steps, losses)
     if run.has_nan:
         run.warnings.append(f"loss is nan or inf from batch {run.first_nan_batch}")
     if run.loss_spikes:
         run.warnings.append(f"loss spikes starting at batch {', '.join(map(str, run.loss_spikes))}")
 
-    window = steady_state_window(blocks, warmup)
-    run.world_size = infer_world_size(parsed, window)
-    if not window:
+    columns: dict[str, np.ndarray] = {}
+
+    def column(key: str) -> np.ndarray:
+        if key not in columns:
+            columns[key] = metric_column(blocks, key)[0]
+        return columns[key]
+
+    tokens_per_sec = column(TOKENS_PER_SEC)
+    window = window_indices(tokens_per_sec, warmup)
+    run.world_size = _as_int(parsed.header.get("world_size")) or world_size_from_throughput(
+        tokens_per_sec[window], column(DEVICE_TOKENS_PER_SEC)[window]
+    )
+    if not len(window):
         run.warnings.append(
             "no throughput logged: the run ended before Composer's speed window filled "
             f"(or --warmup {warmup} skipped all of it)"
         )
     else:
-        run.window_batches = [window[0].step, window[-1].step]
-    run.tokens_per_sec = _median(_window_values(window, TOKENS_PER_SEC))
-    run.samples_per_sec = _median(_window_values(window, SAMPLES_PER_SEC))
+        run.window_batches = [blocks[int(window[0])].step, blocks[int(window[-1])].step]
+    run.tokens_per_sec = _median(tokens_per_sec[window])
+    run.samples_per_sec = _median(_finite(column(SAMPLES_PER_SEC)[window]))
     if run.tokens_per_sec is not None and run.world_size:
         run.tokens_per_sec_per_device = run.tokens_per_sec / run.world_size
-    steps = [1.0 / r for r in _window_values(window, BATCHES_PER_SEC) if r > 0]
-    run.step_time_median_s = _median(steps)
-    run.step_time_p10_s, run.step_time_p90_s = _percentile(steps, 10), _percentile(steps, 90)
+    batches_per_sec = _finite(column(BATCHES_PER_SEC)[window])
+    step_times = 1.0 / batches_per_sec[batches_per_sec > 0]
+    run.step_time_median_s = _median(step_times)
+    run.step_time_p10_s, run.step_time_p90_s = _percentile(step_times, 10), _percentile(step_times, 90)
     if run.step_time_median_s and run.step_time_p10_s is not None and run.step_time_p90_s is not None:
         run.step_time_spread = (run.step_time_p90_s - run.step_time_p10_s) / run.step_time_median_s
-    run.mfu_logged = _median(_window_values(window, LOGGED_MFU))
+    run.mfu_logged = _median(_finite(column(LOGGED_MFU)[window]))
     _throughput_flops(run, parsed, gpu, peak_override)
 
     for kind, keys in PEAK_MEM_KEYS.items():
-        peaks = [float(v) for b in blocks for k in keys if is_finite_number(v := b.metrics.get(k))]
-        setattr(run, f"peak_mem_{kind}_gb", max(peaks) if peaks else None)
+        peaks = np.concatenate([_finite(column(key)) for key in keys])
+        setattr(run, f"peak_mem_{kind}_gb", float(peaks.max()) if len(peaks) else None)
     if run.tokens_per_sec:
         run.hours_to_1t_tokens = TOKENS_1T / run.tokens_per_sec / 3600
         if run.world_size:
             run.gpu_hours_to_1t_tokens = run.hours_to_1t_tokens * run.world_size
 
-    for block in parsed.blocks.get(parsed.reporting_rank, []):
-        if block.kind == "eval":
-            run.eval.update({k: float(v) for k, v in block.metrics.items() if isinstance(v, int | float)})
+    evals = [b for b in parsed.blocks.get(parsed.reporting_rank, []) if b.kind == "eval"]
+    for block in evals:
+        run.eval.update({k: float(v) for k, v in block.metrics.items() if isinstance(v, int | float)})
+    measured = np.flatnonzero(np.isfinite(tokens_per_sec))
+    eval_losses = metric_column(evals, "metrics/eval/LanguageCrossEntropy")[0]
+    eval_finite = np.flatnonzero(np.isfinite(eval_losses))
     run.series = {
-        "loss": [[s, v] for s, v in series],
-        "tokens_per_sec_per_device": [
-            [b.step, float(v) / run.world_size]
-            for b in blocks
-            if run.world_size and is_finite_number(v := b.metrics.get(TOKENS_PER_SEC))
-        ],
-        "eval_loss": [
-            [b.step, float(v)]
-            for b in parsed.blocks.get(parsed.reporting_rank, [])
-            if b.kind == "eval" and is_finite_number(v := b.metrics.get("metrics/eval/LanguageCrossEntropy"))
-        ],
+        "loss": (loss_steps, losses),
+        "tokens_per_sec_per_device": (
+            (block_steps(blocks)[measured], tokens_per_sec[measured] / run.world_size)
+            if run.world_size
+            else (np.array([]), np.array([]))
+        ),
+        "eval_loss": (block_steps(evals)[eval_finite], eval_losses[eval_finite]),
     }
     return run
 

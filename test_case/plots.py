@@ -21,17 +21,17 @@ def _safe(name: str) -> str:
 def plot_run(run: RunSummary, out_dir: Path) -> Path:
     """``<run>.png``: train (and eval) loss, and tokens/s per device, against batch."""
     fig, (ax_loss, ax_tps) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    loss = run.series.get("loss", [])
-    if loss:
-        ax_loss.plot([s for s, _ in loss], [v for _, v in loss], label="train loss", lw=1)
-    evals = run.series.get("eval_loss", [])
-    if evals:
-        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], "o", label="eval loss")
+    steps, loss = run.series.get("loss", ([], []))
+    if len(steps):
+        ax_loss.plot(steps, loss, label="train loss", lw=1)
+    steps, evals = run.series.get("eval_loss", ([], []))
+    if len(steps):
+        ax_loss.plot(steps, evals, "o", label="eval loss")
     ax_loss.set_ylabel("loss")
     ax_loss.legend(loc="upper right")
-    tps = run.series.get("tokens_per_sec_per_device", [])
-    if tps:
-        ax_tps.plot([s for s, _ in tps], [v for _, v in tps], lw=1)
+    steps, tps = run.series.get("tokens_per_sec_per_device", ([], []))
+    if len(steps):
+        ax_tps.plot(steps, tps, lw=1)
     if run.window_batches:
         ax_tps.axvspan(run.window_batches[0], run.window_batches[1], alpha=0.15, label="steady-state window")
         ax_tps.legend(loc="lower right")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -114,9 +115,10 @@ def test_gpu_names_map_to_peaks(name: str, key: str | None) -> None:
 def test_loss_spikes_start_batches() -> None:
     from test_case.metrics import loss_spikes
 
-    series = [(n, 3.0) for n in range(1, 21)] + [(21, 4.0), (22, 4.1), (23, 3.0), (24, 3.0), (25, 5.0)]
-    assert loss_spikes(series) == [21, 25]
-    assert loss_spikes([(n, 3.0 + 0.1 * (n % 2)) for n in range(1, 40)]) == []
+    losses = [3.0] * 20 + [4.0, 4.1, 3.0, 3.0, 5.0]
+    assert loss_spikes(range(1, 26), losses) == [21, 25]
+    assert loss_spikes(range(1, 40), [3.0 + 0.1 * (n % 2) for n in range(1, 40)]) == []
+    assert loss_spikes(range(1, 26), [3.0] * 19 + [math.nan, 9.0] + [3.0] * 4) == []  # nan in the lookback
 
 
 def test_window_starts_when_throughput_appears_and_skips_warmup() -> None:
