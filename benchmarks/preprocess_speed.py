@@ -155,7 +155,7 @@ def main() -> int:
         f"ours / tokenizer ceiling = {100 * med['ours'] / med['ceiling']:.0f}% (target >= 85%)"
     )
     print(
-        f"peak RSS of ours (largest process): {statistics.median(rss_ours):.0f} MB on {args.mb:.0f} MB, "
+        f"peak memory of ours (all its processes): {statistics.median(rss_ours):.0f} MB on {args.mb:.0f} MB, "
         f"{rss_half:.0f} MB on {args.mb / 2:.0f} MB of input"
     )
     return 0
