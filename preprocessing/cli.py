@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if todo:
-        errors = run_parts(todo, split_dir, options, f"{PROG} {args.split}", total_docs=max_docs)
+        errors = run_parts(todo, split_dir, options, f"{PROG} {args.split}", total_docs=max_docs, tokenizer=tokenizer)
         if errors:
             for message in errors:
                 print(f"{PROG}: error: {message}", file=sys.stderr)

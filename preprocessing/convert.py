@@ -113,6 +113,24 @@ def load_tokenizer(name_or_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(name_or_dir)
 
 
+def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """``tokenizer(texts, truncation=False, padding=False)["input_ids"]``; for a fast tokenizer read
+    straight from its Rust backend (what that call runs), without building a BatchEncoding.
+    Call `untruncated` on the tokenizer first."""
+    if getattr(tokenizer, "is_fast", False):
+        return [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=True)]
+    return list(tokenizer(texts, truncation=False, padding=False)["input_ids"])
+
+
+def untruncated(tokenizer: Any) -> Any:
+    """The tokenizer with truncation and padding off in its backend, as ``truncation=False,
+    padding=False`` set them for each call."""
+    if getattr(tokenizer, "is_fast", False):
+        tokenizer.backend_tokenizer.no_truncation()
+        tokenizer.backend_tokenizer.no_padding()
+    return tokenizer
+
+
 def special_ids(tokenizer: Any, text: str) -> list[int]:
     """Token ids of a BOS/EOS text, without the tokenizer adding its own specials."""
     if not text:
@@ -178,15 +196,18 @@ def _documents(share: Share) -> Iterator[str | SkippedDocument]:
             yield doc
 
 
-def convert_part(share: Share, split_dir: Path, options: ConvertOptions, counters: Any = None) -> PartStats:
-    """Convert one share into ``split_dir/<part>`` from scratch and mark it complete."""
+def convert_part(
+    share: Share, split_dir: Path, options: ConvertOptions, counters: Any = None, tokenizer: Any = None
+) -> PartStats:
+    """Convert one share into ``split_dir/<part>`` from scratch and mark it complete; ``tokenizer`` is
+    ``options.tokenizer`` already loaded (a forked worker inherits the parent's)."""
     from streaming import MDSWriter
 
     start = time.perf_counter()
     out_dir = split_dir / share.name
     if out_dir.exists():
         shutil.rmtree(out_dir)  # an unfinished part is redone, never appended to
-    tokenizer = load_tokenizer(options.tokenizer)
+    tokenizer = untruncated(tokenizer if tokenizer is not None else load_tokenizer(options.tokenizer))
     concat = TokenConcatenator(
         options.concat_tokens,
         special_ids(tokenizer, options.bos_text),
@@ -199,12 +220,11 @@ def convert_part(share: Share, split_dir: Path, options: ConvertOptions, counter
         def flush(batch: list[str]) -> None:
             if not batch:
                 return
-            for ids in tokenizer(batch, truncation=False, padding=False)["input_ids"]:
-                if ids:
-                    stats.max_token_id = max(stats.max_token_id, max(ids))
-                for sample in concat.add(ids):
-                    writer.write({"tokens": sample})
-                    stats.samples += 1
+            docs = token_ids(tokenizer, batch)
+            stats.max_token_id = max([stats.max_token_id, *(max(ids) for ids in docs if ids)])
+            for sample in concat.add_batch(docs):
+                writer.write({"tokens": sample})
+                stats.samples += 1
             stats.documents_written += len(batch)
             batch.clear()
             if counters is not None:
@@ -241,11 +261,11 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _part_main(share: Share, split_dir: Path, options: ConvertOptions, counters: Any) -> None:
+def _part_main(share: Share, split_dir: Path, options: ConvertOptions, counters: Any, tokenizer: Any) -> None:
     """Worker process: convert, or leave the error message for the parent and exit non-zero."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     try:
-        convert_part(share, split_dir, options, counters)
+        convert_part(share, split_dir, options, counters, tokenizer)
     except StrictInputError as err:
         (split_dir / f".{share.name}.error").write_text(str(err))
         sys.exit(3)
@@ -337,13 +357,19 @@ def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -
 
 
 def run_parts(
-    shares: list[Share], split_dir: Path, options: ConvertOptions, label: str, total_docs: int | None = None
+    shares: list[Share],
+    split_dir: Path,
+    options: ConvertOptions,
+    label: str,
+    total_docs: int | None = None,
+    tokenizer: Any = None,
 ) -> list[str]:
     """Convert the given shares, one process each, showing progress; return error messages.
 
-    Workers are forked once the parent has imported streaming and transformers, so none of them
-    pays those imports again (seconds each). Nothing here starts a thread before the fork; the
-    progress bar (tqdm runs a monitor thread) is created after it.
+    Workers are forked once the parent has imported streaming and transformers and loaded the
+    tokenizer (pass it as ``tokenizer``), so none of them pays those again (seconds each). Nothing
+    here starts a thread before the fork; the progress bar (tqdm runs a monitor thread) is created
+    after it.
     """
     import streaming  # noqa: F401  (imported before the fork, inherited by every worker)
     import transformers  # noqa: F401
@@ -351,7 +377,9 @@ def run_parts(
     ctx = mp.get_context("fork")
     total = shares[0].total if shares else 0
     counters = ctx.Array("q", 2 * total, lock=False)
-    procs = [ctx.Process(target=_part_main, args=(s, split_dir, options, counters), name=s.name) for s in shares]
+    procs = [
+        ctx.Process(target=_part_main, args=(s, split_dir, options, counters, tokenizer), name=s.name) for s in shares
+    ]
     for proc in procs:
         proc.start()
     progress = Progress(label, total_docs=total_docs)

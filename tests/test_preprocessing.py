@@ -11,6 +11,7 @@ import pytest
 
 from preprocessing.cli import main
 from preprocessing.concat import TokenConcatenator
+from preprocessing.convert import token_ids, untruncated
 from tests.conftest import preprocess_args
 
 
@@ -63,6 +64,18 @@ def test_concatenation_matches_llmfoundry(demo_assets: tuple[Path, Path]) -> Non
         expected = [s["tokens"] for s in theirs]
         assert len(ours) == len(expected) > 20
         assert all(np.array_equal(a, b) for a, b in zip(ours, expected, strict=True))
+        # what the workers run: ids from the backend, documents added a batch at a time
+        batched = TokenConcatenator(100, eos=[tok.eos_token_id], wrap=not no_wrap)
+        ids = token_ids(untruncated(tok), texts)
+        assert ids == tok(texts, truncation=False, padding=False)["input_ids"]
+        samples = [s for i in range(0, len(ids), 7) for s in batched.add_batch(ids[i : i + 7])]
+        assert len(samples) == len(expected) and all(s.dtype == np.int32 for s in samples)
+        assert all(np.array_equal(a, b) for a, b in zip(samples, expected, strict=True))
+        assert (batched.finish(), batched.tokens_in, batched.tokens_dropped) == (
+            concat.finish(),
+            concat.tokens_in,
+            concat.tokens_dropped,
+        )
 
 
 def test_concatenator_counts_every_token() -> None:
@@ -70,6 +83,10 @@ def test_concatenator_counts_every_token() -> None:
     samples = [s.tolist() for doc in ([1, 2, 3], [4], [5, 6, 7, 8, 10]) for s in concat.add(doc)]
     assert samples == [[9, 1, 2, 3], [0, 9, 4, 0], [9, 5, 6, 7]]
     assert concat.finish() == 3 and concat.tokens_in == 15 and concat.tokens_dropped == 3
+    batched = TokenConcatenator(4, bos=[9], eos=[0])
+    samples = [s.tolist() for docs in ([[1, 2, 3]], [], [[4], [5, 6, 7, 8, 10]]) for s in batched.add_batch(docs)]
+    assert samples == [[9, 1, 2, 3], [0, 9, 4, 0], [9, 5, 6, 7]]
+    assert batched.finish() == 3 and batched.tokens_in == 15 and batched.tokens_dropped == 3
 
 
 def _write_lines(path: Path, lines: list[bytes]) -> None:
