@@ -161,3 +161,19 @@ def test_parts_start_at_block_headers_and_a_part_that_needs_the_one_before_is_re
     log = parse_log_file(path, jobs=4, min_part_bytes=1)
     assert list(log.blocks) == [1] and len(log.train_blocks) == 200
     assert repr(log) == repr(line_by_line(path, None))
+
+
+def test_a_block_turned_eval_after_it_was_stored_still_decides_the_reporting_rank(tmp_path: Path) -> None:
+    """Found by the generated logs: read in order, rank None's block is stored as train (so rank 0's
+    blocks are dropped) before an Eval line makes it an eval block; the merge must agree."""
+    path = tmp_path / "eval-after-train.log"
+    path.write_text("[batch=0/30]:\n\t Eval metrics/eval/X: 6.6\n0: [batch=0/30]:\n0: \t Train loss/train/total: 1.0\n")
+    cut = path.read_text().index("0: [batch")
+    first, later = LogParser(str(path)), LogParser(str(path), detached=True)
+    first.feed_file(path, 0, cut)
+    later.feed_file(path, cut)
+    assert list(later.log.blocks) == [0]  # read alone, the second part reports rank 0
+    assert first.absorb(later)
+    reference = line_by_line(path, None)
+    assert list(reference.blocks) == [None] and reference.blocks[None][0].kind == "eval"
+    assert repr(first.finish()) == repr(reference)
