@@ -179,12 +179,16 @@ def _signal_file_names(node_rank: int, port: int, patched: bool, queue: Any) -> 
             "MASTER_PORT": str(port),
         }
     )
+    import faulthandler
+    from datetime import timedelta
+
     import torch.distributed as tdist
     from composer.utils import dist
 
     from test_case import foundry_train
 
-    tdist.init_process_group("gloo")
+    faulthandler.dump_traceback_later(100, exit=True)  # a hang shows where, in the test's output
+    tdist.init_process_group("gloo", timeout=timedelta(seconds=90))
     name_of = foundry_train.per_node_signal_file_name if patched else dist.get_node_signal_file_name
     queue.put((node_rank, name_of()))
     tdist.destroy_process_group()
