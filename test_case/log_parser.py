@@ -37,7 +37,6 @@ import codecs
 import gc
 import io
 import itertools
-import math
 import multiprocessing
 import os
 import re
@@ -47,7 +46,6 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TypeGuard
 
 RANK_PREFIX = re.compile(r"^(\d+): ?")
 QUOTE_PREFIX = re.compile(r"^(?:> ?|\[std(?:out|err)\]: ?)")
@@ -153,11 +151,6 @@ def parse_value(text: str) -> Value:
         return int(text)  # "-3"
     except ValueError:
         return text
-
-
-def is_finite_number(value: object) -> TypeGuard[int | float]:
-    """True for an int or a finite float."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Incoming:
