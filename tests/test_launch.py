@@ -187,10 +187,15 @@ def _signal_file_names(node_rank: int, port: int, patched: bool, queue: Any) -> 
 
     from test_case import foundry_train
 
-    faulthandler.dump_traceback_later(100, exit=True)  # a hang shows where, in the test's output
+    faulthandler.enable()  # a crash shows where, in the test's output
+    faulthandler.dump_traceback_later(100, exit=True)  # and so does a hang
     tdist.init_process_group("gloo", timeout=timedelta(seconds=90))
     name_of = foundry_train.per_node_signal_file_name if patched else dist.get_node_signal_file_name
-    queue.put((node_rank, name_of()))
+    name = name_of()
+    # Neither rank tears the group down while the other is still in the broadcast: destroying it
+    # early hung this test about once in ten runs (pytorch/pytorch#75097 describes the same).
+    tdist.barrier()
+    queue.put((node_rank, name))
     tdist.destroy_process_group()
 
 
