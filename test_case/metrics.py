@@ -193,13 +193,13 @@ def block_steps(blocks: Sequence[MetricBlock]) -> np.ndarray:
         return np.array(steps, dtype=object)
 
 
-def loss_series(blocks: Sequence[MetricBlock]) -> tuple[np.ndarray, np.ndarray]:
+def loss_series(blocks: Sequence[MetricBlock], steps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Batches and losses of the train blocks that logged a loss (nan and inf included), under the
-    first of `LOSS_KEYS` the log uses."""
+    first of `LOSS_KEYS` the log uses; ``steps`` is `block_steps` of ``blocks`` when already made."""
     for key in LOSS_KEYS:
         values, numeric = metric_column(blocks, key)
         if numeric.any():
-            return block_steps(blocks)[numeric], values[numeric]
+            return (block_steps(blocks) if steps is None else steps)[numeric], values[numeric]
     return np.array([], dtype=np.int64), np.array([], dtype=np.float64)
 
 
@@ -255,7 +255,8 @@ def summarise_run(
     run.last_batch, run.max_duration, run.duration_unit = last.step, last.total, last.unit
     run.completed = bool(last.total) and last.step >= last.total
 
-    loss_steps, losses = loss_series(blocks)
+    steps = block_steps(blocks)
+    loss_steps, losses = loss_series(blocks, steps)
     if len(losses):
         finite = np.isfinite(losses)
         run.loss_first, run.final_train_loss = float(losses[0]), float(losses[-1])
@@ -317,7 +318,7 @@ def summarise_run(
     run.series = {
         "loss": (loss_steps, losses),
         "tokens_per_sec_per_device": (
-            (block_steps(blocks)[measured], tokens_per_sec[measured] / run.world_size)
+            (steps[measured], tokens_per_sec[measured] / run.world_size)
             if run.world_size
             else (np.array([]), np.array([]))
         ),
