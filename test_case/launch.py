@@ -16,7 +16,8 @@ code runs one node on this machine.
 Before launching, every node checks what it needs (`preflight`: dataset splits, tokenizer folder,
 checkpoint folder, GPUs for a flash-attention model) and stops with one clear line if something is
 missing; node 0 prints the run header that `test_case.log_parser` reads back (inside the container
-when there is one, so the versions are those that train).
+when there is one, so the versions are those that train) and, for an autoresuming run, puts back in
+order a checkpoint folder that a job killed while saving left behind (`test_case.checkpoints`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
+    from omegaconf import DictConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PORT_BASE, PORT_SPAN = 20000, 10000
@@ -215,11 +220,22 @@ def _path_like(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~"))
 
 
-def preflight(yaml: Path, plan: NodePlan, env: Mapping[str, str], cwd: Path) -> list[str]:
+def training_config(yaml: Path, plan: NodePlan, env: Mapping[str, str], overrides: Sequence[str] = ()) -> DictConfig:
+    """The yaml with the launcher's and the user's overrides applied, as llm-foundry will see it."""
+    from omegaconf import DictConfig, OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.load(yaml), OmegaConf.from_dotlist([*config_overrides(plan, env), *overrides]))
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def preflight(
+    yaml: Path, plan: NodePlan, env: Mapping[str, str], cwd: Path, overrides: Sequence[str] = ()
+) -> list[str]:
     """Problems that would make training fail later, each as one actionable line (empty: all good)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.merge(OmegaConf.load(yaml), OmegaConf.from_dotlist(config_overrides(plan, env)))
+    cfg = training_config(yaml, plan, env, overrides)
     problems: list[str] = []
     for loader in ("train_loader", "eval_loader"):
         dataset = OmegaConf.select(cfg, f"{loader}.dataset")
@@ -252,6 +268,19 @@ def preflight(yaml: Path, plan: NodePlan, env: Mapping[str, str], cwd: Path) -> 
             "(use mpt-tiny-cpu on CPU nodes, or request GPUs with --gpus-per-node)"
         )
     return problems
+
+
+def prepare_resume(cfg: DictConfig, cwd: Path) -> list[str]:
+    """Repair the checkpoint folder a killed job left (`test_case.checkpoints`) when the run autoresumes."""
+    from omegaconf import OmegaConf
+
+    from test_case.checkpoints import repair_save_folder
+
+    save_folder = OmegaConf.select(cfg, "save_folder")
+    custom_names = OmegaConf.select(cfg, "save_filename") or OmegaConf.select(cfg, "save_latest_filename")
+    if not OmegaConf.select(cfg, "autoresume") or not save_folder or "://" in str(save_folder) or custom_names:
+        return []
+    return repair_save_folder(cwd / str(save_folder))
 
 
 def _version(dist: str) -> str:
@@ -330,13 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "plan":
         print(" ".join(cmd))
         return 0
-    problems = preflight(yaml, plan, env, Path.cwd())
+    problems = preflight(yaml, plan, env, Path.cwd(), args.overrides)
     for problem in problems:
         print(f"launch: error: node {plan.node_rank}: {problem}", file=sys.stderr)
     if problems:
         return 2
     if plan.node_rank == 0:
         print_run_header(plan, args.model, env, args.overrides)
+        # before Composer starts on this node, so before any rank of the run can read the folder
+        for change in prepare_resume(training_config(yaml, plan, env, args.overrides), Path.cwd()):
+            print(f"launch: {change}", flush=True)
     env.setdefault("OMP_NUM_THREADS", str(plan.threads_per_proc))
     from streaming.base.util import clean_stale_shared_memory
 

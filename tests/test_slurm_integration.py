@@ -104,12 +104,17 @@ def finish(cluster: LocalSlurmCluster, ws: Workspace, job: str) -> TrainRun:
 
 
 def wait_for_checkpoint(ws: Workspace, job: str, timeout: float = 300) -> Path:
+    """The first checkpoint Composer finished saving: the one ``latest-rank0.pt`` points to.
+
+    The job is then interrupted at once, often while the next checkpoint is being written: the
+    restart must cope with that (test_case.checkpoints; tests/test_checkpoints.py makes each case).
+    """
     folder = ws.ckpt / f"mpt-train-{job}" / "checkpoints"
+    latest = folder / "latest-rank0.pt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = sorted(folder.glob("ep0-ba*-rank0.pt"))
-        if found:
-            return found[0]
+        if latest.is_symlink():
+            return folder / os.readlink(latest)
         time.sleep(0.2)
     raise AssertionError(f"no checkpoint in {folder} after {timeout} s")
 
