@@ -65,10 +65,9 @@ def _move_aside(path: Path) -> Path:
     """Move ``path`` into ``unfinished/`` beside it, never over an earlier file of the same name."""
     target_dir = path.parent / UNFINISHED_DIR
     target_dir.mkdir(exist_ok=True)
-    target = target_dir / path.name
-    for n in range(1, 1000):
-        if not target.exists():
-            break
+    target, n = target_dir / path.name, 0
+    while target.exists():
+        n += 1
         target = target_dir / f"{path.name}.{n}"
     path.rename(target)
     return target

@@ -229,13 +229,13 @@ def training_config(yaml: Path, plan: NodePlan, env: Mapping[str, str], override
     return merged
 
 
-def preflight(
-    yaml: Path, plan: NodePlan, env: Mapping[str, str], cwd: Path, overrides: Sequence[str] = ()
-) -> list[str]:
-    """Problems that would make training fail later, each as one actionable line (empty: all good)."""
+def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path) -> list[str]:
+    """Problems that would make training fail later, each as one actionable line (empty: all good).
+
+    ``cfg`` is `training_config` of ``yaml``: what llm-foundry will read.
+    """
     from omegaconf import OmegaConf
 
-    cfg = training_config(yaml, plan, env, overrides)
     problems: list[str] = []
     for loader in ("train_loader", "eval_loader"):
         dataset = OmegaConf.select(cfg, f"{loader}.dataset")
@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "plan":
         print(" ".join(cmd))
         return 0
-    problems = preflight(yaml, plan, env, Path.cwd(), args.overrides)
+    cfg = training_config(yaml, plan, env, args.overrides)
+    problems = preflight(yaml, plan, cfg, Path.cwd())
     for problem in problems:
         print(f"launch: error: node {plan.node_rank}: {problem}", file=sys.stderr)
     if problems:
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if plan.node_rank == 0:
         print_run_header(plan, args.model, env, args.overrides)
         # before Composer starts on this node, so before any rank of the run can read the folder
-        for change in prepare_resume(training_config(yaml, plan, env, args.overrides), Path.cwd()):
+        for change in prepare_resume(cfg, Path.cwd()):
             print(f"launch: {change}", flush=True)
     env.setdefault("OMP_NUM_THREADS", str(plan.threads_per_proc))
     from streaming.base.util import clean_stale_shared_memory

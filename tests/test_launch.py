@@ -23,6 +23,7 @@ from test_case.launch import (
     preflight,
     resolve_yaml,
     run_header,
+    training_config,
 )
 from test_case.log_parser import parse_composer_log
 from tests.conftest import REPO_ROOT
@@ -230,14 +231,16 @@ def test_preflight_passes_with_data_tokenizer_and_save_folder(
 ) -> None:
     env = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1]), "SAVE_ROOT": str(tmp_path / "ck")}
     plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
-    assert preflight(resolve_yaml("mpt-tiny-cpu"), plan, env, tmp_path) == []
+    yaml = resolve_yaml("mpt-tiny-cpu")
+    assert preflight(yaml, plan, training_config(yaml, plan, env), tmp_path) == []
     assert (tmp_path / "ck" / "mpt-train-local-1" / "checkpoints").is_dir()
 
 
 def test_preflight_names_each_problem_and_the_fix(tmp_path: Path) -> None:
     env = {"DATA_ROOT": str(tmp_path / "nodata"), "TOKENIZER": "/no/such/tokenizer", "SAVE_ROOT": "/proc/ckpt"}
     plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
-    problems = preflight(resolve_yaml("mpt-7b"), plan, env, tmp_path)
+    yaml = resolve_yaml("mpt-7b")
+    problems = preflight(yaml, plan, training_config(yaml, plan, env), tmp_path)
     assert len(problems) == 5, problems
     train, evaluation, tokenizer, save, flash = problems
     assert f"dataset split 'train_small' not found at {tmp_path}/nodata/train_small/index.json" in train

@@ -10,28 +10,40 @@ from pathlib import Path
 
 import pytest
 
-from test_case.log_parser import ParsedLog, parse_composer_log, parse_log_file
+from test_case.log_parser import parse_composer_log, parse_log_file
 from test_case.metrics import DEVICE_TOKENS_PER_SEC, LOSS_KEY, steady_state_window, summarise_run
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 
-def test_local_run_trains_checkpoints_and_reports(
-    mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
-) -> None:
+def train_locally(mds_root: Path, tokenizer: Path, tmp_path: Path, *overrides: str, **env_extra: str) -> str:
+    """Run the training script without Slurm (mpt-tiny-cpu, outputs under ``tmp_path``); its stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env |= {
         "DATA_ROOT": str(mds_root),
-        "TOKENIZER": str(demo_assets[1]),
+        "TOKENIZER": str(tokenizer),
         "SAVE_ROOT": str(tmp_path / "ckpt"),
         "LOG_DIR": str(tmp_path / "logs"),
+        **env_extra,
     }
     script = REPO_ROOT / "slurm-scripts" / "2.train-mpt-manual-distributed.sbatch"
     out = subprocess.run(
-        ["bash", str(script), "mpt-tiny-cpu"], env=env, capture_output=True, text=True, timeout=600, check=False
+        ["bash", str(script), "mpt-tiny-cpu", *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_local_run_trains_checkpoints_and_reports(
+    mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train_locally(mds_root, demo_assets[1], tmp_path)
     (log_file,) = (tmp_path / "logs").glob("mpt-train_local-*.out")
     parsed = parse_log_file(log_file)
     run = summarise_run(parsed)
@@ -56,27 +68,10 @@ def test_a_run_killed_while_saving_resumes_from_its_last_complete_checkpoint(
     mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """What the requeued CI job met: the next checkpoint half-written when the job was killed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env |= {
-        "DATA_ROOT": str(mds_root),
-        "TOKENIZER": str(demo_assets[1]),
-        "SAVE_ROOT": str(tmp_path / "ckpt"),
-        "LOG_DIR": str(tmp_path / "logs"),
-        "RUN_NAME": "killed-while-saving",
-    }
-    script = REPO_ROOT / "slurm-scripts" / "2.train-mpt-manual-distributed.sbatch"
 
     def train(max_duration: str) -> str:
-        out = subprocess.run(
-            ["bash", str(script), "mpt-tiny-cpu", f"max_duration={max_duration}", "save_interval=10ba"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        return out.stdout
+        overrides = (f"max_duration={max_duration}", "save_interval=10ba")
+        return train_locally(mds_root, demo_assets[1], tmp_path, *overrides, RUN_NAME="killed-while-saving")
 
     train("20ba")
     folder = tmp_path / "ckpt" / "killed-while-saving" / "checkpoints"
@@ -89,11 +84,7 @@ def test_a_run_killed_while_saving_resumes_from_its_last_complete_checkpoint(
         "launch: checkpoint ep0-ba30-rank0.pt is incomplete (the job stopped while writing it): "
         "moved to unfinished/ep0-ba30-rank0.pt; resuming from ep0-ba20-rank0.pt"
     ) in log
-    resumed = parse_log_file_text(log)
+    resumed = parse_composer_log(log.splitlines())
     assert [b.step for b in resumed.train_blocks] == list(range(21, 41))
     assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba40-rank0.pt"
     assert len((folder / "unfinished" / "ep0-ba30-rank0.pt").read_bytes()) == len(complete) // 2
-
-
-def parse_log_file_text(text: str) -> ParsedLog:
-    return parse_composer_log(text.splitlines())
