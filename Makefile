@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	"$(PY)" -m test_case.demo_assets --out "$(DEMO_DIR)"
+	"$(PY)" -m test_case.demo.assets --out "$(DEMO_DIR)"
 	C4_INPUT="$(DEMO_DIR)/c4-sample" DATA_ROOT="$(DEMO_DIR)/data" TOKENIZER="$(DEMO_DIR)/tokenizer" \
 	  CONCAT_TOKENS=128 WORKERS=2 bash slurm-scripts/1.c4-preprocess.sbatch
 	DATA_ROOT="$(DEMO_DIR)/data" TOKENIZER="$(DEMO_DIR)/tokenizer" SAVE_ROOT="$(DEMO_DIR)/checkpoints" \

@@ -57,7 +57,7 @@ convert_dataset_json(path=sys.argv[1], out_root=sys.argv[2], compression="zstd",
 
 def make_input(path: Path, mb: float) -> int:
     """Repeat the demo sample's documents as C4 records until the file holds ``mb`` MB."""
-    from test_case.c4_sample import TIMESTAMP, stdlib_documents
+    from test_case.demo.c4_sample import TIMESTAMP, stdlib_documents
 
     docs = [
         json.dumps({"text": t, "timestamp": TIMESTAMP, "url": f"https://docs.python.org/3/library/{m}.html"})
@@ -107,7 +107,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    from test_case.bpe_tokenizer import gpt2_tokenizer_folder
+    from test_case.demo.bpe_tokenizer import gpt2_tokenizer_folder
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="preprocess-speed-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,26 @@
-"""Harness of the MPT Slurm benchmark suite: launch logic, log parsing, metrics and reports."""
+"""Harness of the MPT Slurm benchmark suite. Where things live:
+
+==========================  ====================================================================
+``run_header``              the run header: the one contract between training and the report
+``training/``               what a training job runs on each node
+  ``launch``                Slurm facts -> one node's plan, preflight checks, run header, Composer
+  ``checkpoints``           resume from the newest complete checkpoint after a kill during a save
+  ``foundry_train``         ``llmfoundry train`` with the per-node signal-file fix (Composer's entry)
+``report/``                 ``python report.py``: logs -> figures -> tables, files and plots
+  ``log_parser``            reads Composer logs (the only module that reads log text)
+  ``metrics``               every per-run figure (the only module doing per-run arithmetic)
+  ``gpu_peaks``             GPU peak TFLOP/s table, the denominator of MFU
+  ``compare``               across runs: scaling efficiency, the published-baseline gate
+  ``records``               the report's typed records (what report.json holds)
+  ``render``, ``plots``     console table, report.md/csv/json, PNGs (format only)
+  ``cli``                   the command line: find logs, group runs, call the above
+``demo/``                   offline demo inputs: a C4-format sample and a small BPE tokenizer
+==========================  ====================================================================
+
+``training`` and ``report`` never import each other; both use ``run_header``. ``preprocessing``
+(a sibling package) tokenizes corpora into MDS shards.
+"""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # yamls/, reference/, slurm-scripts/ live here

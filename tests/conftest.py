@@ -36,7 +36,7 @@ def preprocess_args(
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(C4 sample folder, tokenizer folder), made once per session."""
-    from test_case.demo_assets import make_demo_assets
+    from test_case.demo.assets import make_demo_assets
 
     return make_demo_assets(tmp_path_factory.mktemp("assets"))
 

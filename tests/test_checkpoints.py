@@ -15,8 +15,8 @@ import torch
 from composer.core import Timestamp
 from composer.utils.file_helpers import ensure_folder_has_no_conflicting_files
 
-from test_case.checkpoints import LATEST_NAME, is_complete_checkpoint, repair_save_folder
-from test_case.launch import plan_node, prepare_resume, resolve_yaml, training_config
+from test_case.training.checkpoints import LATEST_NAME, is_complete_checkpoint, repair_save_folder
+from test_case.training.launch import plan_node, prepare_resume, resolve_yaml, training_config
 
 COMPOSER_FILENAME = "ep{epoch}-ba{batch}-rank{rank}.pt"
 

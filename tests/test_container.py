@@ -12,7 +12,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from test_case.launch import composer_command, plan_node, resolve_yaml
+from test_case.training.launch import composer_command, plan_node, resolve_yaml
 from tests.conftest import REPO_ROOT
 
 DOCKERFILE = (REPO_ROOT / "0.llm-foundry.Dockerfile").read_text()
@@ -53,13 +53,13 @@ def test_what_the_sbatch_scripts_run_in_the_container_is_checked_at_build_time()
     smoke = RUN_STEPS[-1]
     scripts = "".join(p.read_text() for p in (REPO_ROOT / "slurm-scripts").glob("*.sbatch"))
     modules = set(re.findall(r"\bpython -m ([\w.]+)", scripts))
-    assert modules == {"preprocessing", "test_case.launch"}
+    assert modules == {"preprocessing", "test_case.training.launch"}
     for module in modules:
         assert f"python -m {module} --help" in smoke
     plan = plan_node({"LOCAL_JOB_ID": "x"}, gpus=8)
     launched = composer_command(plan, resolve_yaml("mpt-7b"), [], {})
     assert launched[0] == "composer" and f"{launched[0]} --help" in smoke
-    assert launched[launched.index("-m") + 1] == "test_case.foundry_train" and "llmfoundry --help" in smoke
+    assert launched[launched.index("-m") + 1] == "test_case.training.foundry_train" and "llmfoundry --help" in smoke
     assert "python report.py --help" in smoke and "test -x /opt/nccl-tests/build/all_reduce_perf" in smoke
     assert 'PATH="/opt/nccl-tests/build:${PATH}"' in DOCKERFILE
 

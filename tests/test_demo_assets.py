@@ -6,7 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
-from test_case.c4_sample import write_c4_sample
+from test_case.demo.c4_sample import write_c4_sample
 
 
 def test_sample_files_look_like_c4(demo_assets: tuple[Path, Path]) -> None:

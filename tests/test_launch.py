@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from test_case.launch import (
+from test_case.report.log_parser import parse_composer_log
+from test_case.training.launch import (
     PORT_BASE,
     PORT_SPAN,
     LaunchError,
@@ -25,7 +26,6 @@ from test_case.launch import (
     run_header,
     training_config,
 )
-from test_case.log_parser import parse_composer_log
 from tests.conftest import REPO_ROOT
 
 
@@ -130,7 +130,7 @@ def test_composer_command() -> None:
         "--master_port",
         "24321",
     ]
-    assert cmd[11:14] == ["-m", "test_case.foundry_train", str(REPO_ROOT / "yamls" / "mpt-tiny-cpu.yaml")]
+    assert cmd[11:14] == ["-m", "test_case.training.foundry_train", str(REPO_ROOT / "yamls" / "mpt-tiny-cpu.yaml")]
     assert cmd[14:] == [
         "variables.run_name=mpt-train-4321",
         "variables.data_local=/fsx/c4",
@@ -147,14 +147,17 @@ def test_unknown_model_is_a_clear_error() -> None:
 def test_run_header_round_trips_through_the_parser() -> None:
     plan = plan_node(SLURM_ENV | {"SLURM_GPUS_ON_NODE": "8"})
     header = run_header(plan, "mpt-7b", SLURM_ENV, ["max_duration=100ba"])
-    parsed = parse_composer_log([f"[run-header] {k}: {v}" for k, v in header.items()])
-    assert parsed.header == header
-    assert header["world_size"] == "16" and header["backend"] == "nccl" and header["torch"] == "2.7.0"
+    lines = header.lines()
+    assert lines[0] == "[run-header] job_id: 4321" and "[run-header] gpu_name: none" in lines  # no nvidia-smi here
+    parsed = parse_composer_log(lines)
+    assert parsed.header == header and parsed.starts == 1
+    assert (header.world_size, header.backend, header.device, header.torch) == (16, "nccl", "gpu", "2.7.0")
+    assert parsed.header_fields["world_size"] == "16" and parsed.run_name == header.run_name
 
 
 def test_header_cli_prints_parseable_lines() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "test_case.launch", "header", "mpt-tiny-cpu"],
+        [sys.executable, "-m", "test_case.training.launch", "header", "mpt-tiny-cpu"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -162,7 +165,7 @@ def test_header_cli_prints_parseable_lines() -> None:
         env={"PATH": "/usr/bin:/bin"},
     )
     header = parse_composer_log(out.stdout.splitlines()).header
-    assert header["model"] == "mpt-tiny-cpu" and header["nodes"] == "1" and header["composer"] == "0.32.1"
+    assert (header.model, header.nodes, header.composer, header.device) == ("mpt-tiny-cpu", 1, "0.32.1", "cpu")
 
 
 def _signal_file_names(node_rank: int, port: int, patched: bool, queue: Any) -> None:
@@ -186,7 +189,7 @@ def _signal_file_names(node_rank: int, port: int, patched: bool, queue: Any) -> 
     import torch.distributed as tdist
     from composer.utils import dist
 
-    from test_case import foundry_train
+    from test_case.training import foundry_train
 
     faulthandler.enable()  # a crash shows where, in the test's output
     faulthandler.dump_traceback_later(100, exit=True)  # and so does a hang
@@ -258,7 +261,7 @@ def test_node_action_stops_before_launching_when_inputs_are_missing(tmp_path: Pa
         "TOKENIZER": str(tmp_path),
     }
     out = subprocess.run(
-        [sys.executable, "-m", "test_case.launch", "node", "mpt-tiny-cpu"],
+        [sys.executable, "-m", "test_case.training.launch", "node", "mpt-tiny-cpu"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

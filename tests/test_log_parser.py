@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_case.log_parser import parse_composer_log, parse_log_file, parse_value
+from test_case.report.log_parser import parse_composer_log, parse_log_file, parse_value
 from tests.conftest import SHARED
 
 BLOCK = """\
@@ -96,7 +96,8 @@ def test_run_header_config_dump_noise_and_truncation() -> None:
         "\t Train time/tok",
     ]
     log = parse_composer_log(lines)
-    assert log.header == {"job_id": "1234", "world_size": "16"}
+    assert log.header_fields == {"job_id": "1234", "world_size": "16"}
+    assert (log.header.job_id, log.header.world_size, log.header.model) == ("1234", 16, None)
     assert log.config == {"n_params": 124815360, "max_seq_len": 2048, "d_model": 768, "precision": "amp_bf16"}
     (block,) = log.train_blocks
     assert math.isnan(float(block.metrics["loss/train/total"]))
@@ -155,7 +156,7 @@ def test_real_public_logs_with_current_blocks_are_found() -> None:
     )
 )
 def test_parser_never_raises(lines: list[str]) -> None:
-    from test_case.metrics import summarise_run
+    from test_case.report.metrics import summarise_run
 
     log = parse_composer_log(lines)
     assert log.unknown_lines <= len(lines)
@@ -209,7 +210,7 @@ def test_each_run_header_counts_as_a_start() -> None:
             "0: [run-header] restart_count: 1",
         ]
     )
-    assert log.starts == 2 and log.header["restart_count"] == "1"
+    assert log.starts == 2 and log.header.restart_count == 1
 
 
 def test_keep_selects_train_metrics_but_never_eval() -> None:

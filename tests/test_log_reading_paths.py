@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_case import log_parser
-from test_case.log_parser import LogParser, ParsedLog, parse_composer_log, parse_log_file, split_points
-from test_case.metrics import USED_TRAIN_KEYS
+from test_case.report import log_parser
+from test_case.report.log_parser import LogParser, ParsedLog, parse_composer_log, parse_log_file, split_points
+from test_case.report.metrics import USED_TRAIN_KEYS
 from tests.conftest import SHARED
 
 GOLDEN = sorted((Path(__file__).parent / "data").glob("*.out.gz"))

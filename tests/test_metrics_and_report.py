@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from test_case.log_parser import parse_composer_log
-from test_case.metrics import steady_state_window, summarise_run
+from test_case.report.log_parser import parse_composer_log
+from test_case.report.metrics import steady_state_window, summarise_run
 from tests.conftest import REPO_ROOT
 
 
@@ -107,13 +107,13 @@ def test_mfu_is_unknown_with_a_reason_never_against_a_wrong_peak() -> None:
     ],
 )
 def test_gpu_names_map_to_peaks(name: str, key: str | None) -> None:
-    from test_case.gpu_peaks import gpu_key
+    from test_case.report.gpu_peaks import gpu_key
 
     assert gpu_key(name) == key
 
 
 def test_loss_spikes_start_batches() -> None:
-    from test_case.metrics import loss_spikes
+    from test_case.report.metrics import loss_spikes
 
     losses = [3.0] * 20 + [4.0, 4.1, 3.0, 3.0, 5.0]
     assert loss_spikes(range(1, 26), losses) == [21, 25]
@@ -254,7 +254,7 @@ def test_golden_logs_from_this_projects_two_node_runs(name: str) -> None:
     import gzip
     import statistics
 
-    from test_case.metrics import DEVICE_TOKENS_PER_SEC
+    from test_case.report.metrics import DEVICE_TOKENS_PER_SEC
 
     with gzip.open(GOLDEN / name, "rt") as fh:
         parsed = parse_composer_log(fh, name)

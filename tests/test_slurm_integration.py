@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from test_case.log_parser import ParsedLog, parse_log_file
-from test_case.metrics import LOSS_KEY
+from test_case.report.log_parser import ParsedLog, parse_log_file
+from test_case.report.metrics import LOSS_KEY
 from tests.conftest import REPO_ROOT
 from tests.local_slurm import LocalSlurmCluster, _processes_named, pid_alive
 
@@ -107,7 +107,7 @@ def wait_for_checkpoint(ws: Workspace, job: str, timeout: float = 300) -> Path:
     """The first checkpoint Composer finished saving: the one ``latest-rank0.pt`` points to.
 
     The job is then interrupted at once, often while the next checkpoint is being written: the
-    restart must cope with that (test_case.checkpoints; tests/test_checkpoints.py makes each case).
+    restart must cope with that (test_case.training.checkpoints; tests/test_checkpoints.py makes each case).
     """
     folder = ws.ckpt / f"mpt-train-{job}" / "checkpoints"
     latest = folder / "latest-rank0.pt"
@@ -154,7 +154,7 @@ def test_training_on_two_nodes(uninterrupted: TrainRun, workspace: Workspace) ->
     assert "1: launch: node 1/2 on node2: composer --nproc 1 --world_size 2 --node_rank 1 --master_addr node1" in text
     assert "1: " in text and "rank1[" in text
     header = run.parsed.header
-    assert (header["world_size"], header["nodelist"], header["job_id"]) == ("2", "node[1-2]", run.job_id)
+    assert (header.world_size, header.nodelist, header.job_id) == (2, "node[1-2]", run.job_id)
     losses = [b.metrics[LOSS_KEY] for b in run.parsed.train_blocks]
     assert len(losses) == 60 and all(isinstance(x, float) and math.isfinite(x) for x in losses)
     assert run.parsed.train_blocks[-1].step == run.parsed.train_blocks[-1].total == 60
@@ -195,7 +195,7 @@ def assert_resumed_like(run: TrainRun, reference: TrainRun, first_checkpoint: Pa
 
 
 def parse_log_file_text(text: str) -> ParsedLog:
-    from test_case.log_parser import parse_composer_log
+    from test_case.report.log_parser import parse_composer_log
 
     return parse_composer_log(text.splitlines())
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from test_case.log_parser import parse_composer_log, parse_log_file
-from test_case.metrics import DEVICE_TOKENS_PER_SEC, LOSS_KEY, steady_state_window, summarise_run
+from test_case.report.log_parser import parse_composer_log, parse_log_file
+from test_case.report.metrics import DEVICE_TOKENS_PER_SEC, LOSS_KEY, steady_state_window, summarise_run
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_local_run_trains_checkpoints_and_reports(
     (log_file,) = (tmp_path / "logs").glob("mpt-train_local-*.out")
     parsed = parse_log_file(log_file)
     run = summarise_run(parsed)
-    assert parsed.header["model"] == "mpt-tiny-cpu" and parsed.header["world_size"] == "1"
+    assert (parsed.header.model, parsed.header.world_size, parsed.header.device) == ("mpt-tiny-cpu", 1, "cpu")
     assert parsed.config["n_params"] == run.n_params and run.n_params is not None and run.n_params > 500_000
     assert (run.last_batch, run.max_duration, run.world_size) == (40, 40, 1)
     losses = [float(b.metrics[LOSS_KEY]) for b in parsed.train_blocks]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from test_case.launch import config_overrides, plan_node
+from test_case.training.launch import config_overrides, plan_node
 from tests.conftest import REPO_ROOT
 
 YAMLS = sorted((REPO_ROOT / "yamls").glob("*.yaml"))

@@ -47,6 +47,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from test_case import run_header
+from test_case.run_header import RunHeader
+
 RANK_PREFIX = re.compile(r"^(\d+): ?")
 QUOTE_PREFIX = re.compile(r"^(?:> ?|\[std(?:out|err)\]: ?)")
 LAUNCHER_SECTION = re.compile(r"^-{3,}(Begin|End) global rank (\d+) (?:STDOUT|STDERR)-{3,}\s*$")
@@ -58,7 +61,6 @@ STEP_LINE = re.compile(
 )
 METRIC_LINE = re.compile(r"^\s*(Train|Eval) ([^\s:][^:]*?): (.*?)\s*$")
 EVAL_PROGRESS = re.compile(r"^\[Eval batch=(\d+)/(\d+)\] Eval on (.+?)(:?)\s*$")
-RUN_HEADER = re.compile(r"^\[run-header\] ([\w.-]+): ?(.*?)\s*$")
 CONFIG_KEYS = {
     "n_params": int,
     "max_seq_len": int,
@@ -116,11 +118,28 @@ class ParsedLog:
 
     path: str
     blocks: dict[int | None, list[MetricBlock]] = field(default_factory=dict)
-    header: dict[str, str] = field(default_factory=dict)
+    header_fields: dict[str, str] = field(default_factory=dict)  # run-header lines as printed; the last wins
     config: dict[str, Value] = field(default_factory=dict)
     lines: int = 0
     unknown_lines: int = 0
     starts: int = 0  # run headers seen: 1 + the restarts of a requeued job
+
+    @property
+    def header(self) -> RunHeader:
+        """The run header (`test_case.run_header`); all fields None in a log without one."""
+        return RunHeader.from_fields(self.header_fields)
+
+    @property
+    def declared_run_name(self) -> str | None:
+        """The run's name as the log states it: the run header's, else llm-foundry's config dump's."""
+        name = self.header_fields.get("run_name") or self.config.get("run_name")
+        return str(name) if name else None
+
+    @property
+    def run_name(self) -> str:
+        """The name the report gives the run: `declared_run_name`, else the log file's name without
+        its suffix (such logs are never grouped with another file)."""
+        return self.declared_run_name or Path(self.path).stem
 
     @property
     def reporting_rank(self) -> int | None:
@@ -197,6 +216,7 @@ class LogParser:
         self.known_shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
         self.prefix_ranks: dict[str, int] = {}
         self.totals: dict[str | None, int] = {}
+        self.train_stack: dict[int | None, list[MetricBlock]] = {}  # per rank: its stored train blocks
         self.dropped = MetricBlock("train", "batch", 0, 0, None, 0)  # absorbs the lines of blocks not kept
 
     def __getstate__(self) -> dict[str, object]:
@@ -213,10 +233,13 @@ class LogParser:
         order = _rank_order(rank)
         if self.best is not None and order > self.best:
             return False
-        if block.kind == "train" and (self.best is None or order < self.best):
-            self.best = order
-            for other in [r for r in self.log.blocks if _rank_order(r) > order]:
-                del self.log.blocks[other]
+        if block.kind == "train":
+            if self.best is None or order < self.best:
+                self.best = order
+                for other in [r for r in self.log.blocks if _rank_order(r) > order]:
+                    del self.log.blocks[other]
+                    self.train_stack.pop(other, None)
+            self.train_stack.setdefault(rank, []).append(block)
         self.log.blocks.setdefault(rank, []).append(block)
         return True
 
@@ -226,6 +249,25 @@ class LogParser:
         if self.detached and not blocks:
             self.depends_on_earlier = True
         return blocks
+
+    def _last_train(self, rank: int | None) -> MetricBlock | None:
+        """The last stored train block of ``rank`` (constant time: evals come every N batches, and
+        a long log has many); a detached parser without one depends on the parts before."""
+        stack = self.train_stack.get(rank)
+        if stack:
+            return stack[-1]
+        if self.detached:
+            self.depends_on_earlier = True
+        return None
+
+    def _turn_eval(self, rank: int | None, block: MetricBlock) -> None:
+        """An ``Eval`` line in ``block``: it is an eval block. It is the last block of its rank, so
+        if it was stored as a train block it is the top of the rank's train stack."""
+        if block.kind == "train":
+            stack = self.train_stack.get(rank)
+            if stack and stack[-1] is block:
+                stack.pop()
+            block.kind = "eval"
 
     def feed_line(self, raw: str) -> None:
         """Read one line (with or without its newline)."""
@@ -252,7 +294,7 @@ class LogParser:
             if isinstance(block, MetricBlock):
                 kind, key, value = metric.groups()
                 if kind == "Eval":
-                    block.kind = "eval"
+                    self._turn_eval(rank, block)
                 if block.kind == "eval" or self._keeps(key):
                     block.metrics[sys.intern(key)] = parse_value(value)  # one key object for all blocks
                 return
@@ -266,8 +308,7 @@ class LogParser:
                 return
             if progress := EVAL_PROGRESS.match(stripped):
                 if progress.group(4):
-                    previous_train = [b for b in self._local_blocks(rank) if b.kind == "train"]
-                    last_train = previous_train[-1] if previous_train else None
+                    last_train = self._last_train(rank)
                     block = MetricBlock(
                         "eval",
                         last_train.unit if last_train else "batch",
@@ -279,11 +320,11 @@ class LogParser:
                     self._store(rank, block)
                     self.current[rank] = block
                 return
-            if run := RUN_HEADER.match(stripped):
-                key = run.group(1)
-                if key == "job_id":
+            if stripped.startswith(run_header.PREFIX) and (item := run_header.parse_line(stripped)):
+                key, value = item
+                if key == run_header.START_KEY:
                     self.log.starts += 1
-                self.log.header[key] = run.group(2)
+                self.log.header_fields[key] = value
                 return
         elif first == "-" and (section := LAUNCHER_SECTION.match(stripped)):
             self.section_rank = int(section.group(2)) if section.group(1) == "Begin" else None
@@ -426,12 +467,15 @@ class LogParser:
         # its kind when stored: an Eval line may turn it into an eval block later, in either order).
         bests = [b for b in (self.best, later.best) if b is not None]
         self.best = min(bests) if bests else None
+        for rank, stack in later.train_stack.items():
+            self.train_stack.setdefault(rank, []).extend(stack)
         for rank in [r for r in log.blocks if self.best is not None and _rank_order(r) > self.best]:
             del log.blocks[rank]
+            self.train_stack.pop(rank, None)
         self.current.update(later.current)
         if later.section_known:
             self.section_rank = later.section_rank
-        log.header.update(later.log.header)
+        log.header_fields.update(later.log.header_fields)
         for key, value in later.log.config.items():
             if key in log.config:
                 log.unknown_lines += 1  # read in order, a second dump of a key is not config

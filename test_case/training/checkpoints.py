@@ -8,7 +8,7 @@ follows the symlink, and Composer's checkpoint saver refuses to train when the f
 checkpoint from a later batch than the one it resumed from ("may conflict with a future checkpoint
 of the current run"): the requeued job fails instead of resuming.
 
-`repair_save_folder` runs on node 0 before Composer starts (`test_case.launch`) and applies one rule:
+`repair_save_folder` runs on node 0 before Composer starts (`test_case.training.launch`) and applies one rule:
 the run resumes from the newest *complete* checkpoint. A checkpoint is complete when its zip archive
 (what ``torch.save`` writes) has its central directory, which is written last, on close. Incomplete
 checkpoints are moved, not deleted, into ``unfinished/`` beside them; ``latest-rank0.pt`` is pointed

@@ -1,4 +1,4 @@
-"""`python -m test_case.foundry_train YAML [overrides]`: ``llmfoundry train`` that survives shared filesystems.
+"""`python -m test_case.training.foundry_train YAML [overrides]`: ``llmfoundry train`` that survives shared filesystems.
 
 Composer's launcher starts this module on every rank instead of the ``llmfoundry train`` command.
 It is that command (``llmfoundry.command_utils.train_from_yaml``) with one fix applied first:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     """Apply the fix, then run llm-foundry's training exactly as ``llmfoundry train`` does."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
-        print("usage: python -m test_case.foundry_train YAML [key=value ...]", file=sys.stderr)
+        print("usage: python -m test_case.training.foundry_train YAML [key=value ...]", file=sys.stderr)
         return 2
     dist.get_node_signal_file_name = per_node_signal_file_name
     from llmfoundry.command_utils import train_from_yaml

@@ -1,8 +1,8 @@
-"""`python -m test_case.demo_assets --out DIR`: the demo's offline inputs, made on this machine.
+"""`python -m test_case.demo.assets --out DIR`: the demo's offline inputs, made on this machine.
 
-Writes ``DIR/c4-sample/`` (C4-format ``.json.gz`` files, see `test_case.c4_sample`) and
+Writes ``DIR/c4-sample/`` (C4-format ``.json.gz`` files, see `test_case.demo.c4_sample`) and
 ``DIR/tokenizer/`` (a byte-level BPE trained on that sample's training files, see
-`test_case.bpe_tokenizer`). Both are skipped when already present, so reruns are instant.
+`test_case.demo.bpe_tokenizer`). Both are skipped when already present, so reruns are instant.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from test_case.bpe_tokenizer import train_bpe_tokenizer
-from test_case.c4_sample import write_c4_sample
+from test_case.demo.bpe_tokenizer import train_bpe_tokenizer
+from test_case.demo.c4_sample import write_c4_sample
 
 
 def _texts(files: list[Path]) -> Iterator[str]:

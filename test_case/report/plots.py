@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from test_case.metrics import RunSummary
+from test_case.report.records import RunSummary, ScalingGroup
 
 
 def _safe(name: str) -> str:
@@ -45,23 +44,23 @@ def plot_run(run: RunSummary, out_dir: Path) -> Path:
     return path
 
 
-def plot_scaling(group: dict[str, Any], out_dir: Path) -> Path:
+def plot_scaling(group: ScalingGroup, out_dir: Path) -> Path:
     """``scaling-<model>.png``: tokens/s per device and efficiency against world size."""
-    points = group["points"]
-    sizes = [p["world_size"] for p in points]
+    points = group.points
+    sizes = [p.world_size for p in points]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(sizes, [p["tokens_per_sec_per_device"] for p in points], "o-", label="tokens/s per device")
+    ax.plot(sizes, [p.tokens_per_sec_per_device for p in points], "o-", label="tokens/s per device")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("devices (world size)")
     ax.set_ylabel("tokens/s per device")
     ax2 = ax.twinx()
-    ax2.plot(sizes, [100 * p["efficiency"] for p in points], "s--", color="tab:orange", label="efficiency %")
+    ax2.plot(sizes, [100 * p.efficiency for p in points], "s--", color="tab:orange", label="efficiency %")
     ax2.set_ylabel("scaling efficiency %")
     ax2.set_ylim(0, 110)
-    fig.suptitle(f"Scaling of {group['model']} on {group['gpu'] or '?'}")
+    fig.suptitle(f"Scaling of {group.model} on {group.gpu or '?'}")
     fig.legend(loc="lower left")
     fig.tight_layout()
-    path = out_dir / f"scaling-{_safe(str(group['model']))}-{_safe(str(group['gpu']))}.png"
+    path = out_dir / f"scaling-{_safe(str(group.model))}-{_safe(str(group.gpu))}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

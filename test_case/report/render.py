@@ -1,7 +1,7 @@
 """Rendering of a report: console table, report.md, report.csv, report.json.
 
-Nothing here computes a figure; every number comes from `test_case.metrics` (per run) or
-`test_case.compare` (across runs).
+Nothing here computes a figure; every number comes from `test_case.report.metrics` (per run) or
+`test_case.report.compare` (across runs).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from test_case.metrics import RunSummary
+from test_case.report.records import RunSummary, ScalingGroup
 
 SCHEMA_VERSION = 2
 
@@ -31,7 +31,7 @@ Column = tuple[str, Callable[[RunSummary], str]]
 COLUMNS: list[Column] = [
     ("run", lambda r: r.name),
     ("model", lambda r: r.model or "-"),
-    ("gpu", lambda r: r.gpu or ("cpu" if r.mfu_note.startswith("MFU not computed: a CPU") else "-")),
+    ("gpu", lambda r: r.gpu or ("cpu" if r.device == "cpu" else "-")),
     ("world", lambda r: _num(r.world_size, "d")),
     ("batches", lambda r: "-" if r.last_batch is None else f"{r.last_batch}/{r.max_duration}"),
     ("final loss", lambda r: _num(r.final_train_loss, ".4f")),
@@ -71,7 +71,7 @@ DEFINITIONS = """\
 - **TFLOP/s/dev**: llm-foundry's MPT model FLOPs per sample,
   `(2 * n_params * seq + n_layers * 2 * 2 * d_model * seq^2) * 3`, times samples/s, / world size.
 - **MFU** = TFLOP/s/dev / peak TFLOP/s of the GPU at the run's precision (dense; table in
-  `test_case/gpu_peaks.py`). **HFU** counts the recomputed forward of activation checkpointing
+  `test_case/report/gpu_peaks.py`). **HFU** counts the recomputed forward of activation checkpointing
   (x4 instead of x3). **MFU logged** is Composer's own `throughput/device/mfu` (absent for GPUs
   Composer does not know, e.g. H100 NVL).
 - **final loss**: the last logged `loss/train/total`; **loss first/min** over the run.
@@ -100,16 +100,14 @@ def _table(columns: list[Column], runs: list[RunSummary], markdown: bool = False
     return out.getvalue()
 
 
-def _scaling_lines(scaling: list[dict[str, Any]]) -> list[str]:
+def _scaling_lines(scaling: list[ScalingGroup]) -> list[str]:
     lines = []
     for group in scaling:
-        lines.append(
-            f"scaling {group['model']} on {group['gpu'] or '?'} ({group['precision']}, seq {group['max_seq_len']}):"
-        )
-        for p in group["points"]:
+        lines.append(f"scaling {group.model} on {group.gpu or '?'} ({group.precision}, seq {group.max_seq_len}):")
+        for p in group.points:
             lines.append(
-                f"  {p['world_size']:>5} devices  {p['tokens_per_sec_per_device']:>12,.0f} tokens/s/dev  "
-                f"efficiency {100 * p['efficiency']:5.1f}%  ({p['run']})"
+                f"  {p.world_size:>5} devices  {p.tokens_per_sec_per_device:>12,.0f} tokens/s/dev  "
+                f"efficiency {100 * p.efficiency:5.1f}%  ({p.run})"
             )
     return lines
 
@@ -120,13 +118,13 @@ def _baseline_lines(runs: list[RunSummary]) -> list[str]:
         b = r.baseline
         if b is None:
             continue
-        if b["status"] == "no-match":
-            lines.append(f"baseline {r.name}: no match ({b['reason']})")
+        if b.status == "no-match":
+            lines.append(f"baseline {r.name}: no match ({b.reason})")
         else:
             lines.append(
-                f"baseline {r.name}: {b['status'].upper()} {100 * b['ratio']:.1f}% of "
-                f"{b['tokens_per_sec_per_gpu']:,.0f} tokens/s/GPU published for {b['gpu']} x{b['n_gpus']} "
-                f"(MFU {b['mfu_pct']:.1f}%), tolerance {100 * b['tolerance']:.0f}%"
+                f"baseline {r.name}: {b.status.upper()} {100 * (b.ratio or 0):.1f}% of "
+                f"{b.tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU published for {b.gpu} x{b.n_gpus} "
+                f"(MFU {b.mfu_pct or 0:.1f}%), tolerance {100 * (b.tolerance or 0):.0f}%"
             )
     return lines
 
@@ -140,14 +138,14 @@ def _notes(runs: list[RunSummary]) -> list[str]:
     return notes
 
 
-def format_table(runs: list[RunSummary], scaling: list[dict[str, Any]]) -> str:
+def format_table(runs: list[RunSummary], scaling: list[ScalingGroup]) -> str:
     """The console report: main table, scaling, baseline verdicts, notes and warnings."""
     parts = [_table(COLUMNS, runs)]
     extra = _scaling_lines(scaling) + _baseline_lines(runs) + _notes(runs)
     return "".join(parts) + "".join(line + "\n" for line in extra)
 
 
-def format_markdown(runs: list[RunSummary], scaling: list[dict[str, Any]], plots: list[Path]) -> str:
+def format_markdown(runs: list[RunSummary], scaling: list[ScalingGroup], plots: list[Path]) -> str:
     """report.md: both tables, comparisons, the definition of every figure, plots, warnings."""
     parts = [
         "# MPT benchmark report",
@@ -193,7 +191,7 @@ def json_safe(value: Any) -> Any:
 
 
 def report_document(
-    runs: list[RunSummary], scaling: list[dict[str, Any]], inputs: list[str], empty_files: list[str]
+    runs: list[RunSummary], scaling: list[ScalingGroup], inputs: list[str], empty_files: list[str]
 ) -> dict[str, Any]:
     """report.json's content (schema in the README)."""
     return json_safe(
@@ -202,13 +200,13 @@ def report_document(
             "inputs": inputs,
             "files_without_runs": empty_files,
             "runs": [r.to_dict() for r in runs],
-            "scaling": scaling,
+            "scaling": [g.to_dict() for g in scaling],
         }
     )
 
 
 def write_reports(
-    out_dir: Path, runs: list[RunSummary], scaling: list[dict[str, Any]], document: dict[str, Any], plots: list[Path]
+    out_dir: Path, runs: list[RunSummary], scaling: list[ScalingGroup], document: dict[str, Any], plots: list[Path]
 ) -> list[Path]:
     """Write report.md, report.csv and report.json into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)

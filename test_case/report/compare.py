@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from test_case.gpu_peaks import BASELINE_NAME
-from test_case.metrics import RunSummary
+from test_case import REPO_ROOT
+from test_case.report.gpu_peaks import BASELINE_NAME
+from test_case.report.records import BaselineVerdict, RunSummary, ScalingGroup, ScalingPoint
 
-DEFAULT_BASELINE = Path(__file__).resolve().parent.parent / "reference" / "llm-foundry-mpt-benchmarks.csv"
+DEFAULT_BASELINE = REPO_ROOT / "reference" / "llm-foundry-mpt-benchmarks.csv"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def load_baseline(path: Path) -> list[BaselineRow]:
     return rows
 
 
-def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: float) -> dict[str, Any]:
+def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: float) -> BaselineVerdict:
     """The matching row and the verdict for one run (``status``: ok, below, no-match)."""
     gpu = BASELINE_NAME.get(run.gpu or "", run.gpu or "")
     matches = [
@@ -89,52 +89,50 @@ def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: flo
     ]
     if not matches or run.tokens_per_sec_per_device is None:
         why = "no throughput" if run.tokens_per_sec_per_device is None else "no row"
-        return {
-            "status": "no-match",
-            "reason": f"{why} for gpu={gpu or '?'} model={run.model} n_gpus={run.world_size} seq_len={run.max_seq_len}",
-        }
+        return BaselineVerdict(
+            "no-match",
+            reason=f"{why} for gpu={gpu or '?'} model={run.model} n_gpus={run.world_size} seq_len={run.max_seq_len}",
+        )
     row = matches[0]
     ratio = run.tokens_per_sec_per_device / row.tokens_per_sec_per_gpu
-    return {
-        "status": "ok" if ratio >= 1 - tolerance else "below",
-        "gpu": row.gpu,
-        "n_gpus": row.n_gpus,
-        "global_batch_size": row.global_batch_size,
-        "tokens_per_sec_per_gpu": row.tokens_per_sec_per_gpu,
-        "mfu_pct": row.mfu_pct,
-        "ratio": ratio,
-        "tolerance": tolerance,
-    }
+    return BaselineVerdict(
+        "ok" if ratio >= 1 - tolerance else "below",
+        gpu=row.gpu,
+        n_gpus=row.n_gpus,
+        global_batch_size=row.global_batch_size,
+        tokens_per_sec_per_gpu=row.tokens_per_sec_per_gpu,
+        mfu_pct=row.mfu_pct,
+        ratio=ratio,
+        tolerance=tolerance,
+    )
 
 
-def scaling_groups(runs: list[RunSummary]) -> list[dict[str, Any]]:
-    """One entry per (model, gpu, precision, seq) with runs at two or more world sizes."""
-    groups: dict[tuple[Any, ...], list[RunSummary]] = {}
+def scaling_groups(runs: list[RunSummary]) -> list[ScalingGroup]:
+    """One group per (model, gpu, precision, seq) with runs at two or more world sizes; at each size
+    the run with the highest tokens/s per device stands for it."""
+    groups: dict[tuple[str | None, str | None, str | None, int | None], dict[int, RunSummary]] = {}
     for run in runs:
-        if run.tokens_per_sec_per_device and run.world_size:
-            groups.setdefault((run.model, run.gpu, run.precision, run.max_seq_len), []).append(run)
+        if not (run.tokens_per_sec_per_device and run.world_size):
+            continue
+        by_size = groups.setdefault((run.model, run.gpu, run.precision, run.max_seq_len), {})
+        best = by_size.get(run.world_size)
+        if best is None or run.tokens_per_sec_per_device > (best.tokens_per_sec_per_device or 0):
+            by_size[run.world_size] = run
     out = []
-    for (model, gpu, precision, seq), members in groups.items():
-        # the best run at each world size
-        by_size: dict[int, RunSummary] = {}
-        for run in members:
-            assert run.world_size is not None and run.tokens_per_sec_per_device is not None
-            best = by_size.get(run.world_size)
-            if best is None or run.tokens_per_sec_per_device > (best.tokens_per_sec_per_device or 0):
-                by_size[run.world_size] = run
+    for (model, gpu, precision, seq), by_size in groups.items():
         if len(by_size) < 2:
             continue
         sizes = sorted(by_size)
         base = by_size[sizes[0]].tokens_per_sec_per_device or 1.0
-        points = [
-            {
-                "world_size": n,
-                "nodes": by_size[n].nodes,
-                "run": by_size[n].name,
-                "tokens_per_sec_per_device": by_size[n].tokens_per_sec_per_device,
-                "efficiency": (by_size[n].tokens_per_sec_per_device or 0) / base,
-            }
+        points = tuple(
+            ScalingPoint(
+                world_size=n,
+                nodes=by_size[n].nodes,
+                run=by_size[n].name,
+                tokens_per_sec_per_device=by_size[n].tokens_per_sec_per_device or 0.0,
+                efficiency=(by_size[n].tokens_per_sec_per_device or 0.0) / base,
+            )
             for n in sizes
-        ]
-        out.append({"model": model, "gpu": gpu, "precision": precision, "max_seq_len": seq, "points": points})
+        )
+        out.append(ScalingGroup(model, gpu, precision, seq, points))
     return out

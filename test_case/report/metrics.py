@@ -14,7 +14,7 @@ Definitions (each printed figure comes from exactly one function here):
 * model FLOPs per sample, llm-foundry's MPT formula:
   ``(2 * n_params * seq + n_layers * 2 * 2 * d_model * seq**2) * 3`` (forward + backward);
   ``tflops_per_device = flops_per_sample * samples_per_sec / world_size / 1e12``.
-* ``mfu = tflops_per_device / peak`` (peak per GPU and precision from `test_case.gpu_peaks`);
+* ``mfu = tflops_per_device / peak`` (peak per GPU and precision from `test_case.report.gpu_peaks`);
   ``hfu`` uses 4 instead of 3 passes when activation checkpointing recomputes the forward;
   ``mfu_logged``: median over the window of Composer's own ``throughput/device/mfu``.
 * loss: ``loss/train/total`` (or the older keys in `LOSS_KEYS`) of the train blocks; first, min,
@@ -28,20 +28,17 @@ Definitions (each printed figure comes from exactly one function here):
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import operator
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from test_case.gpu_peaks import peak_tflops
-from test_case.log_parser import MetricBlock, ParsedLog, Value
+from test_case.report.gpu_peaks import peak_tflops
+from test_case.report.log_parser import MetricBlock, ParsedLog, Value
+from test_case.report.records import RunSummary
 
 LOSS_KEY = "loss/train/total"
 LOSS_KEYS = (LOSS_KEY, "loss/train", "metrics/train/LanguageCrossEntropy", "LanguageCrossEntropy")
@@ -58,61 +55,6 @@ USED_TRAIN_KEYS = frozenset(
 SPIKE_FACTOR = 1.2
 SPIKE_LOOKBACK = 10
 TOKENS_1T = 1e12
-
-
-@dataclass
-class RunSummary:
-    """The figures of one run, as written to report.json (README: "report.json")."""
-
-    name: str
-    log_file: str
-    job_id: str | None = None
-    model: str | None = None
-    gpu: str | None = None
-    n_params: int | None = None
-    world_size: int | None = None
-    nodes: int | None = None
-    precision: str | None = None
-    max_seq_len: int | None = None
-    global_batch_size: int | None = None
-    activation_checkpointing: bool = False
-    restarts: int = 0
-    last_batch: int | None = None
-    max_duration: int | None = None
-    duration_unit: str | None = None
-    completed: bool = False
-    loss_first: float | None = None
-    loss_min: float | None = None
-    final_train_loss: float | None = None
-    has_nan: bool = False
-    first_nan_batch: int | None = None
-    loss_spikes: list[int] = field(default_factory=list)
-    window_batches: list[int] = field(default_factory=list)
-    tokens_per_sec: float | None = None
-    tokens_per_sec_per_device: float | None = None
-    samples_per_sec: float | None = None
-    step_time_median_s: float | None = None
-    step_time_p10_s: float | None = None
-    step_time_p90_s: float | None = None
-    step_time_spread: float | None = None
-    tflops_per_device: float | None = None
-    peak_tflops: float | None = None
-    mfu: float | None = None
-    hfu: float | None = None
-    mfu_logged: float | None = None
-    mfu_note: str = ""
-    peak_mem_allocated_gb: float | None = None
-    peak_mem_reserved_gb: float | None = None
-    hours_to_1t_tokens: float | None = None
-    gpu_hours_to_1t_tokens: float | None = None
-    eval: dict[str, float] = field(default_factory=dict)
-    baseline: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)
-    series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)  # batches, values
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (without the per-batch series, which only the plots use)."""
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "series"}
 
 
 def metric_column(blocks: Sequence[MetricBlock], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -227,35 +169,73 @@ def _truthy(value: Value | None) -> bool:
     return str(value).strip().lower() in {"true", "1", "yes"}
 
 
+Column = Callable[[str], np.ndarray]  # a train metric over the run's blocks (`metric_column`), made once
+
+
 def summarise_run(
     parsed: ParsedLog, warmup: int = 0, gpu: str | None = None, peak_override: float | None = None
 ) -> RunSummary:
     """Compute the figures of one parsed log; ``gpu``/``peak_override`` take precedence over the log."""
+    run = _identity(parsed)
     blocks = parsed.train_blocks
+    if not blocks:
+        run.warnings.append("no train metric blocks found")
+        return run
+    last = blocks[-1]
+    run.last_batch, run.max_duration, run.duration_unit = last.step, last.total, last.unit
+    run.completed = bool(last.total) and last.step >= last.total
+
+    columns: dict[str, np.ndarray] = {}
+
+    def column(key: str) -> np.ndarray:
+        if key not in columns:
+            columns[key] = metric_column(blocks, key)[0]
+        return columns[key]
+
+    steps = block_steps(blocks)
+    loss_steps, losses = _loss_figures(run, blocks, steps)
+    _throughput_figures(run, parsed, blocks, column, warmup)
+    _flops_figures(run, parsed, gpu, peak_override)
+    _memory_figures(run, column)
+    _time_to_1t_tokens(run)
+    evals = _eval_figures(run, parsed)
+    eval_losses = metric_column(evals, "metrics/eval/LanguageCrossEntropy")[0]
+    eval_finite = np.flatnonzero(np.isfinite(eval_losses))
+    measured = np.flatnonzero(np.isfinite(column(TOKENS_PER_SEC)))
+    run.series = {
+        "loss": (loss_steps, losses),
+        "tokens_per_sec_per_device": (
+            (steps[measured], column(TOKENS_PER_SEC)[measured] / run.world_size)
+            if run.world_size
+            else (np.array([]), np.array([]))
+        ),
+        "eval_loss": (block_steps(evals)[eval_finite], eval_losses[eval_finite]),
+    }
+    return run
+
+
+def _identity(parsed: ParsedLog) -> RunSummary:
+    """What the run is: name, job, model, device and shape, from the run header and the config dump."""
     header, config = parsed.header, parsed.config
-    run = RunSummary(
-        name=header.get("run_name") or str(config.get("run_name") or Path(parsed.path).stem),
+    n_params = config.get("n_params")
+    return RunSummary(
+        name=parsed.run_name,
         log_file=parsed.path,
-        job_id=header.get("job_id"),
-        model=header.get("model"),
-        nodes=_as_int(header.get("nodes")),
+        job_id=header.job_id,
+        model=header.model,
+        device=header.device,
+        n_params=n_params if isinstance(n_params, int) else None,
+        nodes=header.nodes,
         precision=str(config["precision"]) if "precision" in config else None,
         max_seq_len=_as_int(config.get("max_seq_len")),
         global_batch_size=_as_int(config.get("global_train_batch_size")),
         activation_checkpointing=_truthy(config.get("activation_checkpointing")),
         restarts=max(0, parsed.starts - 1),
     )
-    n_params = config.get("n_params")
-    run.n_params = n_params if isinstance(n_params, int) else None
-    if not blocks:
-        run.warnings.append("no train metric blocks found")
-        return run
 
-    last = blocks[-1]
-    run.last_batch, run.max_duration, run.duration_unit = last.step, last.total, last.unit
-    run.completed = bool(last.total) and last.step >= last.total
 
-    steps = block_steps(blocks)
+def _loss_figures(run: RunSummary, blocks: list[MetricBlock], steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First, min and final loss, nan/inf and spikes; returns the loss series (batches, losses)."""
     loss_steps, losses = loss_series(blocks, steps)
     if len(losses):
         finite = np.isfinite(losses)
@@ -268,26 +248,25 @@ def summarise_run(
         run.warnings.append(f"loss is nan or inf from batch {run.first_nan_batch}")
     if run.loss_spikes:
         run.warnings.append(f"loss spikes starting at batch {', '.join(map(str, run.loss_spikes))}")
+    return loss_steps, losses
 
-    columns: dict[str, np.ndarray] = {}
 
-    def column(key: str) -> np.ndarray:
-        if key not in columns:
-            columns[key] = metric_column(blocks, key)[0]
-        return columns[key]
-
+def _throughput_figures(
+    run: RunSummary, parsed: ParsedLog, blocks: list[MetricBlock], column: Column, warmup: int
+) -> None:
+    """World size, the steady-state window, tokens/s, samples/s, step time and Composer's MFU."""
     tokens_per_sec = column(TOKENS_PER_SEC)
     window = window_indices(tokens_per_sec, warmup)
-    run.world_size = _as_int(parsed.header.get("world_size")) or world_size_from_throughput(
+    run.world_size = parsed.header.world_size or world_size_from_throughput(
         tokens_per_sec[window], column(DEVICE_TOKENS_PER_SEC)[window]
     )
-    if not len(window):
+    if len(window):
+        run.window_batches = [blocks[int(window[0])].step, blocks[int(window[-1])].step]
+    else:
         run.warnings.append(
             "no throughput logged: the run ended before Composer's speed window filled "
             f"(or --warmup {warmup} skipped all of it)"
         )
-    else:
-        run.window_batches = [blocks[int(window[0])].step, blocks[int(window[-1])].step]
     run.tokens_per_sec = _median(tokens_per_sec[window])
     run.samples_per_sec = _median(_finite(column(SAMPLES_PER_SEC)[window]))
     if run.tokens_per_sec is not None and run.world_size:
@@ -299,41 +278,13 @@ def summarise_run(
     if run.step_time_median_s and run.step_time_p10_s is not None and run.step_time_p90_s is not None:
         run.step_time_spread = (run.step_time_p90_s - run.step_time_p10_s) / run.step_time_median_s
     run.mfu_logged = _median(_finite(column(LOGGED_MFU)[window]))
-    _throughput_flops(run, parsed, gpu, peak_override)
-
-    for kind, keys in PEAK_MEM_KEYS.items():
-        peaks = np.concatenate([_finite(column(key)) for key in keys])
-        setattr(run, f"peak_mem_{kind}_gb", float(peaks.max()) if len(peaks) else None)
-    if run.tokens_per_sec:
-        run.hours_to_1t_tokens = TOKENS_1T / run.tokens_per_sec / 3600
-        if run.world_size:
-            run.gpu_hours_to_1t_tokens = run.hours_to_1t_tokens * run.world_size
-
-    evals = [b for b in parsed.blocks.get(parsed.reporting_rank, []) if b.kind == "eval"]
-    for block in evals:
-        run.eval.update({k: float(v) for k, v in block.metrics.items() if isinstance(v, int | float)})
-    measured = np.flatnonzero(np.isfinite(tokens_per_sec))
-    eval_losses = metric_column(evals, "metrics/eval/LanguageCrossEntropy")[0]
-    eval_finite = np.flatnonzero(np.isfinite(eval_losses))
-    run.series = {
-        "loss": (loss_steps, losses),
-        "tokens_per_sec_per_device": (
-            (steps[measured], tokens_per_sec[measured] / run.world_size)
-            if run.world_size
-            else (np.array([]), np.array([]))
-        ),
-        "eval_loss": (block_steps(evals)[eval_finite], eval_losses[eval_finite]),
-    }
-    return run
 
 
-def _throughput_flops(run: RunSummary, parsed: ParsedLog, gpu: str | None, peak_override: float | None) -> None:
-    """TFLOP/s per device, MFU and HFU (or the reason they are unknown)."""
+def _flops_figures(run: RunSummary, parsed: ParsedLog, gpu: str | None, peak_override: float | None) -> None:
+    """TFLOP/s per device, MFU and HFU (or, in ``mfu_note``, why they are unknown)."""
     cfg = parsed.config
     n_layers, d_model = _as_int(cfg.get("n_layers")), _as_int(cfg.get("d_model"))
-    gpus_per_node = _as_int(parsed.header.get("gpus_per_node"))
-    header_gpu = parsed.header.get("gpu_name")
-    run.gpu = gpu or (header_gpu if header_gpu and header_gpu != "none" else None)
+    run.gpu = gpu or parsed.header.gpu_name
     missing = [
         k
         for k, v in {
@@ -355,7 +306,7 @@ def _throughput_flops(run: RunSummary, parsed: ParsedLog, gpu: str | None, peak_
     run.tflops_per_device = flops * run.samples_per_sec / run.world_size / 1e12
     if peak_override is not None:
         run.peak_tflops = peak_override
-    elif gpus_per_node == 0 and not gpu:
+    elif run.device == "cpu" and not gpu:
         run.mfu_note = "MFU not computed: a CPU run has no GPU peak (pass --peak-tflops to compare anyway)"
         return
     else:
@@ -367,3 +318,26 @@ def _throughput_flops(run: RunSummary, parsed: ParsedLog, gpu: str | None, peak_
     run.mfu = run.tflops_per_device / run.peak_tflops
     if run.activation_checkpointing:
         run.hfu = run.mfu * 4 / 3
+
+
+def _memory_figures(run: RunSummary, column: Column) -> None:
+    """The largest peak allocated and reserved memory Composer's memory monitor logged (GB)."""
+    for kind, keys in PEAK_MEM_KEYS.items():
+        peaks = np.concatenate([_finite(column(key)) for key in keys])
+        setattr(run, f"peak_mem_{kind}_gb", float(peaks.max()) if len(peaks) else None)
+
+
+def _time_to_1t_tokens(run: RunSummary) -> None:
+    """Hours (and GPU-hours) to train 1e12 tokens at the measured tokens/s."""
+    if run.tokens_per_sec:
+        run.hours_to_1t_tokens = TOKENS_1T / run.tokens_per_sec / 3600
+        if run.world_size:
+            run.gpu_hours_to_1t_tokens = run.hours_to_1t_tokens * run.world_size
+
+
+def _eval_figures(run: RunSummary, parsed: ParsedLog) -> list[MetricBlock]:
+    """The last value of each eval metric; returns the reporting rank's eval blocks."""
+    evals = [b for b in parsed.blocks.get(parsed.reporting_rank, []) if b.kind == "eval"]
+    for block in evals:
+        run.eval.update({k: float(v) for k, v in block.metrics.items() if isinstance(v, int | float)})
+    return evals

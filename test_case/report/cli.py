@@ -1,0 +1,141 @@
+"""The command behind ``python report.py PATH [PATH ...]``: tables, report files and plots from Composer logs.
+
+PATH is a log file or a folder searched recursively for ``*.out``/``*.log``/``*.txt``/``*.err``.
+Files are grouped into runs by their run name (one Slurm job writes one file, appended to across
+requeues; `group_runs`). Parsing lives in `log_parser`, per-run arithmetic in `metrics`,
+comparisons in `compare`, output in `render` and `plots` (all in `test_case.report`).
+
+Exit codes: 0 report written; 1 no run found; 2 bad arguments or unreadable input;
+3 ``--baseline`` given and a run is below it by more than ``--tolerance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from test_case.report.compare import DEFAULT_BASELINE, BaselineError, compare_to_baseline, load_baseline, scaling_groups
+from test_case.report.gpu_peaks import PEAK_TFLOPS
+from test_case.report.log_parser import ParsedLog, parse_log_file
+from test_case.report.metrics import USED_TRAIN_KEYS, summarise_run
+from test_case.report.records import RunSummary
+from test_case.report.render import format_table, report_document, write_reports
+
+LOG_SUFFIXES = {".out", ".log", ".txt", ".err"}
+
+
+def find_logs(paths: list[Path]) -> list[Path]:
+    """Log files named directly, plus those found recursively in folders, sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += [p for p in path.rglob("*") if p.is_file() and p.suffix in LOG_SUFFIXES]
+        else:
+            found.append(path)
+    return sorted(dict.fromkeys(found))
+
+
+def group_runs(parsed: list[ParsedLog]) -> list[ParsedLog]:
+    """One log per declared run name (`ParsedLog.declared_run_name`; a log without one is a run of
+    its own): where several files share a name (e.g. per-rank files), keep the one whose reporting
+    rank is lowest and has the most blocks, filling its header and config from the others."""
+    by_name: dict[str, list[ParsedLog]] = {}
+    for log in parsed:
+        by_name.setdefault(log.declared_run_name or f"file:{log.path}", []).append(log)
+    chosen = []
+    for logs in by_name.values():
+        logs.sort(key=lambda lg: (lg.reporting_rank if lg.reporting_rank is not None else -1, -len(lg.train_blocks)))
+        main = logs[0]
+        for other in logs[1:]:
+            main.header_fields = other.header_fields | main.header_fields
+            main.config = other.config | main.config
+        chosen.append(main)
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, as documented in the README."""
+    p = argparse.ArgumentParser(
+        prog="report.py", description="Tables, report files and plots from Composer training logs."
+    )
+    p.add_argument("paths", nargs="+", type=Path, help="log files or folders")
+    p.add_argument("--out", type=Path, default=None, help="folder for report.* and plots (default: first PATH's)")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", help=f"GPU type for MFU when the log does not say ({', '.join(PEAK_TFLOPS)})")
+    gpu.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s per device to compute MFU against")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_BASELINE,
+        default=None,
+        help=f"compare with published throughput (default CSV: {DEFAULT_BASELINE.name}); exit 3 if below",
+    )
+    p.add_argument("--tolerance", type=float, default=0.10, help="allowed shortfall against --baseline (0.10)")
+    p.add_argument("--warmup", type=int, default=0, help="measured blocks to skip at the start of the window")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="processes that parse a large log together (default: all CPUs)"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, compute, compare, render; see the module docstring for exit codes."""
+    args = build_parser().parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"report.py: error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.warmup < 0 or not 0 <= args.tolerance < 1 or (args.jobs is not None and args.jobs < 1):
+        print("report.py: error: --warmup must be >= 0, --tolerance in [0, 1), --jobs >= 1", file=sys.stderr)
+        return 2
+    baseline_rows = None
+    if args.baseline is not None:
+        try:
+            baseline_rows = load_baseline(args.baseline)
+        except (OSError, BaselineError) as err:
+            print(f"report.py: error: baseline: {err}", file=sys.stderr)
+            return 2
+
+    parsed: list[ParsedLog] = []
+    empty: list[str] = []
+    for path in find_logs(args.paths):
+        log = parse_log_file(path, keep=USED_TRAIN_KEYS, jobs=args.jobs)
+        if log.train_blocks:
+            parsed.append(log)
+        else:
+            empty.append(str(path))
+    runs: list[RunSummary] = [
+        summarise_run(log, args.warmup, gpu=args.gpu, peak_override=args.peak_tflops) for log in group_runs(parsed)
+    ]
+    if baseline_rows is not None:
+        for run in runs:
+            run.baseline = compare_to_baseline(run, baseline_rows, args.tolerance)
+    scaling = scaling_groups(runs)
+
+    first = args.paths[0]
+    out_dir = args.out or (first if first.is_dir() else first.parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots: list[Path] = []
+    if not args.no_plots and runs:
+        from test_case.report.plots import plot_run, plot_scaling
+
+        plots = [plot_run(run, out_dir) for run in runs] + [plot_scaling(g, out_dir) for g in scaling]
+    document = report_document(runs, scaling, [str(p) for p in args.paths], empty)
+    written = write_reports(out_dir, runs, scaling, document, plots)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_table(runs, scaling), end="")
+        for name in empty:
+            print(f"no runs in {name}")
+        print(f"wrote {', '.join(str(p) for p in written + plots)}")
+    if not runs:
+        return 1
+    if any(r.baseline and r.baseline.status == "below" for r in runs):
+        return 3
+    return 0

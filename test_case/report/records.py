@@ -1,0 +1,127 @@
+"""The report's typed records: what `metrics` and `compare` compute and `render` writes.
+
+Each record's fields are report.json's fields (README, "report.json"); ``to_dict`` gives the JSON
+form. Nothing here computes a figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import numpy as np
+
+from test_case.run_header import Device
+
+BaselineStatus = Literal["ok", "below", "no-match"]
+
+
+@dataclass(frozen=True)
+class BaselineVerdict:
+    """One run against the published row of the same GPU, model and GPU count (`compare`)."""
+
+    status: BaselineStatus
+    reason: str | None = None  # only for no-match: what was looked for
+    gpu: str | None = None  # the matched row's GPU, GPU count, global batch, throughput and MFU
+    n_gpus: int | None = None
+    global_batch_size: int | None = None
+    tokens_per_sec_per_gpu: float | None = None
+    mfu_pct: float | None = None
+    ratio: float | None = None  # tokens/s per device / the row's tokens/s per GPU
+    tolerance: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: the fields that apply to this status."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    """The best run of a scaling group at one world size."""
+
+    world_size: int
+    nodes: int | None
+    run: str
+    tokens_per_sec_per_device: float
+    efficiency: float  # tokens/s per device / that of the group's smallest world size
+
+
+@dataclass(frozen=True)
+class ScalingGroup:
+    """Runs of one model, GPU, precision and sequence length at two or more world sizes."""
+
+    model: str | None
+    gpu: str | None
+    precision: str | None
+    max_seq_len: int | None
+    points: tuple[ScalingPoint, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self) | {"points": [asdict(p) for p in self.points]}
+
+
+@dataclass
+class RunSummary:
+    """The figures of one run, as written to report.json (README: "report.json")."""
+
+    name: str
+    log_file: str
+    job_id: str | None = None
+    model: str | None = None
+    device: Device | None = None  # "gpu" or "cpu", from the run header
+    gpu: str | None = None
+    n_params: int | None = None
+    world_size: int | None = None
+    nodes: int | None = None
+    precision: str | None = None
+    max_seq_len: int | None = None
+    global_batch_size: int | None = None
+    activation_checkpointing: bool = False
+    restarts: int = 0
+    last_batch: int | None = None
+    max_duration: int | None = None
+    duration_unit: str | None = None
+    completed: bool = False
+    loss_first: float | None = None
+    loss_min: float | None = None
+    final_train_loss: float | None = None
+    has_nan: bool = False
+    first_nan_batch: int | None = None
+    loss_spikes: list[int] = field(default_factory=list)
+    window_batches: list[int] = field(default_factory=list)
+    tokens_per_sec: float | None = None
+    tokens_per_sec_per_device: float | None = None
+    samples_per_sec: float | None = None
+    step_time_median_s: float | None = None
+    step_time_p10_s: float | None = None
+    step_time_p90_s: float | None = None
+    step_time_spread: float | None = None
+    tflops_per_device: float | None = None
+    peak_tflops: float | None = None
+    mfu: float | None = None
+    hfu: float | None = None
+    mfu_logged: float | None = None
+    mfu_note: str = ""
+    peak_mem_allocated_gb: float | None = None
+    peak_mem_reserved_gb: float | None = None
+    hours_to_1t_tokens: float | None = None
+    gpu_hours_to_1t_tokens: float | None = None
+    eval: dict[str, float] = field(default_factory=dict)
+    baseline: BaselineVerdict | None = None
+    warnings: list[str] = field(default_factory=list)
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)  # batches, values
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (without the per-batch series, which only the plots use)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "series":
+                continue
+            if isinstance(value, BaselineVerdict):
+                value = value.to_dict()
+            elif isinstance(value, list | dict):
+                value = value.copy()
+            out[f.name] = value
+        return out

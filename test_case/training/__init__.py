@@ -1,0 +1,1 @@
+"""What a training job runs on each node: launch decisions, checkpoint repair, llm-foundry's entry point."""

@@ -1,0 +1,379 @@
+"""Launch decisions for `2.train-mpt-manual-distributed.sbatch`: everything that is not Slurm glue.
+
+The sbatch script runs one task per node (``srun --ntasks-per-node=1``); each task calls
+``python -m test_case.training.launch node MODEL [overrides...]``, which derives from Slurm's environment
+
+* its node rank (``SLURM_NODEID``) and the node count (``SLURM_JOB_NUM_NODES``),
+* the master address: the first host of ``SLURM_JOB_NODELIST``,
+* the master port: ``20000 + job_id % 10000`` (below Linux's ephemeral range, same on all nodes),
+* processes per node: GPUs on the node (``SLURM_GPUS_ON_NODE``, else ``nvidia-smi -L``), or
+  ``CPU_PROCS_PER_NODE`` (default 1) on a node without GPUs (gloo backend),
+
+and replaces itself with Composer's launcher running llm-foundry's training on every rank
+(through `test_case.training.foundry_train`, which fixes a multi-node race on shared
+filesystems). Outside Slurm the same code runs one node on this machine.
+
+Before launching, every node checks what it needs (`preflight`: dataset splits, tokenizer folder,
+checkpoint folder, GPUs for a flash-attention model) and stops with one clear line if something is
+missing; node 0 prints the run header (`test_case.run_header`) that the report reads back (inside the container
+when there is one, so the versions are those that train) and, for an autoresuming run, puts back in
+order a checkpoint folder that a job killed while saving left behind (`test_case.training.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from test_case import REPO_ROOT
+from test_case.run_header import RunHeader
+
+if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
+    from omegaconf import DictConfig
+
+PORT_BASE, PORT_SPAN = 20000, 10000
+
+
+class LaunchError(RuntimeError):
+    """A configuration mistake reported as one clear line."""
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Expand a Slurm hostlist (``node[1-3,7],gpu-[01-02]-a``) like ``scontrol show hostnames``."""
+    hosts: list[str] = []
+    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", hostlist):
+        pieces = re.split(r"(\[[^\]]*\])", item)
+        choices: list[list[str]] = []
+        for piece in pieces:
+            if piece.startswith("["):
+                values: list[str] = []
+                for rng in piece[1:-1].split(","):
+                    lo, _, hi = rng.partition("-")
+                    if hi:
+                        width = len(lo) if lo.startswith("0") else 0
+                        values += [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+                    else:
+                        values.append(lo)
+                choices.append(values)
+            elif piece:
+                choices.append([piece])
+        hosts += ["".join(combo) for combo in itertools.product(*choices)]
+    return hosts
+
+
+def master_port(job_id: str | None) -> int:
+    """Port of the rendezvous: derived from the Slurm job id, or a free port when not under Slurm.
+
+    Both stay below Linux's ephemeral range (32768-60999): a rank that connects to an ephemeral
+    port before the store listens can be given that same port as its own source port and connect
+    to itself (TCP simultaneous open), which hangs the rendezvous.
+    """
+    if job_id and job_id.isdigit():
+        return PORT_BASE + int(job_id) % PORT_SPAN
+    start = os.getpid() % PORT_SPAN
+    for offset in range(PORT_SPAN):
+        port = PORT_BASE + (start + offset) % PORT_SPAN
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise LaunchError(f"no free port in {PORT_BASE}-{PORT_BASE + PORT_SPAN - 1}; set MASTER_PORT")
+
+
+def nvidia_smi(*args: str) -> list[str]:
+    """Lines ``nvidia-smi ARGS`` prints; none without the tool, or when it fails or hangs."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.stdout.splitlines() if out.returncode == 0 else []
+
+
+def count_gpus(env: Mapping[str, str]) -> int:
+    """GPUs this node gives the job: Slurm's count, else what ``nvidia-smi -L`` lists, else 0."""
+    for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+        value = env.get(key, "").split(":")[-1]
+        if value.isdigit():
+            return int(value)
+    return sum(1 for line in nvidia_smi("-L") if line.startswith("GPU "))
+
+
+def gpu_name() -> str | None:
+    """Name of this node's first GPU as ``nvidia-smi`` prints it (None without GPUs)."""
+    names = [n.strip() for n in nvidia_smi("--query-gpu=name", "--format=csv,noheader") if n.strip()]
+    return names[0] if names else None
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """What one node's task launches."""
+
+    job_id: str
+    run_name: str
+    node_rank: int
+    num_nodes: int
+    procs_per_node: int
+    gpus_per_node: int
+    master_addr: str
+    master_port: int
+    threads_per_proc: int
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the whole job."""
+        return self.num_nodes * self.procs_per_node
+
+
+def plan_node(env: Mapping[str, str], gpus: int | None = None) -> NodePlan:
+    """Derive this node's launch from Slurm's environment (or a single local node without it)."""
+    gpus = count_gpus(env) if gpus is None else gpus
+    job_id = env.get("SLURM_JOB_ID") or env.get("LOCAL_JOB_ID") or "local"
+    job_name = env.get("SLURM_JOB_NAME") or "mpt-train"
+    if "SLURM_JOB_ID" in env:
+        hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST", ""))
+        if not hosts:
+            raise LaunchError("SLURM_JOB_NODELIST is empty: run this inside an allocation")
+        num_nodes = int(env.get("SLURM_JOB_NUM_NODES") or len(hosts))
+        node_rank = int(env.get("SLURM_NODEID", "0"))
+        addr = env.get("MASTER_ADDR") or hosts[0]
+    else:
+        num_nodes, node_rank, addr = 1, 0, env.get("MASTER_ADDR", "127.0.0.1")
+    port = int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else master_port(env.get("SLURM_JOB_ID"))
+    procs = gpus if gpus > 0 else int(env.get("CPU_PROCS_PER_NODE", "1"))
+    if procs <= 0:
+        raise LaunchError("CPU_PROCS_PER_NODE must be a positive integer")
+    cpus = int(env.get("SLURM_CPUS_ON_NODE") or os.cpu_count() or 1)
+    return NodePlan(
+        job_id=job_id,
+        run_name=env.get("RUN_NAME") or f"{job_name}-{job_id}",
+        node_rank=node_rank,
+        num_nodes=num_nodes,
+        procs_per_node=procs,
+        gpus_per_node=gpus,
+        master_addr=addr,
+        master_port=port,
+        threads_per_proc=max(1, cpus // procs),
+    )
+
+
+def resolve_yaml(model: str) -> Path:
+    """``mpt-7b`` -> ``yamls/mpt-7b.yaml``; a path to a yaml is taken as it is."""
+    path = Path(model).resolve() if model.endswith((".yaml", ".yml")) else REPO_ROOT / "yamls" / f"{model}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (REPO_ROOT / "yamls").glob("*.yaml")))
+        raise LaunchError(f"no yaml for model {model!r} at {path} (known: {known})")
+    return path
+
+
+def config_overrides(plan: NodePlan, env: Mapping[str, str]) -> list[str]:
+    """OmegaConf dotlist the suite always passes; the user's own overrides come after and win."""
+    out = [f"variables.run_name={plan.run_name}"]
+    for var, key in (("DATA_ROOT", "data_local"), ("TOKENIZER", "tokenizer_name"), ("SAVE_ROOT", "save_root")):
+        if env.get(var):
+            out.append(f"variables.{key}={env[var]}")
+    return out
+
+
+def composer_command(plan: NodePlan, yaml: Path, overrides: list[str], env: Mapping[str, str]) -> list[str]:
+    """Composer's launcher for this node, running llm-foundry's training as a module."""
+    return [
+        "composer",
+        "--nproc",
+        str(plan.procs_per_node),
+        "--world_size",
+        str(plan.world_size),
+        "--node_rank",
+        str(plan.node_rank),
+        "--master_addr",
+        plan.master_addr,
+        "--master_port",
+        str(plan.master_port),
+        "-m",
+        "test_case.training.foundry_train",
+        str(yaml),
+        *config_overrides(plan, env),
+        *overrides,
+    ]
+
+
+def _path_like(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~"))
+
+
+def training_config(yaml: Path, plan: NodePlan, env: Mapping[str, str], overrides: Sequence[str] = ()) -> DictConfig:
+    """The yaml with the launcher's and the user's overrides applied, as llm-foundry will see it."""
+    from omegaconf import DictConfig, OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.load(yaml), OmegaConf.from_dotlist([*config_overrides(plan, env), *overrides]))
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path) -> list[str]:
+    """Problems that would make training fail later, each as one actionable line (empty: all good).
+
+    ``cfg`` is `training_config` of ``yaml``: what llm-foundry will read.
+    """
+    from omegaconf import OmegaConf
+
+    problems: list[str] = []
+    for loader in ("train_loader", "eval_loader"):
+        dataset = OmegaConf.select(cfg, f"{loader}.dataset")
+        if dataset is None or dataset.get("remote"):
+            continue
+        local, split = cwd / str(dataset.local), str(dataset.split)
+        if not (local / split / "index.json").is_file():
+            problems.append(
+                f"{loader}: dataset split {split!r} not found at {local / split / 'index.json'}: run "
+                f"slurm-scripts/1.c4-preprocess.sbatch with DATA_ROOT={local} (SPLITS must include {split}), "
+                "or set DATA_ROOT to where it was written"
+            )
+    tokenizer = str(OmegaConf.select(cfg, "tokenizer.name"))
+    if _path_like(tokenizer) and not (cwd / tokenizer).expanduser().is_dir():
+        problems.append(f"tokenizer folder {tokenizer} does not exist: set TOKENIZER to a tokenizer folder or name")
+    save_folder = OmegaConf.select(cfg, "save_folder")
+    if save_folder and "://" not in str(save_folder):
+        folder = cwd / str(save_folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            problems.append(f"cannot create the checkpoint folder {folder}: {err.strerror}; set SAVE_ROOT")
+        else:
+            if not os.access(folder, os.W_OK):
+                problems.append(f"the checkpoint folder {folder} is not writable; set SAVE_ROOT")
+    attn = OmegaConf.select(cfg, "model.attn_config.attn_impl")
+    if attn == "flash" and plan.gpus_per_node == 0:
+        problems.append(
+            f"{yaml.stem} uses flash attention, which needs GPUs, and this node has none "
+            "(use mpt-tiny-cpu on CPU nodes, or request GPUs with --gpus-per-node)"
+        )
+    return problems
+
+
+def prepare_resume(cfg: DictConfig, cwd: Path) -> list[str]:
+    """Repair the checkpoint folder a killed job left (`test_case.training.checkpoints`) when the run autoresumes."""
+    from omegaconf import OmegaConf
+
+    from test_case.training.checkpoints import repair_save_folder
+
+    save_folder = OmegaConf.select(cfg, "save_folder")
+    custom_names = OmegaConf.select(cfg, "save_filename") or OmegaConf.select(cfg, "save_latest_filename")
+    if not OmegaConf.select(cfg, "autoresume") or not save_folder or "://" in str(save_folder) or custom_names:
+        return []
+    return repair_save_folder(cwd / str(save_folder))
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+
+
+def git_commit() -> str:
+    """Commit of this checkout, ``-dirty`` when it has local changes; ``unknown`` without git."""
+    try:
+        head = _git("rev-parse", "--short=12", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str]) -> RunHeader:
+    """Facts of the run, printed once per start at the top of the log and read back by the report."""
+    return RunHeader(
+        job_id=plan.job_id,
+        run_name=plan.run_name,
+        model=model,
+        nodes=plan.num_nodes,
+        nodelist=env.get("SLURM_JOB_NODELIST", socket.gethostname()),
+        gpus_per_node=plan.gpus_per_node,
+        gpu_name=gpu_name() if plan.gpus_per_node else None,
+        procs_per_node=plan.procs_per_node,
+        world_size=plan.world_size,
+        backend="nccl" if plan.gpus_per_node else "gloo",
+        device="gpu" if plan.gpus_per_node else "cpu",
+        master=f"{plan.master_addr}:{plan.master_port}",
+        restart_count=int(env.get("SLURM_RESTART_COUNT") or 0),
+        image=env.get("IMAGE") or "none (bare-metal venv)",
+        git_commit=git_commit(),
+        python=sys.version.split()[0],
+        torch=_version("torch"),
+        composer=_version("mosaicml"),
+        llm_foundry=_version("llm-foundry"),
+        streaming=_version("mosaicml-streaming"),
+        overrides=" ".join(overrides) or "none",
+    )
+
+
+def print_run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str]) -> None:
+    """The run header as ``[run-header] key: value`` lines (`test_case.run_header`)."""
+    for line in run_header(plan, model, env, overrides).lines():
+        print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``header MODEL [overrides]`` prints the run header; ``node MODEL [overrides]`` launches."""
+    parser = argparse.ArgumentParser(prog="python -m test_case.training.launch")
+    parser.add_argument("action", choices=["header", "node", "plan"])
+    parser.add_argument("model", help="yaml name under yamls/ (e.g. mpt-7b) or a path to a yaml")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="OmegaConf dotlist overrides")
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    try:
+        yaml = resolve_yaml(args.model)
+        plan = plan_node(env)
+    except (LaunchError, ValueError) as err:
+        print(f"launch: error: {err}", file=sys.stderr)
+        return 2
+    if args.action == "header":
+        print_run_header(plan, args.model, env, args.overrides)
+        return 0
+    cmd = composer_command(plan, yaml, args.overrides, env)
+    if args.action == "plan":
+        print(" ".join(cmd))
+        return 0
+    cfg = training_config(yaml, plan, env, args.overrides)
+    problems = preflight(yaml, plan, cfg, Path.cwd())
+    for problem in problems:
+        print(f"launch: error: node {plan.node_rank}: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    if plan.node_rank == 0:
+        print_run_header(plan, args.model, env, args.overrides)
+        # before Composer starts on this node, so before any rank of the run can read the folder
+        for change in prepare_resume(cfg, Path.cwd()):
+            print(f"launch: {change}", flush=True)
+    env.setdefault("OMP_NUM_THREADS", str(plan.threads_per_proc))
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()  # a killed run leaves streaming's shared memory behind: start clean
+    print(f"launch: node {plan.node_rank}/{plan.num_nodes} on {socket.gethostname()}: {' '.join(cmd)}", flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # pragma: no cover  (execvpe does not return)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
