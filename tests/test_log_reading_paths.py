@@ -92,6 +92,20 @@ def log_lines(draw: st.DrawFn) -> list[str]:
                                 "----------End global rank 1 STDERR----------",
                                 f"> {prefix}[batch=5/30]:",
                                 "[stderr]: \t Train loss/train/total: 2.0",
+                                # lines the noise path skips, and lines just like them that it must not
+                                f"{prefix}2026-11-22 05:44:56,106: rank0[1][MainThread]: INFO: x: Train done",
+                                f"{prefix}  data_local: /tmp/x",
+                                f"{prefix}  d_model: 128",
+                                f"{prefix}max_seq_len: 128",
+                                f"{prefix}  - 0.9",
+                                f"{prefix}Traceback (most recent call last):",
+                                f"{prefix}  Train loss/train/total: 3.0",
+                                f"{prefix}> \t Train loss/train/total: 2.5",
+                                f"{prefix}[stdout]: n_params: 77",
+                                f"{prefix}  [batch=7/30]:",
+                                f"{prefix}-----Begin global rank 0 STDOUT-----",
+                                f"{prefix}\x0c Train loss/train/total: 1.0",
+                                f"{prefix} 3: \t Train loss/train/total: 1.5",
                             ]
                         ),
                         st.text(max_size=30),
@@ -115,6 +129,35 @@ def test_generated_logs_read_the_same_every_way(
     path.write_bytes(data)
     assert_same(path, None)
     assert_same(path, KEEP)
+
+
+def test_noise_path_skips_logging_and_config_lines_but_reads_every_line_that_counts() -> None:
+    """Runs of lines that only count as unknown are skipped by one match (not a feed_line each);
+    the config keys, metric lines and headers among them are still read."""
+    text = (
+        "0: 2026-11-22 05:44:56,106: rank0[1][MainThread]: INFO: llmfoundry: Building trainer...\n"
+        "0: variables:\n0:   data_local: /tmp/data\n0:   max_seq_len: 128\n0: model:\n0:   d_model: 128\n"
+        "0:   - 0.9\n1: /venv/composer/callbacks/memory_monitor.py:137: UserWarning: CUDA only\n1:   d_model: 128\n"
+        "0: [batch=1/9]:\n0: \t Train loss/train/total: 6.5\n0: noise\n0: \t Train loss/train/total: 1.0\n"
+    )
+    calls: list[str] = []
+    parser = LogParser()
+    feed_line = parser.feed_line
+
+    def counted(raw: str) -> None:
+        calls.append(raw)
+        feed_line(raw)
+
+    parser.feed_line = counted  # type: ignore[method-assign]
+    parser.feed_text(text)
+    log = parser.finish()
+    # rank 1's d_model is noise once rank 0's was read
+    assert calls == ["0:   max_seq_len: 128", "0:   d_model: 128", "0: \t Train loss/train/total: 1.0"]
+    assert log.config == {"max_seq_len": 128, "d_model": 128}
+    # the noise line ended the block: the metric after it is not the block's
+    assert [b.metrics for b in log.train_blocks] == [{"loss/train/total": 6.5}]
+    assert (log.lines, log.unknown_lines) == (13, 9)
+    assert repr(log) == repr(parse_composer_log(text.splitlines()))
 
 
 def test_block_path_reads_most_lines_and_relearns_when_the_shape_changes() -> None:

@@ -34,6 +34,7 @@ without the state of the parts before it, and is read again in order otherwise.
 from __future__ import annotations
 
 import codecs
+import functools
 import gc
 import io
 import itertools
@@ -84,13 +85,32 @@ CONFIG_LINE = re.compile(r"^\s*(" + "|".join(CONFIG_KEYS) + r"): (\S.*?)\s*$")
 # a case of METRIC_LINE, as `feed_line` would read them.
 BLOCK_HEADER = re.compile(r"((?:\d+: ?)?)(?:\[epoch=(\d+)\])?\[(batch|token|sample)=(\d+)(?:/(\d+))?\]:[ \t]*\n")
 BLOCK_HEADER_BYTES = re.compile(rb"\n(?:\d+: ?)?(?:\[epoch=\d+\])?\[(?:batch|token|sample)=\d+(?:/\d+)?\]:[ \t]*\r?\n")
+
+
 METRIC_BODY_LINE = re.compile(r"\t Train ([^\s:][^:\n]*+): [^\S\n]*+\S[^\n]*+\n")
 KEPT_VALUE = r"[^\S\n]*+(\S(?:[^\n]*\S)?)[^\S\n]*+\n"  # the value without surrounding whitespace
 SKIPPED_VALUE = r"[^\S\n]*+\S[^\n]*+\n"
-MAX_SHAPES = 256  # distinct block shapes compiled per file; blocks of any other shape are read line by line
+MAX_SHAPES = 256  # distinct block shapes kept compiled per file
+RECENT_SHAPES = 4  # shapes tried per rank prefix before learning one (with and without throughput, ...)
 CHUNK_BYTES = 1 << 22  # read at a time
 PARALLEL_MIN_BYTES = 64 << 20  # smallest part worth a process of its own
 SPLIT_WINDOW_BYTES = 1 << 20  # how far past a cut point to look for a block header
+
+
+# The noise path of `LogParser.feed_text`: a run of consecutive lines of one rank prefix (or of none)
+# that `feed_line` would only count as unknown: Python logging, warnings, tracebacks, the config
+# dump's other keys and its keys already read. After the prefix (taken whole, as RANK_PREFIX takes
+# it), optional spaces, then a character that is no whitespace, ``[``, ``>`` or ``-``, and never a
+# ``Train ``/``Eval `` metric nor a config key still to read; or two or more spaces and then ``-``
+# or ``>`` (a YAML list item). Any other line goes to `feed_line`.
+@functools.lru_cache(maxsize=64)
+def noise_pattern(read_keys: frozenset[str]) -> re.Pattern[str]:
+    """The noise path's pattern once the config keys ``read_keys`` have been read."""
+    to_read = [k for k in CONFIG_KEYS if k not in read_keys]
+    not_read = r"(?!(?:Train|Eval) )" + (r"(?!(?:" + "|".join(to_read) + r"): )" if to_read else "")
+    body = r"(?:[ \t]*+" + not_read + r"[^\s\[>\-]|[ \t]{2}[ \t]*+[>\-])[^\n]*+\n"
+    return re.compile(rf"(?:(?>(\d+: ?)){body}(?:\1{body})*+|(?!\d+:){body}(?:(?!\d+:){body})*+)")
+
 
 Value = float | int | str
 
@@ -212,7 +232,8 @@ class LogParser:
         self.section_known = not detached
         self.assumed_no_section = False  # detached: an unprefixed line was read as outside a section
         self.depends_on_earlier = False  # detached: a line's meaning needs the parts before
-        self.shapes: dict[str, _Shape] = {}  # per rank prefix: the shape of its last block
+        self.shapes: dict[str, list[_Shape]] = {}  # per rank prefix: its latest block shapes, the last first
+        self.noise = noise_pattern(frozenset())
         self.known_shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
         self.prefix_ranks: dict[str, int] = {}
         self.totals: dict[str | None, int] = {}
@@ -222,7 +243,7 @@ class LogParser:
     def __getstate__(self) -> dict[str, object]:
         """Compiled shapes stay behind when a worker sends its part back."""
         state = self.__dict__.copy()
-        state["shapes"], state["known_shapes"] = {}, {}
+        state["shapes"], state["known_shapes"], state["noise"] = {}, {}, None
         return state
 
     def _keeps(self, key: str) -> bool:
@@ -308,6 +329,9 @@ class LogParser:
                 return
             if progress := EVAL_PROGRESS.match(stripped):
                 if progress.group(4):
+                    if self.best is not None and _rank_order(rank) > self.best:
+                        self.current[rank] = self.dropped  # a higher rank's eval: read, not kept
+                        return
                     last_train = self._last_train(rank)
                     block = MetricBlock(
                         "eval",
@@ -335,6 +359,7 @@ class LogParser:
             parsed = parse_value(value)
             if key not in self.log.config and (CONFIG_KEYS[key] is not int or isinstance(parsed, int)):
                 self.log.config[key] = parsed
+                self.noise = noise_pattern(frozenset(self.log.config))  # its next lines are noise
                 return
         self.log.unknown_lines += 1
 
@@ -361,30 +386,38 @@ class LogParser:
         end = len(text) if end is None else end
         pos = 0
         header = BLOCK_HEADER.match
-        shapes, current, ranks, totals = self.shapes, self.current, self.prefix_ranks, self.totals
+        shapes, current, totals = self.shapes, self.current, self.totals
         while pos < end:
             m = header(text, pos, end)
             if m is None:
+                if run := self.noise.match(text, pos, end):  # unknown lines of one prefix, as feed_line counts them
+                    lines = text.count("\n", pos, run.end())
+                    self.number += lines
+                    self.log.unknown_lines += lines
+                    current[self._prefix_rank(run.group(1) or "")] = None
+                    pos = run.end()
+                    continue
                 newline = text.index("\n", pos, end)
                 self.feed_line(text[pos:newline])
                 pos = newline + 1
                 continue
             prefix, epoch, unit, n, total = m.groups()
-            if prefix:
-                rank = ranks.get(prefix)
-                if rank is None:
-                    rank = ranks[prefix] = int(prefix[: prefix.index(":")])
-            else:
-                rank = self.section_rank
-                if not self.section_known:
-                    self.assumed_no_section = True
+            rank = self._prefix_rank(prefix)
             body_start = m.end()
-            shape = shapes.get(prefix)
-            body = shape.pattern.match(text, body_start, end) if shape is not None else None
-            if shape is None or body is None or text.startswith(shape.next_metric, body.end()):
+            body = None
+            for shape in shapes.get(prefix, ()):  # the shape of the block before, else of one before it
+                body = shape.pattern.match(text, body_start, end)
+                if body is not None and not text.startswith(shape.next_metric, body.end()):
+                    break
+                body = None
+            if body is None:
                 shape = self._learn_shape(text, body_start, end, prefix)  # a new shape, or a longer one
                 body = shape.pattern.match(text, body_start, end)
                 assert body is not None  # a shape matches the block it was learned from
+            recent = shapes[prefix]
+            if recent[0] is not shape:
+                recent.remove(shape)
+                recent.insert(0, shape)
             self.number += 1
             if self.best is not None and _rank_order(rank) > self.best:
                 current[rank] = self.dropped  # a higher rank's block: read, not kept
@@ -411,6 +444,17 @@ class LogParser:
             self.number += shape.lines
             pos = body.end()
 
+    def _prefix_rank(self, prefix: str) -> int | None:
+        """The rank of a line with this rank prefix (``"3: "``), or of an unprefixed line."""
+        if prefix:
+            rank = self.prefix_ranks.get(prefix)
+            if rank is None:
+                rank = self.prefix_ranks[prefix] = int(prefix[: prefix.index(":")])
+            return rank
+        if not self.section_known:
+            self.assumed_no_section = True
+        return self.section_rank
+
     def _learn_shape(self, text: str, pos: int, end: int, prefix: str) -> _Shape:
         """The shape of the block whose metric lines start at ``pos``."""
         keys: list[str] = []
@@ -427,7 +471,10 @@ class LogParser:
             shape = _Shape(re.compile(pattern), len(keys), kept, prefix + "\t Train ")
             if len(self.known_shapes) < MAX_SHAPES:
                 self.known_shapes[(prefix, tuple(keys))] = shape
-        self.shapes[prefix] = shape
+        recent = self.shapes.setdefault(prefix, [])
+        if shape not in recent:
+            recent.insert(0, shape)
+            del recent[RECENT_SHAPES:]
         return shape
 
     def feed_file(self, path: Path, start: int = 0, end: int | None = None) -> None:
@@ -476,11 +523,14 @@ class LogParser:
         if later.section_known:
             self.section_rank = later.section_rank
         log.header_fields.update(later.log.header_fields)
+        config_keys = len(log.config)
         for key, value in later.log.config.items():
             if key in log.config:
                 log.unknown_lines += 1  # read in order, a second dump of a key is not config
             else:
                 log.config[key] = value
+        if len(log.config) != config_keys:
+            self.noise = noise_pattern(frozenset(log.config))
         log.starts += later.log.starts
         log.unknown_lines += later.log.unknown_lines
         self.number += later.number

@@ -57,19 +57,26 @@ SPIKE_LOOKBACK = 10
 TOKENS_1T = 1e12
 
 
-def metric_column(blocks: Sequence[MetricBlock], key: str) -> tuple[np.ndarray, np.ndarray]:
+def metric_column(
+    blocks: Sequence[MetricBlock], key: str, metrics: Sequence[dict[str, Value]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``key`` in every block as float64 (nan where absent or not a number), and a mask of the blocks
-    where it is a number (nan and inf included; a number too large for a float counts as inf)."""
-    metrics = [b.metrics for b in blocks]
+    where it is a number (nan and inf included; a number too large for a float counts as inf).
+    ``metrics`` is ``[b.metrics for b in blocks]`` when the caller already made it."""
+    if metrics is None:
+        metrics = [b.metrics for b in blocks]
     if not any(map(operator.methodcaller("__contains__", key), metrics)):
         return np.full(len(blocks), math.nan), np.zeros(len(blocks), dtype=bool)
     raw = list(map(operator.methodcaller("get", key), metrics))
     if set(map(type, raw)) <= {float, int, type(None)}:
         try:
             values = np.array(raw, dtype=np.float64)  # None becomes nan
-            return values, np.fromiter(map(operator.is_not, raw, itertools.repeat(None)), bool, len(raw))
         except OverflowError:
             pass
+        else:
+            if None not in raw:
+                return values, np.ones(len(raw), dtype=bool)
+            return values, np.fromiter(map(operator.is_not, raw, itertools.repeat(None)), bool, len(raw))
     numeric = np.array([isinstance(v, int | float) and not isinstance(v, bool) for v in raw], dtype=bool)
     return np.array([_to_float(v) if ok else math.nan for v, ok in zip(raw, numeric, strict=True)]), numeric
 
@@ -135,11 +142,14 @@ def block_steps(blocks: Sequence[MetricBlock]) -> np.ndarray:
         return np.array(steps, dtype=object)
 
 
-def loss_series(blocks: Sequence[MetricBlock], steps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def loss_series(
+    blocks: Sequence[MetricBlock], steps: np.ndarray | None = None, metrics: Sequence[dict[str, Value]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Batches and losses of the train blocks that logged a loss (nan and inf included), under the
-    first of `LOSS_KEYS` the log uses; ``steps`` is `block_steps` of ``blocks`` when already made."""
+    first of `LOSS_KEYS` the log uses; ``steps`` (`block_steps`) and ``metrics`` as already made."""
+    metrics = [b.metrics for b in blocks] if metrics is None else metrics
     for key in LOSS_KEYS:
-        values, numeric = metric_column(blocks, key)
+        values, numeric = metric_column(blocks, key, metrics)
         if numeric.any():
             return (block_steps(blocks) if steps is None else steps)[numeric], values[numeric]
     return np.array([], dtype=np.int64), np.array([], dtype=np.float64)
@@ -186,14 +196,15 @@ def summarise_run(
     run.completed = bool(last.total) and last.step >= last.total
 
     columns: dict[str, np.ndarray] = {}
+    metrics = [b.metrics for b in blocks]
 
     def column(key: str) -> np.ndarray:
         if key not in columns:
-            columns[key] = metric_column(blocks, key)[0]
+            columns[key] = metric_column(blocks, key, metrics)[0]
         return columns[key]
 
     steps = block_steps(blocks)
-    loss_steps, losses = _loss_figures(run, blocks, steps)
+    loss_steps, losses = _loss_figures(run, blocks, steps, metrics)
     _throughput_figures(run, parsed, blocks, column, warmup)
     _flops_figures(run, parsed, gpu, peak_override)
     _memory_figures(run, column)
@@ -234,9 +245,11 @@ def _identity(parsed: ParsedLog) -> RunSummary:
     )
 
 
-def _loss_figures(run: RunSummary, blocks: list[MetricBlock], steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _loss_figures(
+    run: RunSummary, blocks: list[MetricBlock], steps: np.ndarray, metrics: list[dict[str, Value]]
+) -> tuple[np.ndarray, np.ndarray]:
     """First, min and final loss, nan/inf and spikes; returns the loss series (batches, losses)."""
-    loss_steps, losses = loss_series(blocks, steps)
+    loss_steps, losses = loss_series(blocks, steps, metrics)
     if len(losses):
         finite = np.isfinite(losses)
         run.loss_first, run.final_train_loss = float(losses[0]), float(losses[-1])
