@@ -1,9 +1,18 @@
 # shellcheck shell=bash
 # Shared environment of the sbatch scripts: sourced, never run. Every value can be overridden by
 # exporting it before `sbatch` / `bash` (sbatch passes the submitting shell's environment on).
-# Expects ROOT (the repository root) to be set by the caller.
+# Expects ROOT (the repository root) and SCRIPT (the calling script's name, for messages) to be set.
 
 : "${ROOT:?env.sh needs ROOT, the repository root}"
+SCRIPT="${SCRIPT:-slurm-scripts}"
+
+# Every error of the scripts has one form, as the Python commands print theirs:
+#   <script>: error: <what is wrong>: <what to do>
+# and exits 2 (a configuration mistake, not a training failure).
+die() {
+  echo "$SCRIPT: error: $*" >&2
+  exit 2
+}
 export ROOT
 export LOG_DIR="${LOG_DIR:-$ROOT/logs}"
 export DATA_ROOT="${DATA_ROOT:-$ROOT/data/my-copy-c4}"     # MDS dataset root (shared storage on a cluster)
@@ -17,6 +26,19 @@ if [[ -z "${IMAGE+set}" ]]; then
 fi
 export IMAGE
 export CONTAINER_MOUNTS="${CONTAINER_MOUNTS:-$ROOT:$ROOT}"  # add DATA_ROOT/SAVE_ROOT when outside ROOT, e.g. /fsx:/fsx
+
+# srun's pyxis flags for the tasks, in the array CONTAINER_ARGS: empty on bare metal, else the image,
+# the mounts and the repository as the working directory. A .sqsh that is not there stops the job
+# before any task starts. Called under Slurm only (outside it nothing runs in a container).
+# shellcheck disable=SC2034  # CONTAINER_ARGS is read by the scripts that source this file
+container_args() {
+  CONTAINER_ARGS=()
+  [[ -n "$IMAGE" ]] || return 0
+  if [[ "$IMAGE" == *.sqsh && ! -f "$IMAGE" ]]; then
+    die "IMAGE=$IMAGE does not exist: build and import it first (README, 'Container image'), or set IMAGE= for the venv"
+  fi
+  CONTAINER_ARGS=(--container-image="$IMAGE" --container-mounts="$CONTAINER_MOUNTS" --container-workdir="$ROOT")
+}
 
 # Bare-metal mode: use the suite's venv when there is one (a container brings its own Python).
 if [[ -z "$IMAGE" && -f "$VENV/bin/activate" && "${VIRTUAL_ENV:-}" != "$VENV" ]]; then
