@@ -1,4 +1,5 @@
 # The suite's two commands: `make demo` and `make test`. Both set themselves up from a fresh clone.
+# `make check` is the quick tier while working: lint and the tests not marked slow (under a minute).
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -18,11 +19,12 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_TAG ?= mpt-slurm-bench:$(VERSION)
 SQSH ?= llm-foundry.sqsh
 
-.PHONY: help install demo test lint lock clean image sqsh base-digest
+.PHONY: help install demo test check lint lock clean image sqsh base-digest
 
 help:
 	@echo "make demo   preprocess a C4 sample, train a tiny MPT on the CPU, print the report"
-	@echo "make test   lint (ruff, mypy, shellcheck) and the full test suite, local Slurm included"
+	@echo "make test   lint (ruff, mypy, shellcheck, hadolint, yamls) and the full test suite, local Slurm included"
+	@echo "make check  lint and the tests not marked slow: the quick tier (under a minute)"
 	@echo "make lock   re-resolve constraints.txt (Python 3.11) and constraints-py312.txt (the image) from pyproject.toml"
 	@echo "make image  docker build the container; make sqsh: enroot import it to $(SQSH)"
 
@@ -48,9 +50,13 @@ lint: install
 	"$(PY)" -m mypy
 	"$(VENV)/bin/shellcheck" -x slurm-scripts/*.sbatch slurm-scripts/env.sh .ci/run
 	"$(VENV)/bin/hadolint" 0.llm-foundry.Dockerfile
+	"$(PY)" -m tests.check_yamls yamls/*.yaml
 
 test: lint
 	"$(PY)" -m pytest
+
+check: lint
+	TEST_TIER=check "$(PY)" -m pytest -q -m "not slow"
 
 lock: install
 	"$(VENV)/bin/uv" pip compile pyproject.toml --extra dev --python-version 3.11 \

@@ -161,14 +161,8 @@ HUB_PREFIX = "hf://allenai/c4/en/"
 
 
 def hub_source(split: str) -> str:
-    """The pseudo file name that stands for a C4 split on the Hugging Face hub."""
-    return HUB_PREFIX + {
-        "train": "train",
-        "train_small": "train",
-        "val": "validation",
-        "val_small": "validation",
-        "val_xsmall": "validation",
-    }.get(split, split)
+    """The pseudo file name that stands for a C4 split on the Hugging Face hub (`C4_SPLITS`)."""
+    return HUB_PREFIX + (C4_SPLITS[split][0] if split in C4_SPLITS else split)
 
 
 def iter_hub_documents(source: str, shard: int, shards: int) -> Iterator[str | SkippedDocument]:

@@ -13,6 +13,15 @@ SHARED = REPO_ROOT.parent / "shared"
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
 
+# `make check` (TEST_TIER=check) is the quick tier: the tests not marked slow, with fewer
+# hypothesis examples; `make test` runs everything with the full number.
+QUICK_TIER = os.environ.get("TEST_TIER") == "check"
+
+
+def examples(full: int) -> int:
+    """Hypothesis examples for a property test that runs ``full`` in `make test`."""
+    return max(20, full // 8) if QUICK_TIER else full
+
 
 def preprocess_args(
     inputs: Path | None, out_root: Path, split: str, tokenizer: Path, concat_tokens: int, *extra: str

@@ -6,6 +6,8 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
+
 from test_case.demo.c4_sample import write_c4_sample
 
 
@@ -26,6 +28,7 @@ def test_sample_files_look_like_c4(demo_assets: tuple[Path, Path]) -> None:
         assert rec["url"].startswith("https://docs.python.org/3/library/")
 
 
+@pytest.mark.slow
 def test_sample_is_byte_identical_across_runs(tmp_path: Path) -> None:
     a = write_c4_sample(tmp_path / "a")
     b = write_c4_sample(tmp_path / "b")

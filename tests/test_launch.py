@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,7 @@ def _signal_file_names(node_rank: int, port: int, patched: bool, queue: Any) -> 
     tdist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patched", [False, True])
 def test_signal_file_name_is_per_node_only_with_the_fix(patched: bool) -> None:
     """Composer broadcasts rank 0's name to every node (the race); the fix makes it per node."""
@@ -271,3 +273,25 @@ def test_node_action_stops_before_launching_when_inputs_are_missing(tmp_path: Pa
     assert out.returncode == 2
     assert out.stderr.startswith("launch: error: node 0: train_loader: dataset split 'train_small' not found")
     assert "[run-header]" not in out.stdout and "Traceback" not in out.stderr
+
+
+def test_training_script_logs_its_start_and_end_with_exit_code_and_elapsed_time(tmp_path: Path) -> None:
+    """The job's first and last lines, here for a run the preflight stops (exit 2) outside Slurm."""
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "DATA_ROOT": str(tmp_path / "nodata"),
+        "SAVE_ROOT": str(tmp_path / "ck"),
+        "TOKENIZER": str(tmp_path),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "VENV": str(tmp_path / "novenv"),
+        "IMAGE": "",
+    }
+    script = REPO_ROOT / "slurm-scripts" / "2.train-mpt-manual-distributed.sbatch"
+    out = subprocess.run(["bash", str(script), "mpt-tiny-cpu"], capture_output=True, text=True, env=env, check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    (log,) = (tmp_path / "logs").glob("mpt-train_local-*.out")
+    lines = log.read_text().splitlines()
+    job = log.name.removeprefix("mpt-train_").removesuffix(".out")
+    assert re.fullmatch(rf"\[\S+\] job {job} start 0 on \S+", lines[0]), lines[0]
+    assert "launch: error: node 0: train_loader: dataset split 'train_small' not found" in lines[1]
+    assert re.fullmatch(rf"\[\S+\] job {job} end: exit code 2 after \d+ s", lines[-1]), lines[-1]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_case.report.log_parser import parse_composer_log, parse_log_file, parse_value
-from tests.conftest import SHARED
+from tests.conftest import SHARED, examples
 
 BLOCK = """\
 [batch=12/40]:
@@ -134,7 +134,7 @@ def test_real_public_logs_with_current_blocks_are_found() -> None:
     assert all(b.total == 20 for b in dyna.train_blocks)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(
         st.one_of(

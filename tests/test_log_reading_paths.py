@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_case.report import log_parser
 from test_case.report.log_parser import LogParser, ParsedLog, parse_composer_log, parse_log_file, split_points
 from test_case.report.metrics import USED_TRAIN_KEYS
-from tests.conftest import SHARED
+from tests.conftest import SHARED, examples
 
 GOLDEN = sorted((Path(__file__).parent / "data").glob("*.out.gz"))
 SHARED_LOGS = sorted((SHARED / "composer-logs").glob("*.log"))
@@ -115,7 +115,7 @@ def log_lines(draw: st.DrawFn) -> list[str]:
     return lines
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=log_lines(), crlf=st.booleans(), bad_bytes=st.booleans(), final_newline=st.booleans())
 def test_generated_logs_read_the_same_every_way(
     lines: list[str], crlf: bool, bad_bytes: bool, final_newline: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

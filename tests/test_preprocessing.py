@@ -178,3 +178,15 @@ def test_two_workers_write_the_same_samples_deterministically(demo_assets: tuple
     assert len(first) == 2 and first == second  # one shard per worker, same bytes every time
     summary = json.loads((tmp_path / "a" / "train_small" / "summary.json").read_text())
     assert summary["parts"] == 2 and [len(p["files"]) for p in summary["part_stats"]] == [1, 1]
+
+
+def test_hub_source_names_the_c4_split_of_each_llmfoundry_split_name() -> None:
+    from preprocessing.inputs import hub_source
+
+    assert [hub_source(s) for s in ("train_small", "val_small", "val_xsmall", "train", "other")] == [
+        "hf://allenai/c4/en/train",
+        "hf://allenai/c4/en/validation",
+        "hf://allenai/c4/en/validation",
+        "hf://allenai/c4/en/train",
+        "hf://allenai/c4/en/other",
+    ]

@@ -113,6 +113,7 @@ def test_kill_minus_9_at_any_moment_then_rerun_gives_the_same_bytes(
         assert tree_bytes(split) == reference, f"kill after {delay}"
 
 
+@pytest.mark.slow
 def test_slurm_task_shares_merge_into_the_single_task_result(
     larger_input: Path,
     demo_assets: tuple[Path, Path],

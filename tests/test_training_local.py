@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -62,6 +63,8 @@ def test_local_run_trains_checkpoints_and_reports(
     assert run.window_batches == [11, 40]
     checkpoints = list((tmp_path / "ckpt").glob("mpt-train-local-*/checkpoints/ep0-ba40-rank0.pt"))
     assert len(checkpoints) == 1
+    last_line = log_file.read_text().splitlines()[-1]
+    assert re.fullmatch(r"\[\S+\] job local-\S+ end: exit code 0 after \d+ s", last_line), last_line
 
 
 def test_a_run_killed_while_saving_resumes_from_its_last_complete_checkpoint(

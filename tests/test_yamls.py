@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from test_case.training.launch import config_overrides, plan_node
+from test_case.training.launch import plan_node, training_config
 from tests.conftest import REPO_ROOT
 
 YAMLS = sorted((REPO_ROOT / "yamls").glob("*.yaml"))
@@ -28,10 +28,7 @@ LADDER = {
 def load_as_launched(path: Path) -> DictConfig:
     """The yaml with the overrides the sbatch script's launcher adds, as llm-foundry receives it."""
     plan = plan_node({"SLURM_JOB_ID": "99", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NAME": "mpt-train"}, gpus=8)
-    env = {"DATA_ROOT": "/fsx/c4", "SAVE_ROOT": "/fsx/ckpt"}
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(config_overrides(plan, env)))
-    assert isinstance(cfg, DictConfig)
-    return cfg
+    return training_config(path, plan, {"DATA_ROOT": "/fsx/c4", "SAVE_ROOT": "/fsx/ckpt"})
 
 
 def test_ladder_is_complete() -> None:

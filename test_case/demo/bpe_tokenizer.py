@@ -39,7 +39,7 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 4
         model_max_length=1 << 30,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out_dir))  # type: ignore[attr-defined]  # transformers' stubs miss it
+    fast.save_pretrained(str(out_dir))
     return out_dir
 
 
@@ -61,5 +61,5 @@ def gpt2_tokenizer_folder(out_dir: Path) -> Path:
     ):
         tok = GPT2TokenizerFast(vocab_file=str(vocab), merges_file=str(merges))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(out_dir))  # type: ignore[attr-defined]
+    tok.save_pretrained(str(out_dir))
     return out_dir
