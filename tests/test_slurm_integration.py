@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import pytest
 
 from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import LOSS_KEY
+from test_case.training.launch import expand_hostlist
 from tests.conftest import REPO_ROOT
 from tests.local_slurm import LocalSlurmCluster, _processes_named, pid_alive
 
@@ -41,6 +43,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmClus
     c.stop()
     assert not any(pid_alive(p) for p in pids.values()), "a daemon outlived stop()"
     assert not _processes_named("slurmstepd")
+
+
+def test_expand_hostlist_agrees_with_scontrol(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
+    """The launcher's hostlist expansion against Slurm's own (installed by the cluster fixture)."""
+    conf = tmp_path / "slurm.conf"  # scontrol needs a configuration even to expand a hostlist
+    conf.write_text("ClusterName=x\nSlurmctldHost=localhost\nNodeName=n1\nPartitionName=p Nodes=n1\n")
+    for hostlist in ("node[1-3,7]", "x[008-011]", "rack[1-2]-n[1-2]", "a1,b[2-3],c", "ip-10-1-2-[9-11]"):
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", hostlist],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"SLURM_CONF": str(conf), "PATH": "/usr/bin:/bin"},
+        )
+        assert expand_hostlist(hostlist) == out.stdout.split()
 
 
 @dataclass
@@ -159,6 +176,9 @@ def test_training_on_two_nodes(uninterrupted: TrainRun, workspace: Workspace) ->
     assert len(losses) == 60 and all(isinstance(x, float) and math.isfinite(x) for x in losses)
     assert run.parsed.train_blocks[-1].step == run.parsed.train_blocks[-1].total == 60
     assert (workspace.ckpt / f"mpt-train-{run.job_id}" / "checkpoints" / "ep0-ba60-rank0.pt").is_file()
+    lines = text.splitlines()
+    assert re.fullmatch(rf"\[\S+\] job {run.job_id} start 0 on node\[1-2\]", lines[0]), lines[0]
+    assert re.fullmatch(rf"\[\S+\] job {run.job_id} end: exit code 0 after \d+ s", lines[-1]), lines[-1]
 
 
 def test_report_reads_the_two_node_log(uninterrupted: TrainRun, tmp_path: Path) -> None:
@@ -192,6 +212,9 @@ def assert_resumed_like(run: TrainRun, reference: TrainRun, first_checkpoint: Pa
     assert resumed.train_blocks[-1].step == resumed.train_blocks[-1].total == 60
     final = run.parsed.train_blocks[-1].metrics[LOSS_KEY]
     assert final == reference.parsed.train_blocks[-1].metrics[LOSS_KEY]
+    # each start ends with its line: the first stopped by Slurm's SIGTERM, the second done
+    ends = re.findall(rf"^\[\S+\] job {run.job_id} end: (exit code .*) after \d+ s$", run.text, re.MULTILINE)
+    assert ends == ["exit code 143 (stopped by SIGTERM)", "exit code 0"], ends
 
 
 def parse_log_file_text(text: str) -> ParsedLog:

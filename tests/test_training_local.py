@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 from pathlib import Path
@@ -91,3 +92,40 @@ def test_a_run_killed_while_saving_resumes_from_its_last_complete_checkpoint(
     assert [b.step for b in resumed.train_blocks] == list(range(21, 41))
     assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba40-rank0.pt"
     assert len((folder / "unfinished" / "ep0-ba30-rank0.pt").read_bytes()) == len(complete) // 2
+
+
+def test_a_stopped_run_logs_the_signal_and_dies_of_it(
+    mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """What scancel, a requeue or Ctrl-C do to the job: SIGTERM to its processes while they train."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env |= {
+        "DATA_ROOT": str(mds_root),
+        "TOKENIZER": str(demo_assets[1]),
+        "SAVE_ROOT": str(tmp_path / "ckpt"),
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    script = REPO_ROOT / "slurm-scripts" / "2.train-mpt-manual-distributed.sbatch"
+    proc = subprocess.Popen(
+        ["bash", str(script), "mpt-tiny-cpu", "max_duration=2000ba"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as Slurm's job step has
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # until a batch has trained
+            if "[batch=2/2000]" in line:
+                break
+        os.killpg(proc.pid, signal.SIGTERM)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=120) == -signal.SIGTERM, rest[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    (log,) = (tmp_path / "logs").glob("mpt-train_local-*.out")
+    last = log.read_text().splitlines()[-1]
+    assert re.fullmatch(r"\[\S+\] job local-\S+ end: exit code 143 \(stopped by SIGTERM\) after \d+ s", last), last
