@@ -102,7 +102,8 @@ def test_run_header_config_dump_noise_and_truncation() -> None:
     (block,) = log.train_blocks
     assert math.isnan(float(block.metrics["loss/train/total"]))
     assert block.metrics["throughput/device/mfu"] == math.inf
-    assert log.unknown_lines == 2  # the traceback line and the truncated last line
+    assert log.unknown_lines == 1  # the truncated last line
+    assert [(f.number, f.text) for f in log.failures] == [(7, "Traceback (most recent call last):")]
 
 
 def test_values() -> None:

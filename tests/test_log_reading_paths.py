@@ -106,6 +106,16 @@ def log_lines(draw: st.DrawFn) -> list[str]:
                                 f"{prefix}-----Begin global rank 0 STDOUT-----",
                                 f"{prefix}\x0c Train loss/train/total: 1.0",
                                 f"{prefix} 3: \t Train loss/train/total: 1.5",
+                                # what ends a run: failure lines and the job's start and end lines
+                                f"{prefix}Traceback (most recent call last):",
+                                f"{prefix}RuntimeError: Connection closed by peer",
+                                f"{prefix}  KeyError: 'x'",
+                                f"{prefix}[rank1]: torch.distributed.DistBackendError: NCCL error",
+                                f"{prefix}launch: error: node 0: no data",
+                                "srun: error: node2: task 1: Exited with exit code 1",
+                                f"{prefix}ERROR:composer.cli.launcher:Rank 1 crashed with exit code 1.",
+                                "[2026-11-22T06:00:00+00:00] job 12 start 1 on node[1-2]",
+                                "[2026-11-22T06:00:04+00:00] job 12 end: exit code 143 (stopped by SIGTERM) after 4 s",
                             ]
                         ),
                         st.text(max_size=30),

@@ -271,3 +271,142 @@ def test_golden_logs_from_this_projects_two_node_runs(name: str) -> None:
     requeued = "requeued" in name
     assert run.restarts == (1 if requeued else 0)
     assert run.window_batches == ([21, 60] if requeued else [11, 60])
+
+
+def golden_variant(job: int, cut_before: str | None = None, tail: tuple[str, ...] = (), source: str = "") -> str:
+    """The real uninterrupted 2-node log (job 2) as job ``job``, cut before the first line starting
+    with ``cut_before``, followed by ``tail``."""
+    import gzip
+
+    text = gzip.decompress((GOLDEN / (source or "slurm-2node-mpt-tiny-cpu.out.gz")).read_bytes()).decode()
+    text = text.replace("mpt-train-2", f"mpt-train-{job}").replace("job 2 ", f"job {job} ")
+    text = text.replace("[run-header] job_id: 2\n", f"[run-header] job_id: {job}\n")
+    if cut_before is not None:
+        text = text[: text.index("\n" + cut_before) + 1]
+    return text + "".join(line + "\n" for line in tail)
+
+
+CRASH = (  # rank 1 dies mid-run, as Composer's launcher and srun report it
+    "1: Traceback (most recent call last):",
+    '1:   File "/venv/lib/python3.11/site-packages/composer/trainer/trainer.py", line 2291, in fit',
+    "1:     self._train_loop()",
+    "1: RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.1.1]:2",
+    "0: ERROR:composer.cli.launcher:Rank 1 crashed with exit code 1.",
+    "srun: error: node2: task 1: Exited with exit code 1",
+    "[2026-11-22T05:43:40+00:00] job 3 end: exit code 1 after 44 s",
+)
+NEVER_STARTED = (
+    "[2026-11-22T06:00:00+00:00] job 12 start 0 on node[1-2]",
+    "0: launch: error: node 0: train_loader: dataset split 'train_small' not found at /fsx/no/train_small/index.json",
+    "1: launch: error: node 1: train_loader: dataset split 'train_small' not found at /fsx/no/train_small/index.json",
+    "srun: error: node1: task 0: Exited with exit code 2",
+    "[2026-11-22T06:00:04+00:00] job 12 end: exit code 2 after 4 s",
+)
+
+
+def test_run_status_completed_failed_unfinished_and_requeued_from_real_logs() -> None:
+    done = summarise_run(parse_composer_log(golden_variant(2).splitlines()))
+    assert (done.status, done.failure, done.completed) == ("completed", None, True)
+    failed = summarise_run(parse_composer_log(golden_variant(3, "0: [batch=31/60]:", CRASH).splitlines()))
+    assert (failed.status, failed.last_batch, failed.completed) == ("failed", 30, False)
+    assert failed.failure == CRASH[3] and failed.failure_line is not None
+    assert golden_variant(3, "0: [batch=31/60]:", CRASH).splitlines()[failed.failure_line - 1] == CRASH[3]
+    assert any(w.startswith("FAILED at batch 30/60: 1: RuntimeError:") for w in failed.warnings)
+    cut = summarise_run(parse_composer_log(golden_variant(5, "1: [batch=31/60]:").splitlines()))
+    assert (cut.status, cut.failure, cut.last_batch) == ("unfinished", None, 31)  # rank 0 logged batch 31
+    # a non-zero end line alone is a failure too
+    ended = summarise_run(parse_composer_log(golden_variant(6, "0: [batch=31/60]:", CRASH[-1:]).splitlines()))
+    assert (ended.status, ended.failure) == ("failed", "the job ended with exit code 1")
+    # the first start of the requeued job was stopped (its end line says so); the second completed
+    requeued = parse_composer_log(golden_variant(4, source="slurm-2node-requeued-usr1.out.gz").splitlines())
+    first_end = "[2026-11-22T05:45:02+00:00] job 4 end: exit code 143 (stopped by SIGTERM) after 21 s"
+    text = golden_variant(4, source="slurm-2node-requeued-usr1.out.gz").replace(
+        "\n[2026-11-22T05:45:15+00:00] job 4 start 1", f"\n{first_end}\n[2026-11-22T05:45:15+00:00] job 4 start 1"
+    )
+    assert first_end in text
+    again = summarise_run(parse_composer_log(text.splitlines()))
+    assert (again.status, again.restarts, again.failure) == ("completed", 1, None)
+    assert summarise_run(requeued).status == "completed"
+
+
+def test_report_of_completed_failed_never_started_and_requeued_runs(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "mpt-train_10.out").write_text(golden_variant(10))
+    (logs / "mpt-train_3.out").write_text(golden_variant(3, "0: [batch=31/60]:", CRASH))
+    (logs / "mpt-train_12.out").write_text("\n".join(NEVER_STARTED) + "\n")
+    requeued = gzip_text(GOLDEN / "slurm-2node-requeued-usr1.out.gz")
+    (logs / "mpt-train_4.out").write_text(requeued)
+    (logs / "c4-preprocess_1.out").write_text("0: preprocessing: 2 file(s) -> data/train_small\n")
+    out = run_report(str(logs), "--baseline")
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads((logs / "report.json").read_text())
+    runs = [(r["name"], r["job_id"], r["status"]) for r in doc["runs"]]
+    assert runs == [  # by job id as numbers
+        ("mpt-train-3", "3", "failed"),
+        ("mpt-train-4", "4", "completed"),
+        ("mpt-train-10", "10", "completed"),
+    ]
+    failed = doc["runs"][0]
+    assert failed["failure"] == CRASH[3] and failed["baseline"]["status"] == "not-compared"
+    assert doc["jobs_without_training"] == [
+        {
+            "log_file": str(logs / "mpt-train_12.out"),
+            "job_id": "12",
+            "failure": NEVER_STARTED[1],
+            "failure_line": 2,
+        }
+    ]
+    assert doc["scaling"] == []  # all three ran at world size 2: nothing to scale
+    table = out.stdout.splitlines()
+    assert table[0].split()[:6] == ["run", "status", "model", "gpu", "nodes", "world"]
+    assert table[2].split()[:6] == ["mpt-train-3", "failed", "mpt-tiny-cpu", "cpu", "2", "2"]
+    assert f"did not train: job 12 ({logs / 'mpt-train_12.out'}): {NEVER_STARTED[1]} (line 2)" in out.stdout
+    assert "no runs in" in out.stdout and "c4-preprocess_1.out" in out.stdout  # not a training job
+    markdown = (logs / "report.md").read_text()
+    assert "## Jobs that did not train" in markdown and "| 12 |" in markdown
+    assert "warning: mpt-train-3: FAILED at batch 30/60: 1: RuntimeError:" in out.stdout
+    csv_rows = (logs / "report.csv").read_text().splitlines()
+    header = csv_rows[0].split(",")
+    assert csv_rows[1].split(",")[header.index("gpu")] == "cpu"  # as in the table
+    assert all(r["gpu_hours_to_1t_tokens"] is None for r in doc["runs"])  # CPU runs: no GPU-hours
+
+
+def gzip_text(path: Path) -> str:
+    import gzip
+
+    return gzip.decompress(path.read_bytes()).decode()
+
+
+def test_failed_runs_are_left_out_of_scaling_and_the_baseline_gate(tmp_path: Path) -> None:
+    write_run(tmp_path, "n1", 8, 40.0)
+    write_run(tmp_path, "n2", 16, 72.0)
+    write_run(tmp_path, "n4", 32, 200.0)  # would be a super-linear point, but it crashed
+    with (tmp_path / "n4.out").open("a") as fh:
+        fh.write("3: Traceback (most recent call last):\n3: torch.distributed.DistBackendError: NCCL error\n")
+    text = (tmp_path / "n4.out").read_text()  # it crashed at batch 20 of 500
+    (tmp_path / "n4.out").write_text(text.replace("/20]:", "/500]:"))
+    out = run_report(str(tmp_path), "--out", str(tmp_path / "r"))
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {r["name"]: r["status"] for r in doc["runs"]} == {"n1": "completed", "n2": "completed", "n4": "failed"}
+    (group,) = doc["scaling"]
+    assert [p["world_size"] for p in group["points"]] == [8, 16]
+    assert "warning: n4: FAILED at batch 20/500: 3: torch.distributed.DistBackendError: NCCL error" in out.stdout
+
+
+def test_empty_input_says_so_and_writes_nothing_and_a_file_alone_reports_into_report(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = run_report(str(empty))
+    assert out.returncode == 1 and "no log files" in out.stdout and list(empty.iterdir()) == []
+    (tmp_path / "x.out").write_text(golden_variant(2))
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "report.py"), "x.out", "--no-plots"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "report", "x.out"]
+    assert (tmp_path / "report" / "report.json").is_file()

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -223,13 +224,18 @@ def parse_log_file_text(text: str) -> ParsedLog:
     return parse_composer_log(text.splitlines())
 
 
-def test_requeue_resumes_from_checkpoint(
-    cluster: LocalSlurmCluster, workspace: Workspace, uninterrupted: TrainRun
-) -> None:
+@pytest.fixture(scope="module")
+def requeued(cluster: LocalSlurmCluster, workspace: Workspace) -> tuple[TrainRun, Path]:
+    """A run requeued with ``scontrol requeue`` after its first checkpoint, and that checkpoint."""
     job = submit_training(cluster, workspace)
     first = wait_for_checkpoint(workspace, job)
     subprocess.run(["scontrol", "requeue", job], env=cluster.env, check=True, capture_output=True)
-    assert_resumed_like(finish(cluster, workspace, job), uninterrupted, first)
+    return finish(cluster, workspace, job), first
+
+
+def test_requeue_resumes_from_checkpoint(requeued: tuple[TrainRun, Path], uninterrupted: TrainRun) -> None:
+    run, first = requeued
+    assert_resumed_like(run, uninterrupted, first)
 
 
 def test_time_limit_signal_makes_the_job_requeue_itself(
@@ -242,3 +248,91 @@ def test_time_limit_signal_makes_the_job_requeue_itself(
     run = finish(cluster, workspace, job)
     assert f"time limit near: requeueing job {job}" in run.text
     assert_resumed_like(run, uninterrupted, first)
+
+
+def rank_pid(job: str, rank: int, timeout: float = 120) -> int:
+    """PID of global rank ``rank`` of ``job``: the process running llm-foundry's entry point with
+    that ``RANK`` in its environment (Composer's launcher sets it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                environ = set((proc / "environ").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+            if (
+                b"test_case.training.foundry_train" in cmdline
+                and {
+                    f"SLURM_JOB_ID={job}".encode(),
+                    f"RANK={rank}".encode(),
+                }
+                <= environ
+            ):
+                return int(proc.name)
+        time.sleep(0.5)
+    raise AssertionError(f"no rank {rank} of job {job} after {timeout} s")
+
+
+def wait_for_batch(log: Path, batch: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and f"0: [batch={batch}/" in log.read_text():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{log} did not reach batch {batch} in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def killed_rank(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
+    """A run whose rank on node2 is killed with SIGKILL while it trains (what an Xid or OOM kill does)."""
+    job = submit_training(cluster, workspace)
+    log = workspace.logs / f"mpt-train_{job}.out"
+    wait_for_batch(log, 5)
+    os.kill(rank_pid(job, rank=1), signal.SIGKILL)
+    info = cluster.wait(job, timeout=300)
+    return TrainRun(job, info, log, log.read_text(), parse_log_file(log))
+
+
+@pytest.fixture(scope="module")
+def never_started(cluster: LocalSlurmCluster, workspace: Workspace) -> tuple[str, dict[str, str]]:
+    """A job whose every node stops in the launcher's preflight: its dataset is not there."""
+    args = [f"--output={workspace.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
+    job = cluster.sbatch(args, cwd=REPO_ROOT, env=workspace.env(DATA_ROOT=str(workspace.data / "missing")))
+    return job, cluster.wait(job, timeout=300)
+
+
+def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
+    uninterrupted: TrainRun,
+    requeued: tuple[TrainRun, Path],
+    killed_rank: TrainRun,
+    never_started: tuple[str, dict[str, str]],
+    workspace: Workspace,
+    tmp_path: Path,
+) -> None:
+    assert killed_rank.info["JobState"] == "FAILED" and never_started[1]["JobState"] == "FAILED"
+    out = subprocess.run(
+        [sys.executable, "report.py", str(workspace.logs), "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    print(out.stdout)  # the closing notes quote it
+    doc = json.loads((tmp_path / "report.json").read_text())
+    runs = {r["job_id"]: r for r in doc["runs"]}
+    assert runs[uninterrupted.job_id]["status"] == "completed"
+    assert (runs[requeued[0].job_id]["status"], runs[requeued[0].job_id]["restarts"]) == ("completed", 1)
+    failed = runs[killed_rank.job_id]
+    assert failed["status"] == "failed" and failed["last_batch"] < 60, failed
+    lines = killed_rank.text.splitlines()
+    assert lines[failed["failure_line"] - 1] == failed["failure"]  # quoted from the log, line and all
+    assert re.fullmatch(rf"\[\S+\] job {killed_rank.job_id} end: exit code [1-9]\d* after \d+ s", lines[-1])
+    (job,) = [j for j in doc["jobs_without_training"] if j["job_id"] == never_started[0]]
+    assert "launch: error: node " in job["failure"] and "dataset split 'train_small' not found" in job["failure"]
+    order = [int(r["job_id"]) for r in doc["runs"]]
+    assert order == sorted(order)
+    assert f"did not train: job {never_started[0]}" in out.stdout

@@ -19,8 +19,8 @@ from pathlib import Path
 from test_case.report.compare import DEFAULT_BASELINE, BaselineError, compare_to_baseline, load_baseline, scaling_groups
 from test_case.report.gpu_peaks import PEAK_TFLOPS
 from test_case.report.log_parser import ParsedLog, parse_log_file
-from test_case.report.metrics import USED_TRAIN_KEYS, summarise_run
-from test_case.report.records import RunSummary
+from test_case.report.metrics import USED_TRAIN_KEYS, job_without_training, summarise_run
+from test_case.report.records import JobWithoutTraining, RunSummary
 from test_case.report.render import format_table, report_document, write_reports
 
 LOG_SUFFIXES = {".out", ".log", ".txt", ".err"}
@@ -55,13 +55,30 @@ def group_runs(parsed: list[ParsedLog]) -> list[ParsedLog]:
     return chosen
 
 
+def run_order(run: RunSummary) -> tuple[int, int, str]:
+    """Runs in the order of their Slurm job ids as numbers; runs without a numeric id after them."""
+    job = run.job_id or ""
+    return (0, int(job), run.name) if job.isdigit() else (1, 0, f"{job} {run.name}")
+
+
+def default_out_dir(paths: list[Path]) -> Path:
+    """Where the report goes without ``--out``: the first folder given, else ``./report`` (never the
+    folder of a file that was named, which may be the repository root)."""
+    return next((p for p in paths if p.is_dir()), Path("report"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, as documented in the README."""
     p = argparse.ArgumentParser(
         prog="report.py", description="Tables, report files and plots from Composer training logs."
     )
     p.add_argument("paths", nargs="+", type=Path, help="log files or folders")
-    p.add_argument("--out", type=Path, default=None, help="folder for report.* and plots (default: first PATH's)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for report.* and plots (default: the first folder given, else ./report)",
+    )
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", help=f"GPU type for MFU when the log does not say ({', '.join(PEAK_TFLOPS)})")
     gpu.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s per device to compute MFU against")
@@ -101,38 +118,48 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report.py: error: baseline: {err}", file=sys.stderr)
             return 2
 
+    logs = find_logs(args.paths)
+    if not logs:
+        names = ", ".join(str(p) for p in args.paths)
+        print(f"report.py: no log files (*{', *'.join(sorted(LOG_SUFFIXES))}) in {names}: nothing written")
+        return 1
     parsed: list[ParsedLog] = []
     empty: list[str] = []
-    for path in find_logs(args.paths):
+    jobs: list[JobWithoutTraining] = []
+    for path in logs:
         log = parse_log_file(path, keep=USED_TRAIN_KEYS, jobs=args.jobs)
         if log.train_blocks:
             parsed.append(log)
         else:
             empty.append(str(path))
-    runs: list[RunSummary] = [
-        summarise_run(log, args.warmup, gpu=args.gpu, peak_override=args.peak_tflops) for log in group_runs(parsed)
-    ]
+            if (job := job_without_training(log)) is not None:
+                jobs.append(job)
+    runs: list[RunSummary] = sorted(
+        (summarise_run(log, args.warmup, gpu=args.gpu, peak_override=args.peak_tflops) for log in group_runs(parsed)),
+        key=run_order,
+    )
     if baseline_rows is not None:
         for run in runs:
             run.baseline = compare_to_baseline(run, baseline_rows, args.tolerance)
     scaling = scaling_groups(runs)
 
-    first = args.paths[0]
-    out_dir = args.out or (first if first.is_dir() else first.parent)
+    out_dir = args.out or default_out_dir(args.paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: list[Path] = []
     if not args.no_plots and runs:
         from test_case.report.plots import plot_run, plot_scaling
 
         plots = [plot_run(run, out_dir) for run in runs] + [plot_scaling(g, out_dir) for g in scaling]
-    document = report_document(runs, scaling, [str(p) for p in args.paths], empty)
-    written = write_reports(out_dir, runs, scaling, document, plots)
+    document = report_document(runs, scaling, [str(p) for p in args.paths], empty, jobs)
+    written = write_reports(out_dir, runs, scaling, jobs, document, plots)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        print(format_table(runs, scaling), end="")
+        print(format_table(runs, scaling, jobs), end="")
+        trained_or_listed = {j.log_file for j in jobs}
         for name in empty:
-            print(f"no runs in {name}")
+            if name not in trained_or_listed:
+                print(f"no runs in {name}")
         print(f"wrote {', '.join(str(p) for p in written + plots)}")
     if not runs:
         return 1

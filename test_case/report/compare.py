@@ -1,12 +1,13 @@
 """Comparisons across runs: scaling efficiency over node counts, and a gate against published baselines.
 
-* Scaling: runs of the same model, GPU type, precision and sequence length at different world
-  sizes. ``efficiency = tokens_per_sec_per_device / tokens_per_sec_per_device of the smallest run``
+* Scaling: completed runs of the same model, GPU type (or cpu), precision, sequence length,
+  processes per node and scheduler (Slurm or the script run without it) at different world sizes.
+  ``efficiency = tokens_per_sec_per_device / tokens_per_sec_per_device of the smallest run``
   (1.0 is perfect linear scaling).
 * Baseline: the row of a CSV in the format of ``reference/llm-foundry-mpt-benchmarks.csv``
   (llm-foundry's published MPT throughput) with the same GPU type, model and number of GPUs.
   ``ratio = tokens_per_sec_per_device / tokens_per_sec_per_gpu`` of that row; a run passes when
-  ``ratio >= 1 - tolerance``.
+  ``ratio >= 1 - tolerance``. A run that did not complete is not compared (``not-compared``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: flo
         and r.n_gpus == run.world_size
         and (run.max_seq_len is None or r.seq_len == run.max_seq_len)
     ]
+    if run.status != "completed":
+        return BaselineVerdict("not-compared", reason=f"the run {run.status}: only completed runs are compared")
     if not matches or run.tokens_per_sec_per_device is None:
         why = "no throughput" if run.tokens_per_sec_per_device is None else "no row"
         return BaselineVerdict(
@@ -107,19 +110,25 @@ def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: flo
     )
 
 
+GroupKey = tuple[str | None, str | None, str | None, int | None, int | None, str | None]
+
+
 def scaling_groups(runs: list[RunSummary]) -> list[ScalingGroup]:
-    """One group per (model, gpu, precision, seq) with runs at two or more world sizes; at each size
-    the run with the highest tokens/s per device stands for it."""
-    groups: dict[tuple[str | None, str | None, str | None, int | None], dict[int, RunSummary]] = {}
+    """One group per (model, gpu, precision, seq, processes per node, scheduler) with completed runs
+    at two or more world sizes; at each size the run with the highest tokens/s per device stands for
+    it. Only like is compared with like: a run of the script without Slurm (one node, the whole
+    machine) is never a point of a Slurm series, nor a run of 8 GPUs per node one of 4."""
+    groups: dict[GroupKey, dict[int, RunSummary]] = {}
     for run in runs:
-        if not (run.tokens_per_sec_per_device and run.world_size):
+        if run.status != "completed" or not (run.tokens_per_sec_per_device and run.world_size):
             continue
-        by_size = groups.setdefault((run.model, run.gpu, run.precision, run.max_seq_len), {})
+        key = (run.model, run.gpu, run.precision, run.max_seq_len, run.procs_per_node, run.scheduler)
+        by_size = groups.setdefault(key, {})
         best = by_size.get(run.world_size)
         if best is None or run.tokens_per_sec_per_device > (best.tokens_per_sec_per_device or 0):
             by_size[run.world_size] = run
     out = []
-    for (model, gpu, precision, seq), by_size in groups.items():
+    for (model, gpu, precision, seq, procs, scheduler), by_size in groups.items():
         if len(by_size) < 2:
             continue
         sizes = sorted(by_size)
@@ -134,5 +143,5 @@ def scaling_groups(runs: list[RunSummary]) -> list[ScalingGroup]:
             )
             for n in sizes
         )
-        out.append(ScalingGroup(model, gpu, precision, seq, points))
+        out.append(ScalingGroup(model, gpu, precision, seq, procs, scheduler, points))
     return out

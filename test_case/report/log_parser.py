@@ -79,6 +79,18 @@ CONFIG_KEYS = {
     "run_name": str,
 }
 CONFIG_LINE = re.compile(r"^\s*(" + "|".join(CONFIG_KEYS) + r"): (\S.*?)\s*$")
+# What the training script prints first and last at each start (slurm-scripts/2.train-...sbatch).
+JOB_LINE = re.compile(r"^\[[^\]]+\] job (\S+) (?:start (\d+) on \S.*|end: exit code (\d+)(?: \(.*\))? after \d+ s)$")
+# Lines that say a run failed or was stopped, tested after the rank prefix: a Python traceback and
+# its last line (the exception), ``<program>: error: ...`` (srun, slurmstepd's "*** JOB 5 ON node1
+# CANCELLED AT ... DUE TO TIME LIMIT ***", this suite's scripts and launcher), Composer's launcher
+# reporting a crashed rank, torch's C++ errors (the NCCL watchdog) and ``terminate called``.
+FAILURE_STARTS = (
+    r"Traceback \(most recent call last\):|[\w.-]++: error: |ERROR:composer\.cli\.launcher:|terminate called "
+    r"|[A-Za-z_][\w.]*+(?:(?<=Error)|(?<=Exception)|(?<=Interrupt))(?![\w.])"
+)
+FAILURE_LINE = re.compile(r"^(?:\[rank\d+\]: ?)?(?:" + FAILURE_STARTS + r"|\[E [\w.]+:\d+\] )")
+MAX_FAILURES = 20  # failure lines kept per start: the first ones, which name the cause
 
 # The block path of `LogParser.feed_text`: a block header line in Composer's own form (rank prefix or
 # none, no other prefix, no trailing text), and metric lines ``<prefix><TAB> Train key: value``, each
@@ -101,13 +113,14 @@ SPLIT_WINDOW_BYTES = 1 << 20  # how far past a cut point to look for a block hea
 # that `feed_line` would only count as unknown: Python logging, warnings, tracebacks, the config
 # dump's other keys and its keys already read. After the prefix (taken whole, as RANK_PREFIX takes
 # it), optional spaces, then a character that is no whitespace, ``[``, ``>`` or ``-``, and never a
-# ``Train ``/``Eval `` metric nor a config key still to read; or two or more spaces and then ``-``
+# ``Train ``/``Eval `` metric, a failure line nor a config key still to read; or two or more spaces and then ``-``
 # or ``>`` (a YAML list item). Any other line goes to `feed_line`.
 @functools.lru_cache(maxsize=64)
 def noise_pattern(read_keys: frozenset[str]) -> re.Pattern[str]:
     """The noise path's pattern once the config keys ``read_keys`` have been read."""
     to_read = [k for k in CONFIG_KEYS if k not in read_keys]
-    not_read = r"(?!(?:Train|Eval) )" + (r"(?!(?:" + "|".join(to_read) + r"): )" if to_read else "")
+    not_read = r"(?!(?:Train|Eval) )(?!" + FAILURE_STARTS + ")"
+    not_read += r"(?!(?:" + "|".join(to_read) + r"): )" if to_read else ""
     body = r"(?:[ \t]*+" + not_read + r"[^\s\[>\-]|[ \t]{2}[ \t]*+[>\-])[^\n]*+\n"
     return re.compile(rf"(?:(?>(\d+: ?)){body}(?:\1{body})*+|(?!\d+:){body}(?:(?!\d+:){body})*+)")
 
@@ -132,6 +145,14 @@ class MetricBlock:
         return MetricBlock, (self.kind, self.unit, self.step, self.total, self.epoch, self.line, self.metrics)
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One line of the log worth quoting in the report."""
+
+    number: int  # 1-based line in the file
+    text: str  # as logged, rank prefix included
+
+
 @dataclass
 class ParsedLog:
     """What one log file holds, per rank prefix (``None`` where lines carry no prefix)."""
@@ -143,6 +164,9 @@ class ParsedLog:
     lines: int = 0
     unknown_lines: int = 0
     starts: int = 0  # run headers seen: 1 + the restarts of a requeued job
+    job_id: str | None = None  # of the last job start or end line (the run header's is in header_fields)
+    failures: list[LogLine] = field(default_factory=list)  # failure lines since the last start, the first ones
+    end_code: int | None = None  # exit code in the job's end line of the last start, if it printed one
 
     @property
     def header(self) -> RunHeader:
@@ -238,6 +262,7 @@ class LogParser:
         self.prefix_ranks: dict[str, int] = {}
         self.totals: dict[str | None, int] = {}
         self.train_stack: dict[int | None, list[MetricBlock]] = {}  # per rank: its stored train blocks
+        self.restarted = False  # a start of the job was read (a detached part then ignores the failures before it)
         self.dropped = MetricBlock("train", "batch", 0, 0, None, 0)  # absorbs the lines of blocks not kept
 
     def __getstate__(self) -> dict[str, object]:
@@ -348,7 +373,15 @@ class LogParser:
                 key, value = item
                 if key == run_header.START_KEY:
                     self.log.starts += 1
+                    self._new_start()
                 self.log.header_fields[key] = value
+                return
+            if job := JOB_LINE.match(stripped):
+                self.log.job_id = job.group(1)
+                if job.group(2) is not None:
+                    self._new_start()
+                else:
+                    self.log.end_code = int(job.group(3))
                 return
         elif first == "-" and (section := LAUNCHER_SECTION.match(stripped)):
             self.section_rank = int(section.group(2)) if section.group(1) == "Begin" else None
@@ -361,7 +394,17 @@ class LogParser:
                 self.log.config[key] = parsed
                 self.noise = noise_pattern(frozenset(self.log.config))  # its next lines are noise
                 return
+        if FAILURE_LINE.match(stripped):
+            if len(self.log.failures) < MAX_FAILURES:
+                self.log.failures.append(LogLine(self.number, raw.rstrip("\r\n")))
+            return
         self.log.unknown_lines += 1
+
+    def _new_start(self) -> None:
+        """A start of the job (its start line, or a run header): what ended the one before is past."""
+        self.log.failures = []
+        self.log.end_code = None
+        self.restarted = True
 
     def _step_line(self, rank: int | None, step: re.Match[str]) -> None:
         """A block header, or one metric in the one-line form of Composer <= 0.11."""
@@ -532,6 +575,15 @@ class LogParser:
         if len(log.config) != config_keys:
             self.noise = noise_pattern(frozenset(log.config))
         log.starts += later.log.starts
+        later_failures = [LogLine(f.number + self.number, f.text) for f in later.log.failures]
+        if later.restarted:
+            log.failures, log.end_code = later_failures, later.log.end_code
+            self.restarted = True
+        else:
+            log.failures = (log.failures + later_failures)[:MAX_FAILURES]
+            if later.log.end_code is not None:
+                log.end_code = later.log.end_code
+        log.job_id = later.log.job_id or log.job_id
         log.unknown_lines += later.log.unknown_lines
         self.number += later.number
         return True

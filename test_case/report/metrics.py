@@ -37,8 +37,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from test_case.report.gpu_peaks import peak_tflops
-from test_case.report.log_parser import MetricBlock, ParsedLog, Value
-from test_case.report.records import RunSummary
+from test_case.report.log_parser import LogLine, MetricBlock, ParsedLog, Value
+from test_case.report.records import JobWithoutTraining, RunSummary
 
 LOSS_KEY = "loss/train/total"
 LOSS_KEYS = (LOSS_KEY, "loss/train", "metrics/train/LanguageCrossEntropy", "LanguageCrossEntropy")
@@ -190,10 +190,12 @@ def summarise_run(
     blocks = parsed.train_blocks
     if not blocks:
         run.warnings.append("no train metric blocks found")
+        _status_figures(run, parsed)
         return run
     last = blocks[-1]
     run.last_batch, run.max_duration, run.duration_unit = last.step, last.total, last.unit
     run.completed = bool(last.total) and last.step >= last.total
+    _status_figures(run, parsed)
 
     columns: dict[str, np.ndarray] = {}
     metrics = [b.metrics for b in blocks]
@@ -229,19 +231,68 @@ def _identity(parsed: ParsedLog) -> RunSummary:
     """What the run is: name, job, model, device and shape, from the run header and the config dump."""
     header, config = parsed.header, parsed.config
     n_params = config.get("n_params")
+    job_id = header.job_id or parsed.job_id
     return RunSummary(
         name=parsed.run_name,
         log_file=parsed.path,
-        job_id=header.job_id,
+        job_id=job_id,
         model=header.model,
         device=header.device,
         n_params=n_params if isinstance(n_params, int) else None,
         nodes=header.nodes,
+        procs_per_node=header.procs_per_node,
+        scheduler=None if job_id is None else ("local" if job_id.startswith("local") else "slurm"),
         precision=str(config["precision"]) if "precision" in config else None,
         max_seq_len=_as_int(config.get("max_seq_len")),
         global_batch_size=_as_int(config.get("global_train_batch_size")),
         activation_checkpointing=_truthy(config.get("activation_checkpointing")),
         restarts=max(0, parsed.starts - 1),
+    )
+
+
+def failure_cause(failures: Sequence[LogLine]) -> LogLine | None:
+    """The line that names why the last start failed: the first failure line after it, preferring
+    a traceback's exception to its ``Traceback (most recent call last):`` header."""
+    named = [f for f in failures if "Traceback (most recent call last)" not in f.text]
+    return named[0] if named else (failures[0] if failures else None)
+
+
+def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
+    """``completed``: the last train block is ``[batch=T/T]``. ``failed``: not completed, and since
+    the job's last start a failure line was logged (`log_parser.FAILURE_LINE`) or the job's end
+    line gives a non-zero exit code. ``unfinished``: neither (still running, or the log was cut off)."""
+    cause = failure_cause(parsed.failures)
+    if run.completed:
+        run.status = "completed"
+        if cause is not None:
+            run.warnings.append(f"a failure was logged after the last batch: {cause.text} (line {cause.number})")
+        return
+    where = f"at batch {run.last_batch}/{run.max_duration}" if run.last_batch is not None else "before training"
+    if cause is not None or parsed.end_code not in (None, 0):
+        run.status = "failed"
+        if cause is not None:
+            run.failure, run.failure_line = cause.text, cause.number
+        else:
+            run.failure = f"the job ended with exit code {parsed.end_code}"
+        run.warnings.append(f"FAILED {where}: {run.failure}; not used for scaling or baselines")
+    else:
+        run.status = "unfinished"
+        run.warnings.append(
+            f"UNFINISHED {where} (still running, or the log was cut off); not used for scaling or baselines"
+        )
+
+
+def job_without_training(parsed: ParsedLog) -> JobWithoutTraining | None:
+    """A training job's log without train blocks (it has a run header or the job's start line); None
+    for any other file."""
+    if parsed.train_blocks or not (parsed.header_fields or parsed.job_id):
+        return None
+    cause = failure_cause(parsed.failures)
+    failure = cause.text if cause else None
+    if failure is None and parsed.end_code not in (None, 0):
+        failure = f"the job ended with exit code {parsed.end_code}"
+    return JobWithoutTraining(
+        parsed.path, parsed.header.job_id or parsed.job_id, failure, cause.number if cause else None
     )
 
 
@@ -297,7 +348,7 @@ def _flops_figures(run: RunSummary, parsed: ParsedLog, gpu: str | None, peak_ove
     """TFLOP/s per device, MFU and HFU (or, in ``mfu_note``, why they are unknown)."""
     cfg = parsed.config
     n_layers, d_model = _as_int(cfg.get("n_layers")), _as_int(cfg.get("d_model"))
-    run.gpu = gpu or parsed.header.gpu_name
+    run.gpu = gpu or parsed.header.gpu_name or ("cpu" if run.device == "cpu" else None)
     missing = [
         k
         for k, v in {
@@ -319,7 +370,7 @@ def _flops_figures(run: RunSummary, parsed: ParsedLog, gpu: str | None, peak_ove
     run.tflops_per_device = flops * run.samples_per_sec / run.world_size / 1e12
     if peak_override is not None:
         run.peak_tflops = peak_override
-    elif run.device == "cpu" and not gpu:
+    elif run.gpu == "cpu":
         run.mfu_note = "MFU not computed: a CPU run has no GPU peak (pass --peak-tflops to compare anyway)"
         return
     else:
@@ -341,10 +392,10 @@ def _memory_figures(run: RunSummary, column: Column) -> None:
 
 
 def _time_to_1t_tokens(run: RunSummary) -> None:
-    """Hours (and GPU-hours) to train 1e12 tokens at the measured tokens/s."""
+    """Hours (and, for a GPU run, GPU-hours) to train 1e12 tokens at the measured tokens/s."""
     if run.tokens_per_sec:
         run.hours_to_1t_tokens = TOKENS_1T / run.tokens_per_sec / 3600
-        if run.world_size:
+        if run.world_size and run.device != "cpu":
             run.gpu_hours_to_1t_tokens = run.hours_to_1t_tokens * run.world_size
 
 

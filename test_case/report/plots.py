@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from test_case.report.records import RunSummary, ScalingGroup
+from test_case.report.render import scaling_title
 
 
 def _safe(name: str) -> str:
@@ -36,7 +37,11 @@ def plot_run(run: RunSummary, out_dir: Path) -> Path:
         ax_tps.legend(loc="lower right")
     ax_tps.set_ylabel("tokens/s per device")
     ax_tps.set_xlabel("batch")
-    fig.suptitle(f"{run.name} ({run.model or '?'}, world size {run.world_size or '?'})")
+    title = f"{run.name} ({run.model or 'unknown model'}, world size {run.world_size or 'unknown'})"
+    if run.status != "completed":
+        where = f" at batch {run.last_batch}/{run.max_duration}" if run.last_batch is not None else ""
+        title += f": {run.status.upper()}{where}"
+    fig.suptitle(title)
     fig.tight_layout()
     path = out_dir / f"{_safe(run.name)}.png"
     fig.savefig(path, dpi=100)
@@ -45,7 +50,8 @@ def plot_run(run: RunSummary, out_dir: Path) -> Path:
 
 
 def plot_scaling(group: ScalingGroup, out_dir: Path) -> Path:
-    """``scaling-<model>.png``: tokens/s per device and efficiency against world size."""
+    """``scaling-<model>-<gpu>[-<processes per node>pn][-local].png``: tokens/s per device and
+    efficiency against world size."""
     points = group.points
     sizes = [p.world_size for p in points]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -57,10 +63,15 @@ def plot_scaling(group: ScalingGroup, out_dir: Path) -> Path:
     ax2.plot(sizes, [100 * p.efficiency for p in points], "s--", color="tab:orange", label="efficiency %")
     ax2.set_ylabel("scaling efficiency %")
     ax2.set_ylim(0, 110)
-    fig.suptitle(f"Scaling of {group.model} on {group.gpu or '?'}")
+    fig.suptitle(f"Scaling of {scaling_title(group)}")
     fig.legend(loc="lower left")
     fig.tight_layout()
-    path = out_dir / f"scaling-{_safe(str(group.model))}-{_safe(str(group.gpu))}.png"
+    parts = [group.model or "model", group.gpu or "unknown-gpu"]
+    if group.procs_per_node:
+        parts.append(f"{group.procs_per_node}pn")
+    if group.scheduler == "local":
+        parts.append("local")
+    path = out_dir / f"scaling-{_safe('-'.join(parts))}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -13,7 +13,8 @@ import numpy as np
 
 from test_case.run_header import Device
 
-BaselineStatus = Literal["ok", "below", "no-match"]
+BaselineStatus = Literal["ok", "below", "no-match", "not-compared"]
+RunStatus = Literal["completed", "failed", "unfinished"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class BaselineVerdict:
     """One run against the published row of the same GPU, model and GPU count (`compare`)."""
 
     status: BaselineStatus
-    reason: str | None = None  # only for no-match: what was looked for
+    reason: str | None = None  # no-match: what was looked for; not-compared: why not
     gpu: str | None = None  # the matched row's GPU, GPU count, global batch, throughput and MFU
     n_gpus: int | None = None
     global_batch_size: int | None = None
@@ -33,6 +34,20 @@ class BaselineVerdict:
     def to_dict(self) -> dict[str, Any]:
         """JSON form: the fields that apply to this status."""
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class JobWithoutTraining:
+    """A training job whose log holds no train metrics: it failed (or is still starting) before."""
+
+    log_file: str
+    job_id: str | None
+    failure: str | None  # the line that says why, if the log has one
+    failure_line: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -48,12 +63,15 @@ class ScalingPoint:
 
 @dataclass(frozen=True)
 class ScalingGroup:
-    """Runs of one model, GPU, precision and sequence length at two or more world sizes."""
+    """Completed runs of one model, device (GPU type or cpu), precision, sequence length, processes per
+    node and scheduler at two or more world sizes."""
 
     model: str | None
-    gpu: str | None
+    gpu: str | None  # the GPU table key, or "cpu"
     precision: str | None
     max_seq_len: int | None
+    procs_per_node: int | None
+    scheduler: str | None
     points: tuple[ScalingPoint, ...]
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,11 +87,16 @@ class RunSummary:
     log_file: str
     job_id: str | None = None
     model: str | None = None
+    status: RunStatus = "unfinished"  # see metrics._status_figures
+    failure: str | None = None  # the line that says why it failed
+    failure_line: int | None = None  # its line in the log
     device: Device | None = None  # "gpu" or "cpu", from the run header
     gpu: str | None = None
     n_params: int | None = None
     world_size: int | None = None
     nodes: int | None = None
+    procs_per_node: int | None = None
+    scheduler: Literal["slurm", "local"] | None = None  # a Slurm job, or the script run without Slurm
     precision: str | None = None
     max_seq_len: int | None = None
     global_batch_size: int | None = None

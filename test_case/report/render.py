@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from test_case.report.records import RunSummary, ScalingGroup
+from test_case.report.records import JobWithoutTraining, RunSummary, ScalingGroup
 
 SCHEMA_VERSION = 2
 
@@ -30,8 +30,10 @@ def _pct(value: float | None) -> str:
 Column = tuple[str, Callable[[RunSummary], str]]
 COLUMNS: list[Column] = [
     ("run", lambda r: r.name),
+    ("status", lambda r: r.status),
     ("model", lambda r: r.model or "-"),
-    ("gpu", lambda r: r.gpu or ("cpu" if r.device == "cpu" else "-")),
+    ("gpu", lambda r: r.gpu or "-"),
+    ("nodes", lambda r: _num(r.nodes, "d")),
     ("world", lambda r: _num(r.world_size, "d")),
     ("batches", lambda r: "-" if r.last_batch is None else f"{r.last_batch}/{r.max_duration}"),
     ("final loss", lambda r: _num(r.final_train_loss, ".4f")),
@@ -61,6 +63,11 @@ DETAIL_COLUMNS: list[Column] = [
 ]
 
 DEFINITIONS = """\
+- **status**: `completed` when the last block is `[batch=T/T]`; `failed` when, since the job's last
+  start, the log holds a failure line (a traceback, `<program>: error: ...` from srun, slurmstepd or
+  this suite, Composer's launcher reporting a crashed rank, a torch C++ error) or the job's end line
+  gives a non-zero exit code; `unfinished` otherwise (still running, or the log was cut off). Only
+  completed runs are used for scaling and baselines.
 - **batches**: N/T of the last `[batch=N/T]` block Composer printed (T is `max_duration`).
 - **window**: the batches whose blocks carry `throughput/tokens_per_sec` (Composer's SpeedMonitor
   logs it once its window of batches has run, and again a window after a resume), minus the first
@@ -78,7 +85,7 @@ DEFINITIONS = """\
 - **peak mem GB**: the largest `memory/peak_reserved_mem` Composer's memory monitor logged.
 - **days to 1T tokens** = 1e12 / tokens/s / 86400; **GPU-hours to 1T** = that in hours x world size.
 - **scaling efficiency** = tokens/s/dev / tokens/s/dev of the smallest run of the same model, GPU,
-  precision and sequence length (1.0 = linear).
+  precision, sequence length, processes per node and scheduler (1.0 = linear).
 - **baseline ratio** = tokens/s/dev / the published tokens/s per GPU for the same GPU, model and GPU
   count; `below` when under 1 - tolerance.
 """
@@ -103,7 +110,7 @@ def _table(columns: list[Column], runs: list[RunSummary], markdown: bool = False
 def _scaling_lines(scaling: list[ScalingGroup]) -> list[str]:
     lines = []
     for group in scaling:
-        lines.append(f"scaling {group.model} on {group.gpu or '?'} ({group.precision}, seq {group.max_seq_len}):")
+        lines.append(f"scaling {scaling_title(group)}:")
         for p in group.points:
             lines.append(
                 f"  {p.world_size:>5} devices  {p.tokens_per_sec_per_device:>12,.0f} tokens/s/dev  "
@@ -112,14 +119,34 @@ def _scaling_lines(scaling: list[ScalingGroup]) -> list[str]:
     return lines
 
 
+def scaling_title(group: ScalingGroup) -> str:
+    """What a scaling group compares, in words: never ``?`` or ``None``."""
+    where = group.gpu or "an unknown GPU"
+    facts = [
+        f"{group.procs_per_node} per node" if group.procs_per_node else None,
+        group.precision,
+        f"seq {group.max_seq_len}" if group.max_seq_len else None,
+        {"slurm": "Slurm jobs", "local": "runs without Slurm"}.get(group.scheduler or ""),
+    ]
+    return f"{group.model or 'unknown model'} on {where} ({', '.join(f for f in facts if f)})"
+
+
+def _jobs_lines(jobs: list[JobWithoutTraining]) -> list[str]:
+    return [
+        f"did not train: job {j.job_id or '(no id)'} ({j.log_file}): "
+        + (f"{j.failure} (line {j.failure_line})" if j.failure_line else j.failure or "no error line in the log")
+        for j in jobs
+    ]
+
+
 def _baseline_lines(runs: list[RunSummary]) -> list[str]:
     lines = []
     for r in runs:
         b = r.baseline
         if b is None:
             continue
-        if b.status == "no-match":
-            lines.append(f"baseline {r.name}: no match ({b.reason})")
+        if b.status in ("no-match", "not-compared"):
+            lines.append(f"baseline {r.name}: {b.status} ({b.reason})")
         else:
             lines.append(
                 f"baseline {r.name}: {b.status.upper()} {100 * (b.ratio or 0):.1f}% of "
@@ -138,14 +165,16 @@ def _notes(runs: list[RunSummary]) -> list[str]:
     return notes
 
 
-def format_table(runs: list[RunSummary], scaling: list[ScalingGroup]) -> str:
-    """The console report: main table, scaling, baseline verdicts, notes and warnings."""
-    parts = [_table(COLUMNS, runs)]
-    extra = _scaling_lines(scaling) + _baseline_lines(runs) + _notes(runs)
+def format_table(runs: list[RunSummary], scaling: list[ScalingGroup], jobs: list[JobWithoutTraining]) -> str:
+    """The console report: main table, scaling, baseline verdicts, jobs that did not train, notes."""
+    parts = [_table(COLUMNS, runs)] if runs else []
+    extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _notes(runs)
     return "".join(parts) + "".join(line + "\n" for line in extra)
 
 
-def format_markdown(runs: list[RunSummary], scaling: list[ScalingGroup], plots: list[Path]) -> str:
+def format_markdown(
+    runs: list[RunSummary], scaling: list[ScalingGroup], jobs: list[JobWithoutTraining], plots: list[Path]
+) -> str:
     """report.md: both tables, comparisons, the definition of every figure, plots, warnings."""
     parts = [
         "# MPT benchmark report",
@@ -159,6 +188,13 @@ def format_markdown(runs: list[RunSummary], scaling: list[ScalingGroup], plots: 
         parts += ["## Scaling", "", "```", *_scaling_lines(scaling), "```", ""]
     if any(r.baseline for r in runs):
         parts += ["## Baseline", "", *[f"- {line}" for line in _baseline_lines(runs)], ""]
+    if jobs:
+        parts += ["## Jobs that did not train", "", "| job | log | why |", "|---|---|---|"]
+        for j in jobs:
+            why = j.failure or "no error line in the log"
+            where = f" (line {j.failure_line})" if j.failure_line else ""
+            parts.append(f"| {j.job_id or '-'} | {j.log_file} | `{why}`{where} |")
+        parts.append("")
     parts += ["## How each figure is computed", "", DEFINITIONS]
     if plots:
         parts += ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
@@ -191,7 +227,11 @@ def json_safe(value: Any) -> Any:
 
 
 def report_document(
-    runs: list[RunSummary], scaling: list[ScalingGroup], inputs: list[str], empty_files: list[str]
+    runs: list[RunSummary],
+    scaling: list[ScalingGroup],
+    inputs: list[str],
+    empty_files: list[str],
+    jobs: list[JobWithoutTraining],
 ) -> dict[str, Any]:
     """report.json's content (schema in the README)."""
     return json_safe(
@@ -199,6 +239,7 @@ def report_document(
             "schema_version": SCHEMA_VERSION,
             "inputs": inputs,
             "files_without_runs": empty_files,
+            "jobs_without_training": [j.to_dict() for j in jobs],
             "runs": [r.to_dict() for r in runs],
             "scaling": [g.to_dict() for g in scaling],
         }
@@ -206,12 +247,17 @@ def report_document(
 
 
 def write_reports(
-    out_dir: Path, runs: list[RunSummary], scaling: list[ScalingGroup], document: dict[str, Any], plots: list[Path]
+    out_dir: Path,
+    runs: list[RunSummary],
+    scaling: list[ScalingGroup],
+    jobs: list[JobWithoutTraining],
+    document: dict[str, Any],
+    plots: list[Path],
 ) -> list[Path]:
     """Write report.md, report.csv and report.json into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
-        "report.md": format_markdown(runs, scaling, plots),
+        "report.md": format_markdown(runs, scaling, jobs, plots),
         "report.csv": format_csv(runs),
         "report.json": json.dumps(document, indent=2, allow_nan=False, default=str) + "\n",
     }
