@@ -23,6 +23,7 @@ tasks finish together both may merge, which is harmless: the merge is atomic and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -321,6 +322,17 @@ def read_part(split_dir: Path, name: str) -> PartStats | None:
     return PartStats(**json.loads(marker.read_text()))
 
 
+def tokenizer_identity(name_or_dir: str) -> dict[str, str | None]:
+    """What training compares its tokenizer with (`test_case.training.dataset_fit`): a local folder
+    by its absolute path and the sha256 of its ``tokenizer.json``, a hub tokenizer by its name."""
+    folder = Path(name_or_dir).expanduser()
+    if not folder.is_dir():
+        return {"tokenizer_path": name_or_dir, "tokenizer_sha256": None}
+    vocab = folder / "tokenizer.json"
+    digest = hashlib.sha256(vocab.read_bytes()).hexdigest() if vocab.is_file() else None
+    return {"tokenizer_path": str(folder.resolve()), "tokenizer_sha256": digest}
+
+
 def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -> dict[str, Any]:
     """Merge the part indexes into ``index.json`` (atomically) and write ``summary.json``."""
     from streaming.base.util import merge_index
@@ -347,6 +359,7 @@ def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -
         "samples": sum(p.samples for p in stats),
         "tokens_dropped": sum(p.tokens_dropped for p in stats),
         "max_token_id": max((p.max_token_id for p in stats), default=-1),
+        **tokenizer_identity(options.tokenizer),
         "elapsed_s": elapsed,
         "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
         "skipped": [s for p in stats for s in p.skipped],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -277,3 +278,46 @@ def test_training_script_logs_its_start_and_end_with_exit_code_and_elapsed_time(
     assert re.fullmatch(rf"\[\S+\] job {job} start 0 on \S+", lines[0]), lines[0]
     assert "launch: error: node 0: train_loader: dataset split 'train_small' not found" in lines[1]
     assert re.fullmatch(rf"\[\S+\] job {job} end: exit code 2 after \d+ s", lines[-1]), lines[-1]
+
+
+def test_preflight_refuses_data_that_does_not_fit_the_model(
+    mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The real demo dataset (128-token samples of the demo BPE) against models it does not fit."""
+    from test_case.demo.bpe_tokenizer import gpt2_tokenizer_folder
+
+    env = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1]), "SAVE_ROOT": str(tmp_path / "ck")}
+    plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
+    yaml = resolve_yaml("mpt-tiny-cpu")
+
+    def problems(*overrides: str, **env_extra: str) -> list[str]:
+        cfg = training_config(yaml, plan, env | env_extra, overrides)
+        return preflight(yaml, plan, cfg, tmp_path)
+
+    assert problems() == []
+    seq = problems("variables.max_seq_len=256")
+    assert len(seq) == 2  # train and eval splits
+    assert seq[0] == (
+        f"train_loader: dataset {mds_root}/train_small holds 128-token samples but the model trains on "
+        "max_seq_len=256: preprocess with CONCAT_TOKENS=256 (into another DATA_ROOT), or train with max_seq_len=128"
+    )
+    (vocab,) = [p for p in problems("model.vocab_size=1000") if p.startswith("train_loader")]
+    assert "holds token ids up to" in vocab and "the model's vocab_size is 1000" in vocab
+    other = gpt2_tokenizer_folder(tmp_path / "gpt2")
+    tok = [p for p in problems(TOKENIZER=str(other)) if "was tokenized with" in p]
+    assert len(tok) == 2 and f"{demo_assets[1].resolve()} but training uses {other.resolve()}" in tok[0]
+    # the same tokenizer in another folder is the same tokenizer
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_assets[1], copy)
+    assert problems(TOKENIZER=str(copy)) == []
+
+
+def test_run_header_names_the_dataset_it_trains_on(mds_root: Path, demo_assets: tuple[Path, Path]) -> None:
+    from test_case.training.launch import train_dataset_facts
+
+    env = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1])}
+    plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
+    cfg = training_config(resolve_yaml("mpt-tiny-cpu"), plan, env)
+    header = run_header(plan, "mpt-tiny-cpu", env, [], train_dataset_facts(cfg, Path.cwd()))
+    assert (header.dataset_sample_tokens, header.dataset_tokenizer) == (128, demo_assets[1].name)
+    assert parse_composer_log(header.lines()).header == header

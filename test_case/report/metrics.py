@@ -244,6 +244,8 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         scheduler=None if job_id is None else ("local" if job_id.startswith("local") else "slurm"),
         precision=str(config["precision"]) if "precision" in config else None,
         max_seq_len=_as_int(config.get("max_seq_len")),
+        dataset_sample_tokens=header.dataset_sample_tokens,
+        dataset_tokenizer=header.dataset_tokenizer,
         global_batch_size=_as_int(config.get("global_train_batch_size")),
         activation_checkpointing=_truthy(config.get("activation_checkpointing")),
         restarts=max(0, parsed.starts - 1),

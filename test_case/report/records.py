@@ -99,6 +99,8 @@ class RunSummary:
     scheduler: Literal["slurm", "local"] | None = None  # a Slurm job, or the script run without Slurm
     precision: str | None = None
     max_seq_len: int | None = None
+    dataset_sample_tokens: int | None = None  # tokens per sample of the training data (run header)
+    dataset_tokenizer: str | None = None  # the tokenizer the training data was made with (run header)
     global_batch_size: int | None = None
     activation_checkpointing: bool = False
     restarts: int = 0

@@ -49,6 +49,8 @@ DETAIL_COLUMNS: list[Column] = [
     ("restarts", lambda r: str(r.restarts)),
     ("params", lambda r: _num(r.n_params, ",d")),
     ("precision", lambda r: r.precision or "-"),
+    ("seq model/data", lambda r: f"{_num(r.max_seq_len, 'd')}/{_num(r.dataset_sample_tokens, 'd')}"),
+    ("data tokenizer", lambda r: r.dataset_tokenizer or "-"),
     ("samples/s", lambda r: _num(r.samples_per_sec, ",.1f")),
     (
         "step p10-p90 s",

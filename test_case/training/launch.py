@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from test_case import REPO_ROOT
 from test_case.run_header import RunHeader
+from test_case.training.dataset_fit import DatasetFacts, dataset_facts, fit_problems
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
     from omegaconf import DictConfig
@@ -232,6 +233,8 @@ def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path) -> list[st
     from omegaconf import OmegaConf
 
     problems: list[str] = []
+    tokenizer = str(OmegaConf.select(cfg, "tokenizer.name"))
+    vocab_size = OmegaConf.select(cfg, "model.vocab_size")
     for loader in ("train_loader", "eval_loader"):
         dataset = OmegaConf.select(cfg, f"{loader}.dataset")
         if dataset is None or dataset.get("remote"):
@@ -243,7 +246,9 @@ def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path) -> list[st
                 f"slurm-scripts/1.c4-preprocess.sbatch with DATA_ROOT={local} (SPLITS must include {split}), "
                 "or set DATA_ROOT to where it was written"
             )
-    tokenizer = str(OmegaConf.select(cfg, "tokenizer.name"))
+        elif (facts := dataset_facts(local / split)) is not None:
+            seq_len = dataset.get("max_seq_len")
+            problems += fit_problems(loader, facts, _int_or_none(seq_len), _int_or_none(vocab_size), tokenizer)
     if _path_like(tokenizer) and not (cwd / tokenizer).expanduser().is_dir():
         problems.append(f"tokenizer folder {tokenizer} does not exist: set TOKENIZER to a tokenizer folder or name")
     save_folder = OmegaConf.select(cfg, "save_folder")
@@ -263,6 +268,20 @@ def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path) -> list[st
             "(use mpt-tiny-cpu on CPU nodes, or request GPUs with --gpus-per-node)"
         )
     return problems
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def train_dataset_facts(cfg: DictConfig, cwd: Path) -> DatasetFacts | None:
+    """What the preprocessing recorded about the training split (for the run header)."""
+    from omegaconf import OmegaConf
+
+    dataset = OmegaConf.select(cfg, "train_loader.dataset")
+    if dataset is None or dataset.get("remote"):
+        return None
+    return dataset_facts(cwd / str(dataset.local) / str(dataset.split))
 
 
 def prepare_resume(cfg: DictConfig, cwd: Path) -> list[str]:
@@ -301,7 +320,9 @@ def git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str]) -> RunHeader:
+def run_header(
+    plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str], data: DatasetFacts | None = None
+) -> RunHeader:
     """Facts of the run, printed once per start at the top of the log and read back by the report."""
     return RunHeader(
         job_id=plan.job_id,
@@ -325,12 +346,16 @@ def run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: li
         llm_foundry=_version("llm-foundry"),
         streaming=_version("mosaicml-streaming"),
         overrides=" ".join(overrides) or "none",
+        dataset_sample_tokens=data.sample_tokens if data else None,
+        dataset_tokenizer=data.describe_tokenizer() if data else None,
     )
 
 
-def print_run_header(plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str]) -> None:
+def print_run_header(
+    plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str], data: DatasetFacts | None = None
+) -> None:
     """The run header as ``[run-header] key: value`` lines (`test_case.run_header`)."""
-    for line in run_header(plan, model, env, overrides).lines():
+    for line in run_header(plan, model, env, overrides, data).lines():
         print(line, flush=True)
 
 
@@ -362,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         return 2
     if plan.node_rank == 0:
-        print_run_header(plan, args.model, env, args.overrides)
+        print_run_header(plan, args.model, env, args.overrides, train_dataset_facts(cfg, Path.cwd()))
         # before Composer starts on this node, so before any rank of the run can read the folder
         for change in prepare_resume(cfg, Path.cwd()):
             print(f"launch: {change}", flush=True)
