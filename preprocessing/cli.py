@@ -30,6 +30,11 @@ from preprocessing.inputs import C4_SPLITS, InputError, hub_source, resolve_inpu
 from preprocessing.validate import ValidationError, validate_split
 
 PROG = "preprocessing"
+# The defaults of this command, which 1.c4-preprocess.sbatch uses too (it passes only what is set):
+# the data every GPU yaml trains on.
+DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
+DEFAULT_CONCAT_TOKENS = 2048
+DEFAULT_EOS_TEXT = "<|endoftext|>"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help=f"split name; C4 names ({', '.join(C4_SPLITS)}) select c4-train.* or c4-validation.*",
     )
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder (offline) or Hugging Face name")
-    p.add_argument("--concat-tokens", type=int, required=True, help="tokens per sample (the model's max_seq_len)")
-    p.add_argument("--eos-text", default="", help="text appended to every document, e.g. '<|endoftext|>'")
+    p.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        help=f"tokenizer folder (offline) or Hugging Face name (default {DEFAULT_TOKENIZER}, the GPU yamls')",
+    )
+    p.add_argument(
+        "--concat-tokens",
+        type=int,
+        default=DEFAULT_CONCAT_TOKENS,
+        help=f"tokens per sample: the model's max_seq_len (default {DEFAULT_CONCAT_TOKENS}, the GPU yamls')",
+    )
+    p.add_argument(
+        "--eos-text",
+        default=DEFAULT_EOS_TEXT,
+        help=f"text appended to every document (default {DEFAULT_EOS_TEXT}; '' for none)",
+    )
     p.add_argument("--bos-text", default="", help="text prepended to every document")
     p.add_argument("--no-wrap", action="store_true", help="drop a sample's overflow instead of carrying it over")
     p.add_argument("--compression", choices=["zstd", "none"], default="zstd")
-    p.add_argument("--workers", type=int, default=1, help="worker processes of this task (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="worker processes of this task (default: the CPUs Slurm gives the task, else this machine's)",
+    )
     p.add_argument(
         "--max-docs",
         type=int,
@@ -65,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--strict", action="store_true", help="stop at the first line that cannot be converted")
     return p
+
+
+def default_workers() -> int:
+    """Worker processes by default: ``SLURM_CPUS_ON_NODE`` under Slurm, else the CPUs this may use."""
+    cpus = os.environ.get("SLURM_CPUS_ON_NODE", "")
+    if cpus.isdigit() and int(cpus) > 0:
+        return int(cpus)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _error(message: str) -> int:

@@ -321,3 +321,37 @@ def test_run_header_names_the_dataset_it_trains_on(mds_root: Path, demo_assets: 
     header = run_header(plan, "mpt-tiny-cpu", env, [], train_dataset_facts(cfg, Path.cwd()))
     assert (header.dataset_sample_tokens, header.dataset_tokenizer) == (128, demo_assets[1].name)
     assert parse_composer_log(header.lines()).header == header
+
+
+def run_launch(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "test_case.training.launch", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        check=False,
+    )
+
+
+def test_check_names_a_mistyped_key_and_the_nearest_valid_one_before_anything_starts(
+    mds_root: Path, demo_assets: tuple[Path, Path]
+) -> None:
+    data = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1])}
+    out = run_launch("check", "mpt-tiny-cpu", "max_durtion=60ba", **data)
+    assert (out.returncode, out.stderr) == (
+        2,
+        "launch: error: mpt-tiny-cpu.yaml: llm-foundry has no config key 'max_durtion': did you mean 'max_duration'?\n",
+    )
+    out = run_launch("plan", "mpt-tiny-cpu", "train_loader.dataset.max_seq_lem=128", "oops", **data)
+    assert out.returncode == 2 and out.stdout == ""
+    nested, bare = out.stderr.splitlines()
+    assert "train_loader.dataset has no key 'max_seq_lem'; did you mean train_loader.dataset.max_seq_len?" in nested
+    assert bare == "launch: error: override 'oops' is not key=value (e.g. max_duration=200ba)"
+    out = run_launch("node", "mpt-tiny-cpu", "max_durtion=60ba", **data)
+    assert out.returncode == 2 and "no config key 'max_durtion'" in out.stderr and "[run-header]" not in out.stdout
+    out = run_launch("check", "mpt-tiny-cpu", "max_duration=60ba", "variables.my_note=1", **data)
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr
+    assert "configuration and data are fine" in out.stdout
+    out = run_launch("check", "mpt-tiny-cpu", "variables.max_seq_len=64", **data)
+    assert out.returncode == 2 and "holds 128-token samples but the model trains on max_seq_len=64" in out.stderr

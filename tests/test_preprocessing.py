@@ -190,3 +190,22 @@ def test_hub_source_names_the_c4_split_of_each_llmfoundry_split_name() -> None:
         "hf://allenai/c4/en/train",
         "hf://allenai/c4/en/other",
     ]
+
+
+def test_command_defaults_are_the_batch_scripts_and_fit_the_gpu_yamls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One set of defaults: the command's; the sbatch script passes only the settings that are set."""
+    from preprocessing.cli import build_parser, default_workers
+    from tests.conftest import REPO_ROOT
+
+    args = build_parser().parse_args(["--out-root", "o", "--split", "train_small"])
+    assert (args.tokenizer, args.concat_tokens, args.eos_text) == ("EleutherAI/gpt-neox-20b", 2048, "<|endoftext|>")
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "7")
+    assert default_workers() == 7
+    script = (REPO_ROOT / "slurm-scripts" / "1.c4-preprocess.sbatch").read_text().splitlines()
+    code = [line for line in script if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "gpt-neox" in line or "2048" in line or "endoftext" in line]
+    from omegaconf import OmegaConf
+
+    for size in ("125m", "7b", "70b"):
+        yaml = OmegaConf.load(REPO_ROOT / "yamls" / f"mpt-{size}.yaml")
+        assert (yaml.variables.max_seq_len, yaml.tokenizer.name) == (args.concat_tokens, args.tokenizer)

@@ -298,10 +298,29 @@ def killed_rank(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
 
 @pytest.fixture(scope="module")
 def never_started(cluster: LocalSlurmCluster, workspace: Workspace) -> tuple[str, dict[str, str]]:
-    """A job whose every node stops in the launcher's preflight: its dataset is not there."""
+    """A job stopped before any node starts: its dataset is not there (the batch script's check step)."""
     args = [f"--output={workspace.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
     job = cluster.sbatch(args, cwd=REPO_ROOT, env=workspace.env(DATA_ROOT=str(workspace.data / "missing")))
     return job, cluster.wait(job, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def mistyped(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
+    """A job with a typo in an override: stopped by the batch script's check step, before any node starts."""
+    args = [f"--output={workspace.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", "max_durtion=60ba"]
+    job = cluster.sbatch(args, cwd=REPO_ROOT, env=workspace.env())
+    info = cluster.wait(job, timeout=300)
+    log = workspace.logs / f"mpt-train_{job}.out"
+    return TrainRun(job, info, log, log.read_text(), parse_log_file(log))
+
+
+def test_a_typo_in_an_override_stops_the_job_once_with_exit_code_2(mistyped: TrainRun) -> None:
+    assert (mistyped.info["JobState"], mistyped.info["ExitCode"]) == ("FAILED", "2:0"), mistyped.text
+    error = (
+        "launch: error: mpt-tiny-cpu.yaml: llm-foundry has no config key 'max_durtion': did you mean 'max_duration'?"
+    )
+    assert mistyped.text.count(error) == 1 and "launch: node" not in mistyped.text and "Traceback" not in mistyped.text
+    assert re.search(rf"\] job {mistyped.job_id} end: exit code 2 after \d+ s$", mistyped.text.rstrip())
 
 
 def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
@@ -309,6 +328,7 @@ def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     requeued: tuple[TrainRun, Path],
     killed_rank: TrainRun,
     never_started: tuple[str, dict[str, str]],
+    mistyped: TrainRun,
     workspace: Workspace,
     tmp_path: Path,
 ) -> None:
@@ -332,7 +352,10 @@ def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     assert lines[failed["failure_line"] - 1] == failed["failure"]  # quoted from the log, line and all
     assert re.fullmatch(rf"\[\S+\] job {killed_rank.job_id} end: exit code [1-9]\d* after \d+ s", lines[-1])
     (job,) = [j for j in doc["jobs_without_training"] if j["job_id"] == never_started[0]]
-    assert "launch: error: node " in job["failure"] and "dataset split 'train_small' not found" in job["failure"]
+    # stopped by the batch script's check step, before any node: one line, no node number
+    assert job["failure"].startswith("launch: error: train_loader: dataset split 'train_small' not found at")
+    (typo,) = [j for j in doc["jobs_without_training"] if j["job_id"] == mistyped.job_id]
+    assert "no config key 'max_durtion'" in typo["failure"]
     order = [int(r["job_id"]) for r in doc["runs"]]
     assert order == sorted(order)
     assert f"did not train: job {never_started[0]}" in out.stdout

@@ -91,3 +91,11 @@ def test_tiny_yaml_builds_and_runs_a_forward_pass(demo_assets: tuple[Path, Path]
     ids = torch.randint(0, 4096, (2, 128))
     out = model({"input_ids": ids, "labels": ids})
     assert out.logits.shape == (2, 128, 4096) and torch.isfinite(out.logits).all()
+
+
+def test_config_check_knows_the_keys_of_the_pinned_llmfoundry() -> None:
+    from llmfoundry.utils.config_utils import TRAIN_CONFIG_KEYS
+
+    from test_case.training.config_check import TRAIN_KEYS
+
+    assert set(TRAIN_KEYS) == set(TRAIN_CONFIG_KEYS)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from test_case import REPO_ROOT
 from test_case.run_header import RunHeader
+from test_case.training.config_check import override_problems, unknown_key_problems
 from test_case.training.dataset_fit import DatasetFacts, dataset_facts, fit_problems
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
@@ -225,10 +226,11 @@ def training_config(yaml: Path, plan: NodePlan, env: Mapping[str, str], override
     return merged
 
 
-def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path) -> list[str]:
+def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path, node_checks: bool = True) -> list[str]:
     """Problems that would make training fail later, each as one actionable line (empty: all good).
 
-    ``cfg`` is `training_config` of ``yaml``: what llm-foundry will read.
+    ``cfg`` is `training_config` of ``yaml``: what llm-foundry will read. ``node_checks`` adds what
+    only the node that trains can answer (a writable checkpoint folder, GPUs for flash attention).
     """
     from omegaconf import OmegaConf
 
@@ -252,7 +254,7 @@ def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path) -> list[st
     if _path_like(tokenizer) and not (cwd / tokenizer).expanduser().is_dir():
         problems.append(f"tokenizer folder {tokenizer} does not exist: set TOKENIZER to a tokenizer folder or name")
     save_folder = OmegaConf.select(cfg, "save_folder")
-    if save_folder and "://" not in str(save_folder):
+    if node_checks and save_folder and "://" not in str(save_folder):
         folder = cwd / str(save_folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -262,7 +264,7 @@ def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path) -> list[st
             if not os.access(folder, os.W_OK):
                 problems.append(f"the checkpoint folder {folder} is not writable; set SAVE_ROOT")
     attn = OmegaConf.select(cfg, "model.attn_config.attn_impl")
-    if attn == "flash" and plan.gpus_per_node == 0:
+    if node_checks and attn == "flash" and plan.gpus_per_node == 0:
         problems.append(
             f"{yaml.stem} uses flash attention, which needs GPUs, and this node has none "
             "(use mpt-tiny-cpu on CPU nodes, or request GPUs with --gpus-per-node)"
@@ -359,10 +361,29 @@ def print_run_header(
         print(line, flush=True)
 
 
+def config_problems(yaml: Path, plan: NodePlan, env: Mapping[str, str], overrides: Sequence[str]) -> list[str]:
+    """Mistakes in the yaml and the overrides that llm-foundry would find only once every rank has
+    started (`test_case.training.config_check`)."""
+    from omegaconf import OmegaConf
+
+    problems = override_problems(OmegaConf.to_container(OmegaConf.load(yaml)), overrides)  # type: ignore[arg-type]
+    if problems:
+        return problems
+    merged = training_config(yaml, plan, env, overrides)
+    return unknown_key_problems(OmegaConf.to_container(merged), yaml.name)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``header MODEL [overrides]`` prints the run header; ``node MODEL [overrides]`` launches."""
+    """``check``, ``plan``, ``header`` or ``node`` for a model and its overrides (README, "How a
+    training job starts"). Exit code 2: a configuration mistake or a missing input, one line each."""
     parser = argparse.ArgumentParser(prog="python -m test_case.training.launch")
-    parser.add_argument("action", choices=["header", "node", "plan"])
+    parser.add_argument(
+        "action",
+        choices=["check", "header", "node", "plan"],
+        help="check: the config and the data, without starting anything (on a login node before sbatch, "
+        "or as the batch script's first step); plan: the Composer command; header: the run header; "
+        "node: check this node, then start Composer's launcher",
+    )
     parser.add_argument("model", help="yaml name under yamls/ (e.g. mpt-7b) or a path to a yaml")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="OmegaConf dotlist overrides")
     args = parser.parse_args(argv)
@@ -376,16 +397,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "header":
         print_run_header(plan, args.model, env, args.overrides)
         return 0
+    problems = config_problems(yaml, plan, env, args.overrides)
+    cfg = None if problems else training_config(yaml, plan, env, args.overrides)
+    if cfg is not None and args.action != "plan":
+        problems = preflight(yaml, plan, cfg, Path.cwd(), node_checks=args.action == "node")
+    where = f"node {plan.node_rank}: " if args.action == "node" else ""
+    for problem in problems:
+        print(f"launch: error: {where}{problem}", file=sys.stderr)
+    if problems or cfg is None:
+        return 2
     cmd = composer_command(plan, yaml, args.overrides, env)
     if args.action == "plan":
         print(" ".join(cmd))
         return 0
-    cfg = training_config(yaml, plan, env, args.overrides)
-    problems = preflight(yaml, plan, cfg, Path.cwd())
-    for problem in problems:
-        print(f"launch: error: node {plan.node_rank}: {problem}", file=sys.stderr)
-    if problems:
-        return 2
+    if args.action == "check":
+        print(f"launch: {' '.join([args.model, *args.overrides])}: configuration and data are fine")
+        return 0
     if plan.node_rank == 0:
         print_run_header(plan, args.model, env, args.overrides, train_dataset_facts(cfg, Path.cwd()))
         # before Composer starts on this node, so before any rank of the run can read the folder
