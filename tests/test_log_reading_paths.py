@@ -141,6 +141,20 @@ def test_generated_logs_read_the_same_every_way(
     assert_same(path, KEEP)
 
 
+def feed_text_counting_lines(parser: LogParser, text: str) -> list[str]:
+    """``parser.feed_text(text)``; the lines it handed to `LogParser.feed_line` one at a time."""
+    calls: list[str] = []
+    feed_line = parser.feed_line
+
+    def counted(raw: str) -> None:
+        calls.append(raw)
+        feed_line(raw)
+
+    parser.feed_line = counted  # type: ignore[method-assign]
+    parser.feed_text(text)
+    return calls
+
+
 def test_noise_path_skips_logging_and_config_lines_but_reads_every_line_that_counts() -> None:
     """Runs of lines that only count as unknown are skipped by one match (not a feed_line each);
     the config keys, metric lines and headers among them are still read."""
@@ -150,16 +164,8 @@ def test_noise_path_skips_logging_and_config_lines_but_reads_every_line_that_cou
         "0:   - 0.9\n1: /venv/composer/callbacks/memory_monitor.py:137: UserWarning: CUDA only\n1:   d_model: 128\n"
         "0: [batch=1/9]:\n0: \t Train loss/train/total: 6.5\n0: noise\n0: \t Train loss/train/total: 1.0\n"
     )
-    calls: list[str] = []
     parser = LogParser()
-    feed_line = parser.feed_line
-
-    def counted(raw: str) -> None:
-        calls.append(raw)
-        feed_line(raw)
-
-    parser.feed_line = counted  # type: ignore[method-assign]
-    parser.feed_text(text)
+    calls = feed_text_counting_lines(parser, text)
     log = parser.finish()
     # rank 1's d_model is noise once rank 0's was read
     assert calls == ["0:   max_seq_len: 128", "0:   d_model: 128", "0: \t Train loss/train/total: 1.0"]
@@ -175,16 +181,8 @@ def test_block_path_reads_most_lines_and_relearns_when_the_shape_changes() -> No
     block = "0: [batch={n}/9]:\n0: \t Train loss/train/total: {v}\n0: \t Train time/batch: {n}\n"
     extra = "0: \t Train throughput/tokens_per_sec: 100.0\n"
     text = "".join(block.format(n=n, v=9 - n) + (extra if n > 4 else "") for n in range(1, 10))
-    calls: list[str] = []
     parser = LogParser(keep={"loss/train/total", "throughput/tokens_per_sec"})
-    feed_line = parser.feed_line
-
-    def counted(raw: str) -> None:
-        calls.append(raw)
-        feed_line(raw)
-
-    parser.feed_line = counted  # type: ignore[method-assign]
-    parser.feed_text(text)
+    calls = feed_text_counting_lines(parser, text)
     log = parser.finish()
     assert calls == []  # every line was read as part of a block
     assert len(parser.known_shapes) == 2  # learned once without throughput, once with
