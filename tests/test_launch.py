@@ -355,3 +355,27 @@ def test_check_names_a_mistyped_key_and_the_nearest_valid_one_before_anything_st
     assert "configuration and data are fine" in out.stdout
     out = run_launch("check", "mpt-tiny-cpu", "variables.max_seq_len=64", **data)
     assert out.returncode == 2 and "holds 128-token samples but the model trains on max_seq_len=64" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["1.c4-preprocess.sbatch", "2.train-mpt-manual-distributed.sbatch"])
+def test_a_job_submitted_outside_the_repository_says_how_to_find_it(script: str, tmp_path: Path) -> None:
+    """As Slurm runs the stored copy of the script: from its spool folder, the submit directory elsewhere."""
+    copy = tmp_path / "slurm_script"
+    shutil.copy(REPO_ROOT / "slurm-scripts" / script, copy)
+    env = {"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_NODELIST": "n1"}
+    out = subprocess.run(["bash", str(copy)], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    name = script.removesuffix(".sbatch")
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    assert out.stderr == (
+        f"{name}: error: no suite at {tmp_path} (the submit directory): submit from the repository root or "
+        "slurm-scripts/, or export SUITE_ROOT=/path/to/the/repository\n"
+    )
+    out = subprocess.run(
+        ["bash", str(copy), "--help"],
+        capture_output=True,
+        text=True,
+        env={**env, "SUITE_ROOT": str(REPO_ROOT), "IMAGE": "/no/such.sqsh"},
+        cwd=tmp_path,
+        check=False,
+    )  # SUITE_ROOT finds the suite: the next check (the image) is what stops it
+    assert out.returncode == 2 and "IMAGE=/no/such.sqsh does not exist" in out.stderr, out.stderr
