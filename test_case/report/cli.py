@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(document, indent=2))
     else:
         print(format_table(runs, scaling, jobs), end="")
-        trained_or_listed = {j.log_file for j in jobs}
+        listed_as_jobs = {j.log_file for j in jobs}
         for name in empty:
-            if name not in trained_or_listed:
+            if name not in listed_as_jobs:
                 print(f"no runs in {name}")
         print(f"wrote {', '.join(str(p) for p in written + plots)}")
     if not runs:

@@ -361,16 +361,20 @@ def print_run_header(
         print(line, flush=True)
 
 
-def config_problems(yaml: Path, plan: NodePlan, env: Mapping[str, str], overrides: Sequence[str]) -> list[str]:
-    """Mistakes in the yaml and the overrides that llm-foundry would find only once every rank has
-    started (`test_case.training.config_check`)."""
+def checked_config(
+    yaml: Path, plan: NodePlan, env: Mapping[str, str], overrides: Sequence[str]
+) -> tuple[DictConfig | None, list[str]]:
+    """The config llm-foundry will read (`training_config`), or None and the mistakes in the yaml
+    and the overrides that llm-foundry would find only once every rank has started
+    (`test_case.training.config_check`)."""
     from omegaconf import OmegaConf
 
     problems = override_problems(OmegaConf.to_container(OmegaConf.load(yaml)), overrides)  # type: ignore[arg-type]
     if problems:
-        return problems
+        return None, problems
     merged = training_config(yaml, plan, env, overrides)
-    return unknown_key_problems(OmegaConf.to_container(merged), yaml.name)  # type: ignore[arg-type]
+    problems = unknown_key_problems(OmegaConf.to_container(merged), yaml.name)  # type: ignore[arg-type]
+    return (None if problems else merged), problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "header":
         print_run_header(plan, args.model, env, args.overrides)
         return 0
-    problems = config_problems(yaml, plan, env, args.overrides)
-    cfg = None if problems else training_config(yaml, plan, env, args.overrides)
+    cfg, problems = checked_config(yaml, plan, env, args.overrides)
     if cfg is not None and args.action != "plan":
         problems = preflight(yaml, plan, cfg, Path.cwd(), node_checks=args.action == "node")
     where = f"node {plan.node_rank}: " if args.action == "node" else ""
