@@ -14,10 +14,12 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from preprocessing.convert import (
     ConvertOptions,
     OutputConflict,
+    Share,
     claim_output,
     fingerprint,
     load_tokenizer,
@@ -28,6 +30,7 @@ from preprocessing.convert import (
 )
 from preprocessing.inputs import C4_SPLITS, InputError, hub_source, resolve_input_files
 from preprocessing.validate import ValidationError, validate_split
+from preprocessing.writer_lock import STALE_AFTER_S, SplitBusy, SplitLock, SplitLost
 
 PROG = "preprocessing"
 # The defaults of this command, which 1.c4-preprocess.sbatch uses too (it passes only what is set):
@@ -87,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="documents to take, in file order (default: all; train_small 100000, val_small 10000, val_xsmall 3000)",
     )
     p.add_argument("--strict", action="store_true", help="stop at the first line that cannot be converted")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another run is writing the split, wait for it instead of stopping (exit 2) at once",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=STALE_AFTER_S,
+        metavar="SECONDS",
+        help=f"a run that wrote no heartbeat for this long is taken as gone (default {STALE_AFTER_S:.0f})",
+    )
     return p
 
 
@@ -149,6 +164,42 @@ def main(argv: list[str] | None = None) -> int:
         claim_output(split_dir, fingerprint(files, options, total))
     except OutputConflict as err:
         return _error(str(err))
+    lock = SplitLock(split_dir, task, args.lock_timeout)
+    try:
+        note = lock.wait_and_acquire(lambda line: print(f"{PROG}: {line}", flush=True)) if args.wait else lock.acquire()
+    except SplitBusy as busy:
+        return _error(
+            f"{busy}: wait for it to end{_squeue_hint(busy)}, pass --wait to wait here, or use another --out-root"
+        )
+    if note:
+        print(f"{PROG}: {note}", flush=True)
+    try:
+        return _convert_and_merge(args, files, shares, task, tasks, workers, options, tokenizer, lock)
+    except SplitLost as lost:
+        print(f"{PROG}: error: {lost}", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
+
+
+def _squeue_hint(busy: SplitBusy) -> str:
+    return f" (squeue -j {busy.holder.job_id})" if busy.holder.job_id else ""
+
+
+def _convert_and_merge(
+    args: argparse.Namespace,
+    files: list[Path],
+    shares: list[Share],
+    task: int,
+    tasks: int,
+    workers: int,
+    options: ConvertOptions,
+    tokenizer: Any,
+    lock: SplitLock,
+) -> int:
+    """This task's parts, then (when every part is complete) the merged index, validated."""
+    split_dir = args.out_root / args.split
+    total = len(shares)
     mine = shares[task * workers : (task + 1) * workers]
     todo = [s for s in mine if read_part(split_dir, s.name) is None]
     if todo:  # a dataset with an unfinished part must never look whole
@@ -161,17 +212,24 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if todo:
-        errors = run_parts(todo, split_dir, options, f"{PROG} {args.split}", total_docs=max_docs, tokenizer=tokenizer)
+        errors = run_parts(
+            todo,
+            split_dir,
+            options,
+            f"{PROG} {args.split}",
+            total_docs=options.max_docs,
+            tokenizer=tokenizer,
+            on_tick=lock.beat,
+        )
+        lock.beat(force=True)  # a run taken over while it was stopped says so, whatever its workers did
         if errors:
             for message in errors:
                 print(f"{PROG}: error: {message}", file=sys.stderr)
             return 1
-    waiting = [s.name for s in shares if read_part(split_dir, s.name) is None]
+    lock.keep_alive()  # no fork from here on: a thread keeps the heartbeat through merge and validation
+    waiting = [s.index for s in shares if read_part(split_dir, s.name) is None]
     if waiting:
-        print(
-            f"{PROG}: this task's parts are complete; {len(waiting)} part(s) of other tasks are not yet: "
-            "the task that completes the last one merges the index"
-        )
+        print(f"{PROG}: this task's parts are complete; {_who_finishes(waiting, workers, lock)}")
         return 0
     s = merge_parts(split_dir, shares, options)
     try:
@@ -194,3 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     if s["documents_skipped"] > 20:
         print(f"{PROG}: ... {s['documents_skipped'] - 20} more in {split_dir / 'summary.json'}")
     return 0
+
+
+def _who_finishes(waiting: list[int], workers: int, lock: SplitLock) -> str:
+    """Which tasks own the parts not complete yet, and whether they are still at work: the line
+    must never promise a merge that nobody will do."""
+    owners = sorted({index // workers for index in waiting})
+    working = set(lock.members()) - {lock.task}
+    running = [t for t in owners if t in working]
+    gone = [t for t in owners if t not in working]
+    parts = f"{len(waiting)} part(s) of task(s) {', '.join(map(str, owners))} are not"
+    if not gone:
+        busy = ", ".join(map(str, running))
+        return f"{parts} yet: task(s) {busy} are converting them, and the last to finish merges the index"
+    return (
+        f"{parts}, and task(s) {', '.join(map(str, gone))} are not running (failed, or not started yet): "
+        "the index is merged when every part is complete; rerun this command to finish them"
+    )

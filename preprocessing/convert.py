@@ -4,7 +4,7 @@ Layout (llm-foundry's ``text`` loader reads it with ``local=OUT_ROOT, split=SPLI
 
     OUT_ROOT/SPLIT/dataset.json                what this folder holds: options, inputs, part count
     OUT_ROOT/SPLIT/part-00003-of-00008/        one MDSWriter per part: shard.*.mds(.zstd), index.json
-    OUT_ROOT/SPLIT/part-00003-of-00008/.complete.json   written last: the part is finished (its stats)
+    OUT_ROOT/SPLIT/part-00003-of-00008/.complete.json   the part's stats (it is finished)
     OUT_ROOT/SPLIT/index.json                  merged index, written only when every part is complete
     OUT_ROOT/SPLIT/summary.json                documents, tokens, samples, skipped lines, timing
 
@@ -15,10 +15,12 @@ files than parts, a byte range of a plain (uncompressed) file: each such file is
 ``ceil(P / files)`` equal ranges, a line belonging to the range its first byte is in. The same
 inputs and ``P`` give the same bytes.
 
-Resume: a part with ``.complete.json`` is skipped; a part without it is deleted and redone from
-scratch, never appended to. A task that finds every part complete merges the index (written to a
-temporary file and renamed, so a reader never sees half an index) and writes the summary; when two
-tasks finish together both may merge, which is harmless: the merge is atomic and its bytes the same.
+Resume: a part is written in ``SPLIT/.part-....writing-PID/`` and renamed to its name once its
+``.complete.json`` is in it, so a ``part-*`` folder is always whole; an unfinished part is redone
+from scratch, never appended to. One run at a time writes a split (`preprocessing.writer_lock`);
+within it, the task that finds every part complete merges the index (written to a temporary file
+and renamed, so a reader never sees half an index) and writes the summary; when two tasks finish
+together both may merge, which is harmless: the merge is atomic and its bytes the same.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,8 +208,9 @@ def convert_part(
 
     start = time.perf_counter()
     out_dir = split_dir / share.name
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # an unfinished part is redone, never appended to
+    for leftover in split_dir.glob(f".{share.name}.writing-*"):
+        shutil.rmtree(leftover)  # an unfinished part is redone, never appended to
+    work_dir = split_dir / f".{share.name}.writing-{os.getpid()}"
     tokenizer = untruncated(tokenizer if tokenizer is not None else load_tokenizer(options.tokenizer))
     concat = TokenConcatenator(
         options.concat_tokens,
@@ -216,7 +219,7 @@ def convert_part(
         options.wrap,
     )
     stats = PartStats(part=share.name, files=share.files)
-    with MDSWriter(out=str(out_dir), columns=COLUMNS, compression=options.compression) as writer:
+    with MDSWriter(out=str(work_dir), columns=COLUMNS, compression=options.compression) as writer:
 
         def flush(batch: list[str]) -> None:
             if not batch:
@@ -249,7 +252,13 @@ def convert_part(
         concat.finish()
     stats.tokens, stats.tokens_dropped = concat.tokens_in, concat.tokens_dropped
     stats.elapsed_s = round(time.perf_counter() - start, 3)
-    _write_atomic(out_dir / COMPLETE, json.dumps(asdict(stats)) + "\n")
+    _write_atomic(work_dir / COMPLETE, json.dumps(asdict(stats)) + "\n")
+    if (out_dir / COMPLETE).exists():  # completed meanwhile by a run that took this one's folder over
+        shutil.rmtree(work_dir)
+        return stats
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # an unfinished part of an earlier layout
+    os.rename(work_dir, out_dir)  # the part appears whole or not at all
     return stats
 
 
@@ -278,7 +287,7 @@ def fingerprint(files: list[Path], options: ConvertOptions, total_parts: int) ->
     return {"options": asdict(options), "inputs": inputs, "parts": total_parts}
 
 
-OWN_ENTRIES = (".dataset.json.", "part-", ".part-", ".merge-", ".summary.json.", ".complete")
+OWN_ENTRIES = (".dataset.json.", "part-", ".part-", ".merge-", ".summary.json.", ".complete", ".writer")
 
 
 def claim_output(split_dir: Path, fp: dict[str, Any]) -> None:
@@ -376,13 +385,15 @@ def run_parts(
     label: str,
     total_docs: int | None = None,
     tokenizer: Any = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> list[str]:
     """Convert the given shares, one process each, showing progress; return error messages.
 
     Workers are forked once the parent has imported streaming and transformers and loaded the
     tokenizer (pass it as ``tokenizer``), so none of them pays those again (seconds each). Nothing
     here starts a thread before the fork; the progress bar (tqdm runs a monitor thread) is created
-    after it.
+    after it. ``on_tick`` is called twice a second while they run (the lock's heartbeat); when it
+    raises, the workers are killed and the error passes on.
     """
     import streaming  # noqa: F401  (imported before the fork, inherited by every worker)
     import transformers  # noqa: F401
@@ -399,7 +410,13 @@ def run_parts(
     try:
         while any(p.is_alive() for p in procs):
             progress.update(sum(counters[0::2]), sum(counters[1::2]))
+            if on_tick is not None:
+                on_tick()
             time.sleep(0.5)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
     finally:
         for proc in procs:
             proc.join()

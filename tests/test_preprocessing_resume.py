@@ -1,5 +1,6 @@
 """Preprocessing claims that need real runs: byte-identity with llm-foundry, resume after kill -9,
-Slurm task shares, and inputs that are empty, truncated or belong to another dataset."""
+Slurm task shares, two runs into one folder at once (refused, waited for, taken over from a killed
+or a stopped run), and inputs that are empty, truncated or belong to another dataset."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import gzip
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from preprocessing.cli import main
+from preprocessing.writer_lock import LOCK
 from tests.conftest import REPO_ROOT, preprocess_args
 
 
@@ -78,14 +82,23 @@ def command(inputs: Path, out: Path, tokenizer: Path, workers: int = 2) -> list[
     return [sys.executable, "-m", "preprocessing", *preprocess_args(inputs, out, "train", tokenizer, 128, *extra)]
 
 
+@pytest.fixture(scope="module")
+def reference(
+    larger_input: Path, demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, bytes]:
+    """The bytes of one uninterrupted run of `command`."""
+    out = tmp_path_factory.mktemp("reference")
+    subprocess.run(command(larger_input, out, demo_assets[1]), cwd=REPO_ROOT, check=True, capture_output=True)
+    found = tree_bytes(out / "train")
+    assert len([k for k in found if k.startswith("part-")]) >= 4  # two parts, shard + index each
+    return found
+
+
 @pytest.mark.slow
 def test_kill_minus_9_at_any_moment_then_rerun_gives_the_same_bytes(
-    larger_input: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+    larger_input: Path, demo_assets: tuple[Path, Path], tmp_path: Path, reference: dict[str, bytes]
 ) -> None:
     tokenizer = demo_assets[1]
-    subprocess.run(command(larger_input, tmp_path / "ref", tokenizer), cwd=REPO_ROOT, check=True, capture_output=True)
-    reference = tree_bytes(tmp_path / "ref" / "train")
-    assert len([k for k in reference if k.startswith("part-")]) >= 4  # two parts, shard + index each
     for n, delay in enumerate((0.5, 3.0, 5.0, "first part complete")):
         out = tmp_path / f"run{n}"
         proc = subprocess.Popen(
@@ -107,10 +120,97 @@ def test_kill_minus_9_at_any_moment_then_rerun_gives_the_same_bytes(
         split = out / "train"
         complete = list(split.glob("part-*/.complete.json"))
         assert len(complete) == 2 or not (split / "index.json").exists()  # never looks whole half-written
+        killed_holding_the_folder = (split / LOCK).exists()
         rerun = subprocess.run(command(larger_input, out, tokenizer), cwd=REPO_ROOT, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
         assert f"{len(complete)} already complete" in rerun.stdout
+        taken_over = f"took the folder over from pid {proc.pid} on {socket.gethostname()}"
+        assert (taken_over in rerun.stdout) == killed_holding_the_folder, rerun.stdout
         assert tree_bytes(split) == reference, f"kill after {delay}"
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """A preprocessing run in its own process group, its output (stdout and stderr) in ``log``."""
+    with log.open("wb") as fh:
+        return subprocess.Popen(args, cwd=REPO_ROOT, start_new_session=True, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+
+
+def writing(split: Path) -> bool:
+    """Workers are converting: a part is being written (the run holds the folder by then)."""
+    return bool(list(split.glob(".part-*.writing-*")))
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_folder_being_written_stops_with_one_line_or_waits_for_it(
+    larger_input: Path, demo_assets: tuple[Path, Path], tmp_path: Path, reference: dict[str, bytes]
+) -> None:
+    out, split, tokenizer = tmp_path / "out", tmp_path / "out" / "train", demo_assets[1]
+    first = start(command(larger_input, out, tokenizer), tmp_path / "first.log")
+    runs = [first]
+    try:
+        wait_for(lambda: writing(split), "part being written")
+        os.killpg(first.pid, signal.SIGSTOP)  # keeps it writing for as long as this test needs
+        refused = subprocess.run(command(larger_input, out, tokenizer), cwd=REPO_ROOT, capture_output=True, text=True)
+        assert refused.returncode == 2 and refused.stdout == ""
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"preprocessing: error: {split} is being written by pid {first.pid} on ")
+        assert line.endswith("wait for it to end, pass --wait to wait here, or use another --out-root")
+        waiter = start([*command(larger_input, out, tokenizer), "--wait"], tmp_path / "waiter.log")
+        runs.append(waiter)
+        wait_for(lambda: "waiting for it to finish" in (tmp_path / "waiter.log").read_text(), "waiting line")
+        assert waiter.poll() is None and not list(split.glob(f".part-*.writing-{waiter.pid}"))
+        os.killpg(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()
+        assert waiter.wait(timeout=300) == 0, (tmp_path / "waiter.log").read_text()
+    finally:
+        for proc in runs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    waited = (tmp_path / "waiter.log").read_text()
+    assert "2 part(s) of 2, 2 already complete" in waited and "validated" in waited  # no work done twice
+    assert "validated" in (tmp_path / "first.log").read_text()
+    assert tree_bytes(split) == reference
+    assert not list(split.glob(".writer*")) and not list(split.glob(".part-*"))  # both left the folder clean
+
+
+@pytest.mark.slow
+def test_a_stopped_run_is_taken_over_after_the_lock_timeout_and_stops_when_continued(
+    larger_input: Path, demo_assets: tuple[Path, Path], tmp_path: Path, reference: dict[str, bytes]
+) -> None:
+    out, split, tokenizer = tmp_path / "out", tmp_path / "out" / "train", demo_assets[1]
+    stopped = start(command(larger_input, out, tokenizer), tmp_path / "stopped.log")
+    try:
+        wait_for(lambda: writing(split), "part being written")
+        os.killpg(stopped.pid, signal.SIGSTOP)
+        taker = subprocess.run(
+            [*command(larger_input, out, tokenizer), "--wait", "--lock-timeout", "5"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert taker.returncode == 0, taker.stderr
+        assert f"took the folder over from pid {stopped.pid} on {socket.gethostname()}" in taker.stdout
+        assert "no heartbeat for" in taker.stdout and "validated" in taker.stdout
+        assert tree_bytes(split) == reference
+        os.killpg(stopped.pid, signal.SIGCONT)  # it wakes up in a folder that is no longer its own
+        assert stopped.wait(timeout=120) == 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stopped.pid, signal.SIGCONT)
+            os.killpg(stopped.pid, signal.SIGKILL)
+        stopped.wait()
+    assert "stopping so that two runs never write it" in (tmp_path / "stopped.log").read_text()
+    assert tree_bytes(split) == reference  # what the taker wrote is untouched
 
 
 @pytest.mark.slow
@@ -138,7 +238,7 @@ def test_slurm_task_shares_merge_into_the_single_task_result(
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_PROCID", "1")
     assert main([*base, "--out-root", str(tmp_path / "tasks"), "--workers", "1"]) == 0
-    assert "1 part(s) of other tasks are not yet" in capsys.readouterr().out
+    assert "1 part(s) of task(s) 0 are not, and task(s) 0 are not running" in capsys.readouterr().out
     assert not (tmp_path / "tasks" / "train" / "index.json").exists()
     monkeypatch.setenv("SLURM_PROCID", "0")
     assert main([*base, "--out-root", str(tmp_path / "tasks"), "--workers", "1"]) == 0

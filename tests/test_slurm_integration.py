@@ -3,7 +3,9 @@
 Preprocessing runs once; the tiny MPT then trains on both nodes three times with the same config:
 uninterrupted, requeued with ``scontrol requeue`` after its first checkpoint, and sent the
 time-limit warning (USR1) that makes the script requeue itself. The interrupted runs must resume
-from their checkpoint and end exactly where the uninterrupted run ends.
+from their checkpoint and end exactly where the uninterrupted run ends. A killed rank, a job stopped
+by its check step and a typo make the failed and never-started runs the report must show; a second
+preprocessing job into a folder that one is writing, submitted from another directory, is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from preprocessing.writer_lock import LOCK
 from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import LOSS_KEY
 from test_case.training.launch import expand_hostlist
@@ -359,3 +362,66 @@ def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     order = [int(r["job_id"]) for r in doc["runs"]]
     assert order == sorted(order)
     assert f"did not train: job {never_started[0]}" in out.stdout
+
+
+def test_a_second_preprocessing_job_into_the_same_folder_stops_with_one_line(
+    cluster: LocalSlurmCluster, workspace: Workspace, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Job A holds the folder (its task is stopped with SIGSTOP so that it keeps holding it); job B,
+    submitted from another directory with SUITE_ROOT, is refused naming job A; job C, submitted
+    from there without SUITE_ROOT, stops with one line saying what to do. A then completes."""
+    import gzip
+
+    inputs = tmp_path / "c4"
+    inputs.mkdir()
+    for path in sorted(demo_assets[0].glob("c4-train.*.json.gz")):  # 6 times the sample: a few seconds of work
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            lines = fh.readlines()
+        with gzip.open(inputs / path.name, "wt", encoding="utf-8") as fh:
+            fh.writelines(lines * 6)
+    data = tmp_path / "data"
+    env = workspace.env(
+        DATA_ROOT=str(data), C4_INPUT=str(inputs), CONCAT_TOKENS="128", WORKERS="1", SPLITS="train_small"
+    )
+    output = f"--output={workspace.logs}/%x_%j.out"
+    script = str(REPO_ROOT / "slurm-scripts" / "1.c4-preprocess.sbatch")
+    first = cluster.sbatch([output, "--job-name=prep-a", script], cwd=REPO_ROOT, env=env)
+    lock = data / "train_small" / LOCK
+    deadline = time.monotonic() + 180
+    while not (lock.exists() and json.loads(lock.read_text())["job_id"] == first):
+        assert time.monotonic() < deadline, "job A never took the folder"
+        time.sleep(0.02)
+    holder = json.loads(lock.read_text())
+    os.kill(holder["pid"], signal.SIGSTOP)
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        second = cluster.sbatch(
+            [output, "--job-name=prep-b", script], cwd=elsewhere, env={**env, "SUITE_ROOT": str(REPO_ROOT)}
+        )
+        third = cluster.sbatch([output, "--job-name=prep-c", script], cwd=elsewhere, env=env)
+        info_b, info_c = cluster.wait(second, timeout=180), cluster.wait(third, timeout=180)
+        assert cluster.job_info(first)["JobState"] == "RUNNING"
+    finally:
+        os.kill(holder["pid"], signal.SIGCONT)
+    info_a = cluster.wait(first, timeout=300)
+    log_a, log_b, log_c = (
+        workspace.logs / f"prep-{x}_{j}.out" for x, j in zip("abc", (first, second, third), strict=True)
+    )
+    assert (info_a["JobState"], info_a["ExitCode"]) == ("COMPLETED", "0:0"), log_a.read_text()[-3000:]
+    assert "validated" in log_a.read_text()
+    assert (info_b["JobState"], info_b["ExitCode"]) == ("FAILED", "2:0"), log_b.read_text()[-3000:]
+    (refusal,) = [line for line in log_b.read_text().splitlines() if "preprocessing: error" in line]
+    assert refusal.startswith(
+        f"0: preprocessing: error: {data}/train_small is being written by Slurm job {first} "
+        f"(job {first} step 0 restart 0, 1 task(s), first on {holder['host']}, since {holder['started']}), "
+        "last heartbeat "
+    ), refusal
+    assert refusal.endswith(
+        f"wait for it to end (squeue -j {first}), pass --wait to wait here, or use another --out-root"
+    )
+    assert (info_c["JobState"], info_c["ExitCode"]) == ("FAILED", "2:0")
+    assert log_c.read_text() == (
+        f"1.c4-preprocess: error: no suite at {elsewhere} (the submit directory): submit from the repository root or "
+        "slurm-scripts/, or export SUITE_ROOT=/path/to/the/repository\n"
+    )
