@@ -295,6 +295,18 @@ CRASH = (  # rank 1 dies mid-run, as Composer's launcher and srun report it
     "srun: error: node2: task 1: Exited with exit code 1",
     "[2026-11-22T05:43:40+00:00] job 3 end: exit code 1 after 44 s",
 )
+KILLED = (  # kill -9 of rank 1 on the local cluster (test_slurm_integration): its peer's error comes first
+    "0: [rank0]: RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:525] Read error "
+    "[127.0.0.1]:10425: Connection reset by peer",
+    "1: ERROR:composer.cli.launcher:Rank 1 crashed with exit code -9.",
+    "1: Waiting up to 30 seconds for all training processes to terminate. Press Ctrl-C to exit immediately.",
+    "1: ERROR:composer.cli.launcher:Global rank 1 (PID 10641) exited with code -9",
+    "srun: error: node2: task 1: Exited with exit code 247",
+    "0: slurmstepd-node1: error: *** STEP 6.1 ON node1 CANCELLED AT 2026-12-01T13:28:11 ***",
+    "0: Traceback (most recent call last):",
+    "0: SystemExit: 143",
+    "[2026-12-01T13:28:13+00:00] job 3 end: exit code 247 after 27 s",
+)
 NEVER_STARTED = (
     "[2026-11-22T06:00:00+00:00] job 12 start 0 on node[1-2]",
     "0: launch: error: node 0: train_loader: dataset split 'train_small' not found at /fsx/no/train_small/index.json",
@@ -312,6 +324,11 @@ def test_run_status_completed_failed_unfinished_and_requeued_from_real_logs() ->
     assert failed.failure == CRASH[3] and failed.failure_line is not None
     assert golden_variant(3, "0: [batch=31/60]:", CRASH).splitlines()[failed.failure_line - 1] == CRASH[3]
     assert any(w.startswith("FAILED at batch 30/60: 1: RuntimeError:") for w in failed.warnings)
+    # a rank killed by a signal is the cause; its peer's connection error only a consequence
+    killed = summarise_run(parse_composer_log(golden_variant(3, "0: [batch=31/60]:", KILLED).splitlines()))
+    assert (killed.status, killed.failure) == ("failed", KILLED[1])
+    # a rank that exited with an error of its own: its exception names the cause, not the launcher
+    assert failed.failure != CRASH[4]
     cut = summarise_run(parse_composer_log(golden_variant(5, "1: [batch=31/60]:").splitlines()))
     assert (cut.status, cut.failure, cut.last_batch) == ("unfinished", None, 31)  # rank 0 logged batch 31
     # a non-zero end line alone is a failure too

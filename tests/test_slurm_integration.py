@@ -351,6 +351,8 @@ def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     assert (runs[requeued[0].job_id]["status"], runs[requeued[0].job_id]["restarts"]) == ("completed", 1)
     failed = runs[killed_rank.job_id]
     assert failed["status"] == "failed" and failed["last_batch"] < 60, failed
+    # the killed rank is the cause, not its peer's "Connection reset by peer" printed before it
+    assert re.search(r"ERROR:composer\.cli\.launcher:Rank \d crashed with exit code -9", failed["failure"]), failed
     lines = killed_rank.text.splitlines()
     assert lines[failed["failure_line"] - 1] == failed["failure"]  # quoted from the log, line and all
     assert re.fullmatch(rf"\[\S+\] job {killed_rank.job_id} end: exit code [1-9]\d* after \d+ s", lines[-1])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -252,9 +253,18 @@ def _identity(parsed: ParsedLog) -> RunSummary:
     )
 
 
+# Composer's launcher on a rank that a signal ended (kill -9, the OOM killer, SIGBUS): the rank had no
+# chance to print anything, so its peers' errors ("Connection reset by peer") are only consequences.
+RANK_KILLED_BY_SIGNAL = re.compile(r"ERROR:composer\.cli\.launcher:Rank \d+ crashed with exit code -\d+")
+
+
 def failure_cause(failures: Sequence[LogLine]) -> LogLine | None:
-    """The line that names why the last start failed: the first failure line after it, preferring
-    a traceback's exception to its ``Traceback (most recent call last):`` header."""
+    """The line that names why the last start failed: a rank ended by a signal, else the first
+    failure line after the start, preferring a traceback's exception to its ``Traceback (most recent
+    call last):`` header."""
+    killed = [f for f in failures if RANK_KILLED_BY_SIGNAL.search(f.text)]
+    if killed:
+        return killed[0]
     named = [f for f in failures if "Traceback (most recent call last)" not in f.text]
     return named[0] if named else (failures[0] if failures else None)
 

@@ -69,7 +69,8 @@ DEFINITIONS = """\
   start, the log holds a failure line (a traceback, `<program>: error: ...` from srun, slurmstepd or
   this suite, Composer's launcher reporting a crashed rank, a torch C++ error) or the job's end line
   gives a non-zero exit code; `unfinished` otherwise (still running, or the log was cut off). Only
-  completed runs are used for scaling and baselines.
+  completed runs are used for scaling and baselines. The failure quoted is the first failure line,
+  or a rank ended by a signal (`Rank N crashed with exit code -9`) when there is one.
 - **batches**: N/T of the last `[batch=N/T]` block Composer printed (T is `max_duration`).
 - **window**: the batches whose blocks carry `throughput/tokens_per_sec` (Composer's SpeedMonitor
   logs it once its window of batches has run, and again a window after a resume), minus the first
