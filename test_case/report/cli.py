@@ -5,8 +5,11 @@ Files are grouped into runs by their run name (one Slurm job writes one file, ap
 requeues; `group_runs`). Parsing lives in `log_parser`, per-run arithmetic in `metrics`,
 comparisons in `compare`, output in `render` and `plots` (all in `test_case.report`).
 
-Exit codes: 0 report written; 1 no run found; 2 bad arguments or unreadable input;
-3 ``--baseline`` given and a run is below it by more than ``--tolerance``.
+``preflight_<job-id>.json`` files of 0.preflight.sbatch found there are reported too (per-node
+table, bus bandwidth plot).
+
+Exit codes: 0 report written; 1 no run and no preflight found; 2 bad arguments or unreadable
+input; 3 ``--baseline`` given and a run is below it by more than ``--tolerance``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from test_case.preflight.records import PreflightReport
 from test_case.report.compare import DEFAULT_BASELINE, BaselineError, compare_to_baseline, load_baseline, scaling_groups
 from test_case.report.gpu_peaks import PEAK_TFLOPS
 from test_case.report.log_parser import ParsedLog, parse_log_file
@@ -35,6 +39,22 @@ def find_logs(paths: list[Path]) -> list[Path]:
         else:
             found.append(path)
     return sorted(dict.fromkeys(found))
+
+
+def find_preflights(paths: list[Path]) -> list[Path]:
+    """``preflight_<job-id>.json`` files (0.preflight.sbatch) named or found in the folders given."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += [p for p in path.rglob("preflight_*.json") if p.is_file()]
+        elif path.name.startswith("preflight_") and path.suffix == ".json":
+            found.append(path)
+    return sorted(dict.fromkeys(found))
+
+
+def is_preflight_log(path: Path) -> bool:
+    """The job log of a preflight (its figures are in the JSON beside it), not a training log."""
+    return path.name.startswith("preflight_") and path.with_suffix(".json").is_file()
 
 
 def group_runs(parsed: list[ParsedLog]) -> list[ParsedLog]:
@@ -118,8 +138,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report.py: error: baseline: {err}", file=sys.stderr)
             return 2
 
-    logs = find_logs(args.paths)
-    if not logs:
+    preflights: list[PreflightReport] = []
+    for path in find_preflights(args.paths):
+        try:
+            preflights.append(PreflightReport.read(path))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(
+                f"report.py: error: {path}: not a preflight report ({err}): rerun 0.preflight.sbatch", file=sys.stderr
+            )
+            return 2
+    logs = [p for p in find_logs(args.paths) if not is_preflight_log(p)]
+    if not logs and not preflights:
         names = ", ".join(str(p) for p in args.paths)
         print(f"report.py: no log files (*{', *'.join(sorted(LOG_SUFFIXES))}) in {names}: nothing written")
         return 1
@@ -150,18 +179,22 @@ def main(argv: list[str] | None = None) -> int:
         from test_case.report.plots import plot_run, plot_scaling
 
         plots = [plot_run(run, out_dir) for run in runs] + [plot_scaling(g, out_dir) for g in scaling]
-    document = report_document(runs, scaling, [str(p) for p in args.paths], empty, jobs)
-    written = write_reports(out_dir, runs, scaling, jobs, document, plots)
+    if not args.no_plots and preflights:
+        from test_case.report.plots import plot_preflight
+
+        plots += [plot_preflight(pf, out_dir) for pf in preflights if pf.bandwidth]
+    document = report_document(runs, scaling, [str(p) for p in args.paths], empty, jobs, preflights)
+    written = write_reports(out_dir, runs, scaling, jobs, document, plots, preflights)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        print(format_table(runs, scaling, jobs), end="")
+        print(format_table(runs, scaling, jobs, preflights), end="")
         listed_as_jobs = {j.log_file for j in jobs}
         for name in empty:
             if name not in listed_as_jobs:
                 print(f"no runs in {name}")
         print(f"wrote {', '.join(str(p) for p in written + plots)}")
-    if not runs:
+    if not runs and not preflights:
         return 1
     if any(r.baseline and r.baseline.status == "below" for r in runs):
         return 3

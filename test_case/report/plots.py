@@ -1,4 +1,5 @@
-"""PNG plots of a report: loss and throughput against batch per run, and scaling per model."""
+"""PNG plots of a report: loss and throughput against batch per run, scaling per model, and the
+bus bandwidth of a preflight's collectives against message size."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from test_case.preflight.records import PreflightReport
 from test_case.report.records import RunSummary, ScalingGroup
 from test_case.report.render import scaling_title
 
@@ -72,6 +74,34 @@ def plot_scaling(group: ScalingGroup, out_dir: Path) -> Path:
     if group.scheduler == "local":
         parts.append("local")
     path = out_dir / f"scaling-{_safe('-'.join(parts))}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_preflight(report: PreflightReport, out_dir: Path) -> Path:
+    """``preflight_<job>-busbw.png``: busbw against message size, one line per collective and scope
+    (pairs of nodes as points at their size), the published figure as a dashed line where known."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for b in report.bandwidth:
+        sizes, busbw = [p.bytes for p in b.points], [p.busbw_gbps for p in b.points]
+        style = "o" if len(sizes) == 1 else "o-"
+        (line,) = ax.plot(sizes, busbw, style, label=f"{b.collective}, {b.scope} ({b.ranks} ranks)", ms=4)
+        if b.expected_busbw_gbps:
+            ax.axhline(
+                b.expected_busbw_gbps,
+                ls="--",
+                color=line.get_color(),
+                lw=1,
+                label=f"expected: {b.expected_source}"[:80],
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("bus bandwidth (GB/s)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Preflight job {report.job_id}: {report.status.upper()}, {len(report.nodes)} nodes")
+    fig.tight_layout()
+    path = out_dir / f"preflight_{_safe(report.job_id)}-busbw.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

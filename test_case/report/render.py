@@ -1,7 +1,7 @@
 """Rendering of a report: console table, report.md, report.csv, report.json.
 
-Nothing here computes a figure; every number comes from `test_case.report.metrics` (per run) or
-`test_case.report.compare` (across runs).
+Nothing here computes a figure; every number comes from `test_case.report.metrics` (per run),
+`test_case.report.compare` (across runs) or a preflight's own JSON (`test_case.preflight.records`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from test_case.preflight.records import PreflightReport
 from test_case.report.records import JobWithoutTraining, RunSummary, ScalingGroup
 
 SCHEMA_VERSION = 2
@@ -168,25 +170,66 @@ def _notes(runs: list[RunSummary]) -> list[str]:
     return notes
 
 
-def format_table(runs: list[RunSummary], scaling: list[ScalingGroup], jobs: list[JobWithoutTraining]) -> str:
-    """The console report: main table, scaling, baseline verdicts, jobs that did not train, notes."""
+def format_table(
+    runs: list[RunSummary],
+    scaling: list[ScalingGroup],
+    jobs: list[JobWithoutTraining],
+    preflights: Sequence[PreflightReport] = (),
+) -> str:
+    """The console report: main table, scaling, baseline verdicts, jobs that did not train, notes,
+    preflight verdicts."""
     parts = [_table(COLUMNS, runs)] if runs else []
     extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _notes(runs)
+    extra += _preflight_console(preflights)
     return "".join(parts) + "".join(line + "\n" for line in extra)
 
 
+def _preflight_console(preflights: Sequence[PreflightReport]) -> list[str]:
+    lines = []
+    for pf in preflights:
+        bad = sorted({f.node for f in pf.failures})
+        lines.append(
+            f"preflight job {pf.job_id}: {pf.status.upper()}, {len(pf.nodes)} node(s)"
+            + (f"; failed: {', '.join(bad)}" if bad else "")
+        )
+    return lines
+
+
+def _preflight_markdown(preflights: Sequence[PreflightReport]) -> list[str]:
+    """Per preflight job: one row per node (status, what failed: measured against expected)."""
+    parts = ["## Preflight", ""]
+    for pf in preflights:
+        wall = f", {pf.wall_s:.0f} s" if pf.wall_s is not None else ""
+        parts += [f"Job {pf.job_id}: **{pf.status}** ({len(pf.nodes)} nodes{wall})", ""]
+        parts += ["| node | status | matmul TFLOP/s | pairs busbw GB/s | failed checks (measured, expected) |"]
+        parts += ["|---|---|---|---|---|"]
+        for host, node in pf.nodes.items():
+            failed = [
+                f"{name}: {c.measured} (expected {c.expected})" for name, c in node.checks.items() if c.status == "fail"
+            ]
+            matmul, pairs = node.checks.get("matmul"), node.checks.get("fabric.pairs")
+            parts.append(
+                f"| {host} | {node.status} | {matmul.measured if matmul else '-'} | {pairs.measured if pairs else '-'} "
+                f"| {'; '.join(failed) or '-'} |"
+            )
+        parts.append("")
+        for f in pf.failures:
+            parts.append(f"- {f.node}, {f.check}: {f.action}")
+        parts.append("")
+    return parts
+
+
 def format_markdown(
-    runs: list[RunSummary], scaling: list[ScalingGroup], jobs: list[JobWithoutTraining], plots: list[Path]
+    runs: list[RunSummary],
+    scaling: list[ScalingGroup],
+    jobs: list[JobWithoutTraining],
+    plots: list[Path],
+    preflights: Sequence[PreflightReport] = (),
 ) -> str:
     """report.md: both tables, comparisons, the definition of every figure, plots, warnings."""
-    parts = [
-        "# MPT benchmark report",
-        "",
-        _table(COLUMNS, runs, markdown=True),
-        "## Details",
-        "",
-        _table(DETAIL_COLUMNS, runs, markdown=True),
-    ]
+    parts = ["# MPT benchmark report", ""]
+    if runs:
+        parts += [_table(COLUMNS, runs, markdown=True), "## Details", "", _table(DETAIL_COLUMNS, runs, markdown=True)]
     if scaling:
         parts += ["## Scaling", "", "```", *_scaling_lines(scaling), "```", ""]
     if any(r.baseline for r in runs):
@@ -198,6 +241,8 @@ def format_markdown(
             where = f" (line {j.failure_line})" if j.failure_line else ""
             parts.append(f"| {j.job_id or '-'} | {j.log_file} | `{why}`{where} |")
         parts.append("")
+    if preflights:
+        parts += _preflight_markdown(preflights)
     parts += ["## How each figure is computed", "", DEFINITIONS]
     if plots:
         parts += ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
@@ -235,6 +280,7 @@ def report_document(
     inputs: list[str],
     empty_files: list[str],
     jobs: list[JobWithoutTraining],
+    preflights: Sequence[PreflightReport] = (),
 ) -> dict[str, Any]:
     """report.json's content (schema in the README)."""
     return json_safe(
@@ -245,6 +291,7 @@ def report_document(
             "jobs_without_training": [j.to_dict() for j in jobs],
             "runs": [r.to_dict() for r in runs],
             "scaling": [g.to_dict() for g in scaling],
+            "preflight": [asdict(pf) for pf in preflights],
         }
     )
 
@@ -256,11 +303,12 @@ def write_reports(
     jobs: list[JobWithoutTraining],
     document: dict[str, Any],
     plots: list[Path],
+    preflights: Sequence[PreflightReport] = (),
 ) -> list[Path]:
     """Write report.md, report.csv and report.json into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
-        "report.md": format_markdown(runs, scaling, jobs, plots),
+        "report.md": format_markdown(runs, scaling, jobs, plots, preflights),
         "report.csv": format_csv(runs),
         "report.json": json.dumps(document, indent=2, allow_nan=False, default=str) + "\n",
     }

@@ -1,0 +1,92 @@
+"""What a healthy node and fabric deliver: published figures per GPU and instance type, with sources.
+
+Absolute expectations exist only where a published figure does; everything else (CPU nodes,
+unknown hardware, write speed) is judged against the node's peers: a node more than
+``peer_tolerance`` below the median of all nodes fails. Both tolerances and every figure can be
+overridden (``--tolerance``, ``--peer-tolerance``, ``--expectations FILE.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One published figure, the conditions it was measured under, and where it comes from."""
+
+    value: float
+    unit: str
+    source: str
+
+
+# all_reduce bus bandwidth (nccl-tests definition) at large messages.
+# Keys: (GPU name as nvidia-smi prints it, scope) with scope "8 gpus in one node" or "2 nodes".
+BUSBW: dict[tuple[str, str], Expected] = {
+    ("NVIDIA H100 80GB HBM3", "within node"): Expected(
+        368.0, "GB/s", "ml-engineering network benchmarks: 8x H100/H200 NVLink, 8-16 GiB, without NVLS"
+    ),
+    ("NVIDIA H200", "within node"): Expected(
+        368.0, "GB/s", "ml-engineering network benchmarks: 8x H100/H200 NVLink, 8-16 GiB, without NVLS"
+    ),
+    ("p5.48xlarge", "2 nodes"): Expected(
+        443.7, "GB/s", "aws-samples/awsome-distributed-training nccl-tests README: 2x p5.48xlarge at 2 GiB"
+    ),
+    ("p4de.24xlarge", "2 nodes"): Expected(
+        78.3, "GB/s", "aws-samples/awsome-distributed-training nccl-tests README: 2x p4de at 2 GiB"
+    ),
+}
+
+# Dense bf16 matmul TFLOP/s per GPU actually reached (not the datasheet peak).
+MATMUL_TFLOPS: dict[str, Expected] = {
+    "NVIDIA H100 80GB HBM3": Expected(794.0, "TFLOP/s", "80 % of the 989.5 dense bf16 peak of H100 SXM, as measured"),
+    "NVIDIA H200": Expected(794.0, "TFLOP/s", "same GH100 compute as H100 SXM: 80 % of its 989.5 dense bf16 peak"),
+}
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """The tables above with their tolerances; `load` applies a user's file on top."""
+
+    busbw: dict[tuple[str, str], Expected] = field(default_factory=lambda: dict(BUSBW))
+    matmul_tflops: dict[str, Expected] = field(default_factory=lambda: dict(MATMUL_TFLOPS))
+    tolerance: float = 0.15  # below (1 - tolerance) x a published figure fails
+    peer_tolerance: float = 0.25  # below (1 - peer_tolerance) x the median of the nodes fails
+    write_peer_tolerance: float = 0.5  # the same for the write speed to SAVE_ROOT, a noisier figure
+    shm_min_free_fraction: float = 0.5  # /dev/shm: at least this share free
+    save_root_min_free_gb: float = 10.0  # SAVE_ROOT: free space for checkpoints
+    clock_max_offset_s: float = 1.0  # between any node and node 0
+
+    def busbw_for(self, gpu: str | None, instance: str | None, scope: str) -> Expected | None:
+        for key in ((instance or "", scope), (gpu or "", scope)):
+            if key in self.busbw:
+                return self.busbw[key]
+        return None
+
+
+def load(path: Path | None, tolerance: float | None = None, peer_tolerance: float | None = None) -> Expectations:
+    """Defaults, then a JSON file of overrides::
+
+    {"busbw": [{"key": ["p5.48xlarge", "2 nodes"], "value": 430, "source": "our acceptance test"}],
+     "matmul_tflops": [{"key": "NVIDIA H100 80GB HBM3", "value": 700, "source": "..."}],
+     "shm_min_free_fraction": 0.3, "save_root_min_free_gb": 100, "clock_max_offset_s": 0.5}
+    """
+    exp = Expectations()
+    if path is not None:
+        doc = json.loads(path.read_text())
+        busbw = dict(exp.busbw)
+        for item in doc.pop("busbw", []):
+            busbw[(item["key"][0], item["key"][1])] = Expected(
+                float(item["value"]), "GB/s", item.get("source", str(path))
+            )
+        matmul = dict(exp.matmul_tflops)
+        for item in doc.pop("matmul_tflops", []):
+            matmul[item["key"]] = Expected(float(item["value"]), "TFLOP/s", item.get("source", str(path)))
+        exp = replace(exp, busbw=busbw, matmul_tflops=matmul, **{k: float(v) for k, v in doc.items()})
+    if tolerance is not None:
+        exp = replace(exp, tolerance=tolerance)
+    if peer_tolerance is not None:
+        exp = replace(exp, peer_tolerance=peer_tolerance)
+    return exp

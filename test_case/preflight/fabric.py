@@ -1,0 +1,209 @@
+"""One worker process per device: its matmul throughput, its clock, and the collectives' bandwidth.
+
+Started by the node task (`test_case.preflight.cli node`) with the rendezvous of the training
+launch (``MASTER_ADDR``/``MASTER_PORT`` from `test_case.training.launch.plan_node`, ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``), on the same backend training uses: NCCL on GPUs, gloo on CPUs.
+Every worker runs, in this order and in step with the others:
+
+1. a dense matmul on its device for about a second (bf16 on GPUs, fp32 on CPUs): TFLOP/s;
+2. its wall clock at a barrier, gathered: each node's offset from node 0;
+3. all_reduce, all_gather and reduce_scatter over message sizes on all ranks ("all nodes"), then
+   within each node when it has several devices;
+4. an all_reduce of one size on the ranks of each pair of nodes (every pair up to 8 nodes, else
+   each node with the next), one pair at a time: a slow node or link is in every slow pair.
+
+Figures follow nccl-tests: ``size`` is the bytes of the larger buffer (all_gather's output,
+reduce_scatter's input), ``algbw = size / time``, ``busbw = algbw x 2(n-1)/n`` for all_reduce and
+``x (n-1)/n`` for all_gather and reduce_scatter; time is the slowest rank's mean over the
+iterations. Results go to ``PARTS/rank-<r>.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import time
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from test_case.preflight.records import Bandwidth, BandwidthPoint
+
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
+CPU_SIZES = (1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)  # 64 KiB .. 16 MiB
+GPU_SIZES = tuple(1 << s for s in range(20, 33, 2))  # 1 MiB .. 4 GiB
+CPU_PAIR_BYTES, GPU_PAIR_BYTES = 1 << 22, 1 << 30
+ALL_PAIRS_UP_TO = 8
+
+
+def bus_factor(collective: str, n: int) -> float:
+    """nccl-tests' busbw / algbw for ``n`` ranks."""
+    if n <= 1:
+        return 1.0
+    return 2 * (n - 1) / n if collective == "all_reduce" else (n - 1) / n
+
+
+def iterations(nbytes: int) -> int:
+    """Timed iterations of one size (after two warm-up ones): more for small messages."""
+    return 20 if nbytes <= 1 << 22 else 5
+
+
+def node_pairs(nodes: int) -> list[tuple[int, int]]:
+    """The pairs of nodes tested: all of them up to `ALL_PAIRS_UP_TO` nodes, else a ring."""
+    if nodes < 3:
+        return []  # with two nodes the pair is the all-node test
+    if nodes <= ALL_PAIRS_UP_TO:
+        return list(itertools.combinations(range(nodes), 2))
+    return [(i, (i + 1) % nodes) for i in range(nodes)]
+
+
+def matmul_tflops(device: Any, seconds: float = 1.0) -> float:
+    """Dense matmul throughput of one device: bf16 8192^3 on a GPU, fp32 1024^3 on a CPU."""
+    import torch
+
+    cuda = device.type == "cuda"
+    n, dtype = (8192, torch.bfloat16) if cuda else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(2):
+        a @ b
+    sync()
+    count, start = 0, time.perf_counter()
+    while True:
+        for _ in range(5):
+            a @ b
+        count += 5
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * n**3 * count / elapsed / 1e12
+
+
+def time_collective(collective: str, nbytes: int, group: Any, device: Any) -> BandwidthPoint:
+    """One size of one collective on ``group``: the slowest rank's mean time, algbw, busbw."""
+    import torch
+    import torch.distributed as dist
+
+    n = dist.get_world_size(group)
+    elems = max(n, nbytes // 4 // n * n)  # float32, a multiple of n
+    size = elems * 4
+    big = torch.ones(elems, dtype=torch.float32, device=device)
+    small = torch.ones(elems // n, dtype=torch.float32, device=device)
+
+    def once() -> None:
+        if collective == "all_reduce":
+            dist.all_reduce(big, group=group)
+        elif collective == "all_gather":
+            dist.all_gather_into_tensor(big, small, group=group)
+        else:
+            dist.reduce_scatter_tensor(small, big, group=group)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(2):
+        once()
+    sync()
+    dist.barrier(group=group)
+    iters = iterations(size)
+    start = time.perf_counter()
+    for _ in range(iters):
+        once()
+    sync()
+    elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX, group=group)
+    per_op = float(elapsed.item()) / iters
+    algbw = size / per_op / 1e9
+    return BandwidthPoint(size, round(per_op, 6), round(algbw, 4), round(algbw * bus_factor(collective, n), 4))
+
+
+def sweep(scope: str, group: Any, device: Any, backend: str, sizes: tuple[int, ...]) -> list[Bandwidth]:
+    import torch.distributed as dist
+
+    ranks = dist.get_world_size(group)
+    return [
+        Bandwidth(c, scope, ranks, backend, [time_collective(c, s, group, device) for s in sizes]) for c in COLLECTIVES
+    ]
+
+
+def run_worker(parts: Path, timeout_s: float = 600.0, max_bytes: int | None = None) -> None:
+    """Everything above for this rank; writes ``parts/rank-<r>.json``."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    nodes = world // local_world
+    cuda = torch.cuda.is_available() and os.environ.get("PREFLIGHT_DEVICE") != "cpu"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    sizes = GPU_SIZES if cuda else CPU_SIZES
+    if max_bytes is not None:
+        sizes = tuple(s for s in sizes if s <= max_bytes) or sizes[:1]
+    pair_bytes = min(GPU_PAIR_BYTES if cuda else CPU_PAIR_BYTES, sizes[-1])
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    host = socket.gethostname()
+    dist.barrier()
+    tflops = matmul_tflops(device)  # every device at once, as in training
+
+    hosts: list[Any] = [None] * world
+    dist.all_gather_object(hosts, host)
+    dist.barrier()
+    stamps: list[Any] = [None] * world
+    dist.all_gather_object(stamps, time.time())
+    offsets = {hosts[r]: round(stamps[r] - stamps[0], 4) for r in range(0, world, local_world)}
+
+    bandwidth: list[Bandwidth] = []
+    if world > 1:
+        everyone = sweep("all nodes", None, device, backend, sizes)
+        if rank == 0:
+            bandwidth += everyone
+    node_groups = [dist.new_group(list(range(k * local_world, (k + 1) * local_world))) for k in range(nodes)]
+    if local_world > 1 and nodes > 1:
+        mine = sweep(f"within {host}", node_groups[rank // local_world], device, backend, sizes)
+        if local_rank == 0:
+            bandwidth += mine
+    for a, b in node_pairs(nodes):
+        members = [*range(a * local_world, (a + 1) * local_world), *range(b * local_world, (b + 1) * local_world)]
+        group = dist.new_group(members)
+        if rank in members:
+            point = time_collective("all_reduce", pair_bytes, group, device)
+            if rank == members[0]:
+                pair = Bandwidth(
+                    "all_reduce",
+                    f"pair {hosts[a * local_world]} {hosts[b * local_world]}",
+                    len(members),
+                    backend,
+                    [point],
+                )
+                bandwidth.append(pair)
+        dist.barrier()
+    pair_results: list[Any] = [None] * world
+    dist.all_gather_object(pair_results, [asdict(b) for b in bandwidth if b.scope.startswith("pair ")])
+    doc = {
+        "hostname": host,
+        "rank": rank,
+        "local_rank": local_rank,
+        "matmul_tflops": round(tflops, 6),
+        "device": str(device),
+        "clock_offsets_s": offsets if rank == 0 else {},
+        "bandwidth": [asdict(b) for b in bandwidth if not b.scope.startswith("pair ")]
+        + ([p for r in pair_results for p in r] if rank == 0 else []),
+    }
+    tmp = parts / f".rank-{rank}.json"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(parts / f"rank-{rank}.json")
+    # No destroy_process_group: once rank 0 (which hosts the rendezvous store) has left, a rank
+    # destroying its group can wait on that store for the whole timeout. The caller exits at once.
+    dist.barrier()

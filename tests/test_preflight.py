@@ -1,0 +1,144 @@
+"""The preflight off Slurm: nvidia-smi and nccl-tests output parsed, the verdict's decisions, and a
+real run of 0.preflight.sbatch on this machine (gloo, two worker processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_case.preflight.cli import parse_all_reduce_perf
+from test_case.preflight.expectations import load
+from test_case.preflight.fabric import bus_factor, node_pairs
+from test_case.preflight.node_checks import parse_health
+from test_case.preflight.records import Check, NodePart, PreflightReport, Value, write_part
+from test_case.preflight.verdict import build_report
+from tests.conftest import REPO_ROOT
+
+
+def test_gpu_health_from_nvidia_smi_csv() -> None:
+    lines = [
+        "0, NVIDIA H100 80GB HBM3, 0, No, No, Enabled",
+        "1, NVIDIA H100 80GB HBM3, 3, Yes, No, Disabled",
+        "2, NVIDIA H100 80GB HBM3, [N/A], [N/A], [N/A], Enabled",
+    ]
+    throttle = ["0x0000000000000000", "0x0000000000000048", "0x0000000000000004"]
+    checks = parse_health(lines, throttle)
+    assert all(c.status == "pass" for k, c in checks.items() if k.startswith("gpu0.")) and len(checks) > 4
+    assert checks["gpu1.ecc_uncorrected"].status == "fail" and checks["gpu1.ecc_uncorrected"].measured == 3
+    assert checks["gpu1.remap_pending"].status == "fail" and "reboot" in checks["gpu1.remap_pending"].action
+    assert checks["gpu1.persistence"].status == "fail"
+    assert checks["gpu1.throttle"].measured == "HW slowdown, HW thermal slowdown"
+    assert "gpu2.ecc_uncorrected" not in checks  # not reported: not judged
+    assert checks["gpu2.throttle"].status == "pass"  # 0x4: applications clocks setting, harmless
+
+
+def test_nccl_tests_table_is_parsed() -> None:
+    text = """# nThread 1 nGpus 8 minBytes 1048576 maxBytes 4294967296 step: 4(factor) warmup iters: 5 iters: 20
+#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw   busbw #wrong
+#        (B)    (elements)                               (us)  (GB/s)  (GB/s)            (us)  (GB/s)  (GB/s)
+     1048576        262144     float     sum      -1    52.10   20.13   35.22      0    51.80   20.24   35.42      0
+  1073741824     268435456     float     sum      -1   4620.3  232.40  406.70      0   4611.0  232.87  407.52      0
+  4294967296    1073741824     float     sum      -1    18034  238.16  416.78      0    18040  238.08  416.64      0
+# Out of bounds values : 0 OK
+# Avg bus bandwidth    : 286.2
+"""
+    curve = parse_all_reduce_perf(text, "within gpu-1", 8)
+    assert [p.bytes for p in curve.points] == [1 << 20, 1 << 30, 1 << 32]
+    assert curve.points[-1].busbw_gbps == 416.78 and curve.points[-1].time_s == pytest.approx(0.018034)
+    assert curve.peak_busbw_gbps == 416.78
+
+
+def test_bus_bandwidth_factors_and_node_pairs() -> None:
+    assert bus_factor("all_reduce", 8) == 2 * 7 / 8 and bus_factor("all_gather", 4) == 3 / 4
+    assert node_pairs(2) == [] and node_pairs(3) == [(0, 1), (0, 2), (1, 2)]
+    assert len(node_pairs(8)) == 28 and node_pairs(9)[-1] == (8, 0)
+
+
+def part(host: str, node_id: int, matmul: float, torch: str = "2.7.0") -> NodePart:
+    checks = {"shm_free": Check("pass", 0.9, ">= 0.5", "fraction free")}
+    facts: dict[str, Value] = {"gpu": "cpu", "torch": torch, "driver": None}
+    return NodePart(host, node_id, checks, facts, [matmul])
+
+
+def test_the_verdict_names_the_slow_node_the_odd_version_and_the_missing_node(tmp_path: Path) -> None:
+    for p in (part("a", 0, 0.040), part("b", 1, 0.042), part("c", 2, 0.011), part("d", 3, 0.041, torch="2.6.0")):
+        write_part(tmp_path / f"node-{p.hostname}.json", p)
+    report = build_report(tmp_path, ["a", "b", "c", "d", "e"], "77", load(None))
+    named = {(f.node, f.check) for f in report.failures}
+    assert named == {("c", "matmul"), ("d", "same.torch"), ("e", "node_task")}
+    slow = report.nodes["c"].checks["matmul"]
+    assert slow.measured == 0.011 and slow.expected == ">= 0.0304"  # 75 % of the median, 0.0405
+    assert "scontrol update nodename=c state=drain" in next(f.action for f in report.failures if f.node == "c")
+    assert report.status == "fail" and report.nodes["a"].status == "pass"
+    again = PreflightReport.from_dict(json.loads(report.to_json()))
+    assert again == report  # the JSON reads back into the same records
+
+
+@pytest.mark.slow
+def test_a_run_on_this_machine_measures_gloo_collectives_and_names_missing_data(
+    mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "LOG_DIR": str(tmp_path / "logs"),
+        "DATA_ROOT": str(mds_root),
+        "TOKENIZER": str(demo_assets[1]),
+        "SAVE_ROOT": str(tmp_path / "ckpt"),
+        "CPU_PROCS_PER_NODE": "2",
+        "PREFLIGHT_ARGS": "--max-bytes 1048576",
+    }
+    env.pop("SLURM_JOB_ID", None)
+    good = subprocess.run(["bash", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    (path,) = (tmp_path / "logs").glob("preflight_*.json")
+    doc = json.loads(path.read_text())
+    failed = [f for f in doc["failures"] if f["check"] != "save_root_free"]  # this disk may be small
+    assert failed == [], good.stdout + good.stderr
+    (curve,) = [b for b in doc["bandwidth"] if b["collective"] == "all_reduce"]
+    assert (curve["ranks"], curve["backend"], [p["bytes"] for p in curve["points"]]) == (
+        2,
+        "gloo",
+        [65536, 262144, 1048576],
+    )
+    ((node_name, node),) = doc["nodes"].items()
+    assert node["checks"]["matmul"]["measured"] > 0 and node["checks"]["fabric_run"]["status"] == "pass"
+    # the report finds it beside the logs: a per-node table, the JSON, the bus bandwidth plot
+    out = tmp_path / "report"
+    shown = subprocess.run(
+        [sys.executable, "report.py", str(tmp_path / "logs"), "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    job = doc["job_id"]
+    assert f"preflight job {job}: {doc['status'].upper()}, 1 node(s)" in shown.stdout
+    assert "no runs in" not in shown.stdout  # the preflight's job log is not taken for a training log
+    markdown = (out / "report.md").read_text()
+    assert (
+        "## Preflight" in markdown
+        and f"| {node_name} | {node['status']} | {node['checks']['matmul']['measured']} |" in markdown
+    )
+    assert json.loads((out / "report.json").read_text())["preflight"][0]["job_id"] == job
+    assert (out / f"preflight_{job}-busbw.png").stat().st_size > 10_000
+    path.unlink()
+    bad = subprocess.run(
+        ["bash", SCRIPT],
+        cwd=REPO_ROOT,
+        env={**env, "DATA_ROOT": str(tmp_path / "nowhere")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 1
+    (path,) = (tmp_path / "logs").glob("preflight_*.json")
+    failures = {f["check"]: f for f in json.loads(path.read_text())["failures"]}
+    assert "1.c4-preprocess.sbatch" in failures["dataset.train_small"]["action"]
+    assert "preflight: FAIL" in bad.stdout and "dataset.train_small" in bad.stdout
+
+
+SCRIPT = "slurm-scripts/0.preflight.sbatch"

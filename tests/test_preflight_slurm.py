@@ -1,0 +1,160 @@
+"""`0.preflight.sbatch` on a real 3-node Slurm cluster (tests/local_slurm.py): a healthy run passes
+with measured figures for every node; a node given a fifth of a core for real (cgroup v1
+``cpu.cfs_quota_us`` on its slurmd, which its job steps inherit) is named; a node whose own
+``/dev/shm`` is nearly full is named with the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.local_slurm import LocalSlurmCluster, _processes_named, pid_alive
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SCRIPT = "slurm-scripts/0.preflight.sbatch"
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("starting a local Slurm cluster needs root (slurmd, munged, unshare); CI runs as root")
+    c = LocalSlurmCluster(workdir=tmp_path_factory.mktemp("slurm"), nodes=3).start()
+    pids = dict(c._pids())
+    yield c
+    c.stop()
+    assert not any(pid_alive(p) for p in pids.values()), "a daemon outlived stop()"
+    assert not _processes_named("slurmstepd")
+
+
+@dataclass
+class Preflight:
+    job_id: str
+    info: dict[str, str]
+    log: str
+    report: dict
+
+
+@pytest.fixture(scope="module")
+def settings(
+    mds_root: Path, demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("preflight")
+    # this machine's disk may have little free space: ask for 1 GB on SAVE_ROOT, not the default 10
+    expectations = root / "expectations.json"
+    expectations.write_text(json.dumps({"save_root_min_free_gb": 1}))
+    (root / "logs").mkdir()
+    return {
+        "PATH": os.environ["PATH"],
+        "LOG_DIR": str(root / "logs"),
+        "DATA_ROOT": str(mds_root),
+        "TOKENIZER": str(demo_assets[1]),
+        "SAVE_ROOT": str(root / "ckpt"),
+        "PREFLIGHT_ARGS": f"--expectations {expectations} --timeout 120",
+    }
+
+
+def run_preflight(cluster: LocalSlurmCluster, settings: dict[str, str]) -> Preflight:
+    logs = Path(settings["LOG_DIR"])
+    job = cluster.sbatch([f"--output={logs}/%x_%j.out", "--nodes=3", SCRIPT], cwd=REPO_ROOT, env=settings)
+    info = cluster.wait(job, timeout=300)
+    log = (logs / f"preflight_{job}.out").read_text()
+    path = logs / f"preflight_{job}.json"
+    assert path.is_file(), log[-3000:]
+    return Preflight(job, info, log, json.loads(path.read_text()))
+
+
+@contextmanager
+def node_cpu_quota(cluster: LocalSlurmCluster, node: str, fraction: float) -> Iterator[None]:
+    """``node``'s slurmd (and every job step it starts from now on) limited to ``fraction`` of a core."""
+    pid = cluster._pids()[node]
+    group = CPU_CGROUP / f"mpt-suite-test-{node}-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text(str(int(100000 * fraction)))
+        (group / "cgroup.procs").write_text(str(pid))
+        yield
+    finally:
+        for left in (group / "cgroup.procs").read_text().split():  # slurmd, and anything still running
+            (CPU_CGROUP / "cgroup.procs").write_text(left)
+        group.rmdir()
+
+
+@contextmanager
+def shm_filled(cluster: LocalSlurmCluster, node: str, megabytes: int) -> Iterator[None]:
+    """A file of ``megabytes`` MiB in ``node``'s own /dev/shm (its slurmd's mount namespace)."""
+    pid = str(cluster._pids()[node])
+    fill = ["nsenter", "-t", pid, "-m", "dd", "if=/dev/zero", "of=/dev/shm/preflight-test-fill", "bs=1M"]
+    subprocess.run([*fill, f"count={megabytes}"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nsenter", "-t", pid, "-m", "rm", "-f", "/dev/shm/preflight-test-fill"], check=True)
+
+
+def test_a_healthy_cluster_passes_with_measured_figures_for_every_node(
+    cluster: LocalSlurmCluster, settings: dict[str, str]
+) -> None:
+    run = run_preflight(cluster, settings)
+    print(run.log)  # the closing notes quote it
+    assert (run.info["JobState"], run.info["ExitCode"]) == ("COMPLETED", "0:0"), run.log[-4000:]
+    doc = run.report
+    assert doc["status"] == "pass" and doc["failures"] == []
+    assert sorted(doc["nodes"]) == cluster.node_names
+    for host, node in doc["nodes"].items():
+        checks = node["checks"]
+        assert node["status"] == "pass", (host, checks)
+        assert checks["matmul"]["measured"] > 0 and checks["matmul"]["unit"] == "TFLOP/s"
+        assert checks["fabric.pairs"]["measured"] > 0
+        assert checks["shm_free"]["measured"] > 0.5 and checks["dataset.train_small"]["status"] == "pass"
+        assert checks["tokenizer"]["status"] == "pass" and abs(checks["clock_offset"]["measured"]) < 1
+        assert checks["same.torch"]["measured"] == checks["same.torch"]["expected"]
+    curves = {(b["collective"], b["scope"]): b for b in doc["bandwidth"]}
+    for collective in ("all_reduce", "all_gather", "reduce_scatter"):
+        curve = curves[(collective, "all nodes")]
+        assert curve["ranks"] == 3 and curve["backend"] == "gloo" and len(curve["points"]) == 5
+        assert all(p["busbw_gbps"] > 0 and p["time_s"] > 0 for p in curve["points"])
+        factor = 2 * 2 / 3 if collective == "all_reduce" else 2 / 3
+        p = curve["points"][-1]
+        assert p["busbw_gbps"] == pytest.approx(p["algbw_gbps"] * factor, rel=1e-3)
+    assert sorted(scope for _, scope in curves if scope.startswith("pair ")) == [
+        "pair node1 node2",
+        "pair node1 node3",
+        "pair node2 node3",
+    ]
+    assert doc["wall_s"] < 120
+    assert f"preflight: job {run.job_id}: PASS (3 node(s)" in run.log
+
+
+def test_a_node_given_a_fifth_of_a_core_is_named(cluster: LocalSlurmCluster, settings: dict[str, str]) -> None:
+    with node_cpu_quota(cluster, "node3", 0.2):
+        run = run_preflight(cluster, settings)
+    print(run.log)
+    assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
+    doc = run.report
+    named = {(f["node"], f["check"]) for f in doc["failures"]}
+    assert ("node3", "matmul") in named and ("node3", "fabric.pairs") in named, doc["failures"]
+    assert {node for node, _ in named} == {"node3"}, doc["failures"]
+    (matmul,) = [f for f in doc["failures"] if f["check"] == "matmul"]
+    assert "scontrol update nodename=node3 state=drain" in matmul["action"] and "--exclude=node3" in matmul["action"]
+    assert "preflight: FAIL node3: matmul: measured" in run.log
+
+
+def test_a_node_with_its_dev_shm_nearly_full_is_named(cluster: LocalSlurmCluster, settings: dict[str, str]) -> None:
+    with shm_filled(cluster, "node2", 900):
+        run = run_preflight(cluster, settings)
+    assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
+    (failure,) = run.report["failures"]
+    assert (failure["node"], failure["check"], failure["expected"]) == ("node2", "shm_free", ">= 0.5")
+    assert failure["measured"] < 0.15 and "/dev/shm" in failure["action"]
+    assert run.report["nodes"]["node1"]["status"] == "pass" and run.report["nodes"]["node3"]["status"] == "pass"
