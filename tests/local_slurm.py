@@ -18,6 +18,7 @@ Every daemon this module starts is recorded by PID in ``WORKDIR/pids.json`` and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,6 +309,27 @@ class LocalSlurmCluster:
         if out.returncode != 0:
             raise SlurmError(f"sbatch {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout.strip().split(";")[0]
+
+    @contextlib.contextmanager
+    def shm_filled(self, node: str, megabytes: int) -> Iterator[None]:
+        """A file of ``megabytes`` MiB in ``node``'s own /dev/shm (its slurmd's mount namespace), removed after."""
+        pid = str(self._pids()[node])
+        fill = [
+            "nsenter",
+            "-t",
+            pid,
+            "-m",
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/shm/test-fill",
+            "bs=1M",
+            f"count={megabytes}",
+        ]
+        subprocess.run(fill, check=True, capture_output=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["nsenter", "-t", pid, "-m", "rm", "-f", "/dev/shm/test-fill"], check=True)
 
     def job_info(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as a dict (JobState, ExitCode, NodeList, Restarts, ...)."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +18,12 @@ import pytest
 
 from test_case.report.log_parser import parse_composer_log
 from test_case.training.launch import (
+    CHECKPOINT_BYTES_PER_PARAM,
     PORT_BASE,
     PORT_SPAN,
     LaunchError,
     NodePlan,
+    checkpoint_bytes,
     composer_command,
     count_gpus,
     expand_hostlist,
@@ -379,3 +385,43 @@ def test_a_job_submitted_outside_the_repository_says_how_to_find_it(script: str,
         check=False,
     )  # SUITE_ROOT finds the suite: the next check (the image) is what stops it
     assert out.returncode == 2 and "IMAGE=/no/such.sqsh does not exist" in out.stderr, out.stderr
+
+
+def test_checkpoint_size_estimate_matches_the_parameters_composer_counts() -> None:
+    plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
+    tiny = checkpoint_bytes(training_config(resolve_yaml("mpt-tiny-cpu"), plan, {}))
+    assert tiny is not None and tiny / CHECKPOINT_BYTES_PER_PARAM == pytest.approx(918_144, rel=0.01)  # n_params logged
+    seven = checkpoint_bytes(training_config(resolve_yaml("mpt-7b"), plan, {}))
+    assert seven is not None and seven / CHECKPOINT_BYTES_PER_PARAM == pytest.approx(6.65e9, rel=0.01)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` at ``path`` (root only), unmounted after."""
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root; CI runs as root")
+def test_preflight_names_a_full_dev_shm_and_a_checkpoint_folder_without_room(
+    mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
+    yaml = resolve_yaml("mpt-tiny-cpu")
+    with tmpfs(tmp_path / "ck", "16m") as ck, tmpfs(tmp_path / "shm", "512m") as shm:
+        env = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1]), "SAVE_ROOT": str(ck)}
+        cfg = training_config(yaml, plan, env)
+        assert preflight(yaml, plan, cfg, tmp_path, shm=shm) == []  # 11 MB checkpoint, 384 MiB of shm: room
+        (ck / "other-run.bin").write_bytes(b"\0" * (8 << 20))
+        (shm / "leftover").write_bytes(b"\0" * (300 << 20))
+        problems = preflight(yaml, plan, cfg, tmp_path, shm=shm)
+    assert len(problems) == 2, problems
+    full_shm, no_room = problems
+    assert full_shm.startswith(f"{shm} on {socket.gethostname()} has 212 MiB free of 512 MiB and 1 process(es) need")
+    assert "(sbatch --exclude=" in full_shm
+    assert no_room.startswith(f"the checkpoint folder {ck}/mpt-train-local-1/checkpoints has 8 MB free")
+    assert "one checkpoint of this model takes about 11 MB" in no_room and "set SAVE_ROOT" in no_room

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,18 +89,6 @@ def node_cpu_quota(cluster: LocalSlurmCluster, node: str, fraction: float) -> It
         group.rmdir()
 
 
-@contextmanager
-def shm_filled(cluster: LocalSlurmCluster, node: str, megabytes: int) -> Iterator[None]:
-    """A file of ``megabytes`` MiB in ``node``'s own /dev/shm (its slurmd's mount namespace)."""
-    pid = str(cluster._pids()[node])
-    fill = ["nsenter", "-t", pid, "-m", "dd", "if=/dev/zero", "of=/dev/shm/preflight-test-fill", "bs=1M"]
-    subprocess.run([*fill, f"count={megabytes}"], check=True, capture_output=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["nsenter", "-t", pid, "-m", "rm", "-f", "/dev/shm/preflight-test-fill"], check=True)
-
-
 def test_a_healthy_cluster_passes_with_measured_figures_for_every_node(
     cluster: LocalSlurmCluster, settings: dict[str, str]
 ) -> None:
@@ -151,7 +138,7 @@ def test_a_node_given_a_fifth_of_a_core_is_named(cluster: LocalSlurmCluster, set
 
 
 def test_a_node_with_its_dev_shm_nearly_full_is_named(cluster: LocalSlurmCluster, settings: dict[str, str]) -> None:
-    with shm_filled(cluster, "node2", 900):
+    with cluster.shm_filled("node2", 900):
         run = run_preflight(cluster, settings)
     assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
     (failure,) = run.report["failures"]

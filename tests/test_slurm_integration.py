@@ -427,3 +427,20 @@ def test_a_second_preprocessing_job_into_the_same_folder_stops_with_one_line(
         f"1.c4-preprocess: error: no suite at {elsewhere} (the submit directory): submit from the repository root or "
         "slurm-scripts/, or export SUITE_ROOT=/path/to/the/repository\n"
     )
+
+
+def test_a_node_with_its_dev_shm_full_stops_the_job_before_composer_starts(
+    cluster: LocalSlurmCluster, workspace: Workspace
+) -> None:
+    """What used to end as 'Rank 1 crashed with exit code -7' (SIGBUS) is named before any rank starts."""
+    args = [f"--output={workspace.logs}/shm-full_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
+    with cluster.shm_filled("node2", 900):
+        job = cluster.sbatch(args, cwd=REPO_ROOT, env=workspace.env())
+        info = cluster.wait(job, timeout=300)
+    text = (workspace.logs / f"shm-full_{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), text[-3000:]
+    (line,) = [line for line in text.splitlines() if "/dev/shm on node2" in line]
+    assert re.fullmatch(r"1: launch: error: node 1: /dev/shm on node2 has \d+ MiB free of 1,024 MiB and .*", line), line
+    assert "--exclude=node2" in line and "0: launch: node 0 (node1): ready" in text
+    assert "[run-header]" not in text and "[batch=" not in text  # stopped before node 0 started anything
+    assert re.search(rf"\] job {job} end: exit code 2 after \d+ s$", text.rstrip())

@@ -226,11 +226,70 @@ def training_config(yaml: Path, plan: NodePlan, env: Mapping[str, str], override
     return merged
 
 
-def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path, node_checks: bool = True) -> list[str]:
+# Bytes per parameter of a Composer checkpoint: fp32 weights and Adam's two moments (4 + 4 + 4).
+CHECKPOINT_BYTES_PER_PARAM = 12
+# /dev/shm a node needs free: dataloader workers, streaming's shared index and NCCL's shared-memory
+# transport between local ranks (a few MB per pair of GPUs and channel): a margin per process.
+SHM_BASE_MB, SHM_PER_PROC_MB = 256, 128
+
+
+def checkpoint_bytes(cfg: DictConfig) -> int | None:
+    """About what one checkpoint of this MPT takes: parameters x `CHECKPOINT_BYTES_PER_PARAM`, with
+    parameters ``n_layers x (4 + 2 x expansion_ratio) x d_model^2 + vocab_size x d_model`` (attention,
+    MLP and the tied embedding; what Composer logs as n_params within a percent)."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.select(cfg, "model")
+    try:
+        d, layers, vocab = int(model.d_model), int(model.n_layers), int(model.vocab_size)
+        expansion = float(model.get("expansion_ratio", 4))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    params = layers * (4 + 2 * expansion) * d * d + vocab * d
+    return int(params * CHECKPOINT_BYTES_PER_PARAM)
+
+
+def space_problems(
+    cfg: DictConfig, plan: NodePlan, save_folder: Path | None, shm: Path = Path("/dev/shm")
+) -> list[str]:
+    """Free space the run needs on this node: ``/dev/shm`` (else ranks die of SIGBUS) and the
+    checkpoint folder (else a save is cut short), each as one line with the fix."""
+    problems = []
+    if shm.is_dir():
+        usage = shutil.disk_usage(shm)
+        need = (SHM_BASE_MB + SHM_PER_PROC_MB * plan.procs_per_node) << 20
+        if usage.free < need:
+            host = socket.gethostname()
+            problems.append(
+                f"{shm} on {host} has {usage.free / 2**20:,.0f} MiB free of {usage.total / 2**20:,.0f} MiB and "
+                f"{plan.procs_per_node} process(es) need about {need / 2**20:,.0f} MiB (dataloader workers, NCCL): "
+                f"remove what fills it (ls -la {shm}; leftovers of earlier jobs) or leave this node out "
+                f"(sbatch --exclude={host})"
+            )
+    size = checkpoint_bytes(cfg)
+    if save_folder is not None and size is not None and save_folder.is_dir():
+        free = shutil.disk_usage(save_folder).free
+        if free < size:
+            problems.append(
+                f"the checkpoint folder {save_folder} has {_size(free)} free and one checkpoint of this model "
+                f"takes about {_size(size)} (parameters x {CHECKPOINT_BYTES_PER_PARAM} bytes: fp32 weights and "
+                "two Adam moments): free space there or set SAVE_ROOT to a larger filesystem"
+            )
+    return problems
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
+
+
+def preflight(
+    yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path, node_checks: bool = True, shm: Path = Path("/dev/shm")
+) -> list[str]:
     """Problems that would make training fail later, each as one actionable line (empty: all good).
 
     ``cfg`` is `training_config` of ``yaml``: what llm-foundry will read. ``node_checks`` adds what
-    only the node that trains can answer (a writable checkpoint folder, GPUs for flash attention).
+    only the node that trains can answer (a writable checkpoint folder with room for a checkpoint,
+    free ``/dev/shm``, GPUs for flash attention).
     """
     from omegaconf import OmegaConf
 
@@ -254,6 +313,7 @@ def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path, node_check
     if _path_like(tokenizer) and not (cwd / tokenizer).expanduser().is_dir():
         problems.append(f"tokenizer folder {tokenizer} does not exist: set TOKENIZER to a tokenizer folder or name")
     save_folder = OmegaConf.select(cfg, "save_folder")
+    local_save: Path | None = None
     if node_checks and save_folder and "://" not in str(save_folder):
         folder = cwd / str(save_folder)
         try:
@@ -263,6 +323,10 @@ def preflight(yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path, node_check
         else:
             if not os.access(folder, os.W_OK):
                 problems.append(f"the checkpoint folder {folder} is not writable; set SAVE_ROOT")
+            else:
+                local_save = folder
+    if node_checks:
+        problems += space_problems(cfg, plan, local_save, shm)
     attn = OmegaConf.select(cfg, "model.attn_config.attn_impl")
     if node_checks and attn == "flash" and plan.gpus_per_node == 0:
         problems.append(
@@ -383,10 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m test_case.training.launch")
     parser.add_argument(
         "action",
-        choices=["check", "header", "node", "plan"],
+        choices=["check", "header", "node", "node-check", "plan"],
         help="check: the config and the data, without starting anything (on a login node before sbatch, "
-        "or as the batch script's first step); plan: the Composer command; header: the run header; "
-        "node: check this node, then start Composer's launcher",
+        "or as the batch script's first step); node-check: that and what only this node can say (free "
+        "/dev/shm, room for a checkpoint, GPUs), the batch script's second step on every node; plan: the "
+        "Composer command; header: the run header; node: check this node, then start Composer's launcher",
     )
     parser.add_argument("model", help="yaml name under yamls/ (e.g. mpt-7b) or a path to a yaml")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="OmegaConf dotlist overrides")
@@ -403,8 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg, problems = checked_config(yaml, plan, env, args.overrides)
     if cfg is not None and args.action != "plan":
-        problems = preflight(yaml, plan, cfg, Path.cwd(), node_checks=args.action == "node")
-    where = f"node {plan.node_rank}: " if args.action == "node" else ""
+        problems = preflight(yaml, plan, cfg, Path.cwd(), node_checks=args.action in ("node", "node-check"))
+    where = f"node {plan.node_rank}: " if args.action in ("node", "node-check") else ""
     for problem in problems:
         print(f"launch: error: {where}{problem}", file=sys.stderr)
     if problems or cfg is None:
@@ -415,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "check":
         print(f"launch: {' '.join([args.model, *args.overrides])}: configuration and data are fine")
+        return 0
+    if args.action == "node-check":
+        print(f"launch: node {plan.node_rank} ({socket.gethostname()}): ready")
         return 0
     if plan.node_rank == 0:
         print_run_header(plan, args.model, env, args.overrides, train_dataset_facts(cfg, Path.cwd()))
