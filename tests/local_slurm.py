@@ -349,6 +349,21 @@ class LocalSlurmCluster:
         raise SlurmError(f"job {job_id} still {info.get('JobState')} after {timeout:.0f} s")
 
 
+def module_cluster(workdir: Path, nodes: int) -> Iterator[LocalSlurmCluster]:
+    """A cluster for one test module (its ``scope="module"`` fixture yields from this): started,
+    then stopped, checking that no daemon and no ``slurmstepd`` outlived it. Skips without root."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("starting a local Slurm cluster needs root (slurmd, munged, unshare); CI runs as root")
+    cluster = LocalSlurmCluster(workdir=workdir, nodes=nodes).start()
+    pids = dict(cluster._pids())
+    yield cluster
+    cluster.stop()
+    assert not any(pid_alive(p) for p in pids.values()), "a daemon outlived stop()"
+    assert not _processes_named("slurmstepd")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``up`` / ``down`` for trying the sbatch scripts by hand."""
     parser = argparse.ArgumentParser(prog="python -m tests.local_slurm")

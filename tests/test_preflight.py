@@ -19,6 +19,8 @@ from test_case.preflight.records import Check, NodePart, PreflightReport, Value,
 from test_case.preflight.verdict import build_report
 from tests.conftest import REPO_ROOT
 
+SCRIPT = "slurm-scripts/0.preflight.sbatch"
+
 
 def test_gpu_health_from_nvidia_smi_csv() -> None:
     lines = [
@@ -139,6 +141,3 @@ def test_a_run_on_this_machine_measures_gloo_collectives_and_names_missing_data(
     failures = {f["check"]: f for f in json.loads(path.read_text())["failures"]}
     assert "1.c4-preprocess.sbatch" in failures["dataset.train_small"]["action"]
     assert "preflight: FAIL" in bad.stdout and "dataset.train_small" in bad.stdout
-
-
-SCRIPT = "slurm-scripts/0.preflight.sbatch"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.local_slurm import LocalSlurmCluster, _processes_named, pid_alive
+from tests.local_slurm import LocalSlurmCluster, module_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -25,14 +25,7 @@ CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("starting a local Slurm cluster needs root (slurmd, munged, unshare); CI runs as root")
-    c = LocalSlurmCluster(workdir=tmp_path_factory.mktemp("slurm"), nodes=3).start()
-    pids = dict(c._pids())
-    yield c
-    c.stop()
-    assert not any(pid_alive(p) for p in pids.values()), "a daemon outlived stop()"
-    assert not _processes_named("slurmstepd")
+    yield from module_cluster(tmp_path_factory.mktemp("slurm"), nodes=3)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import LOSS_KEY
 from test_case.training.launch import expand_hostlist
 from tests.conftest import REPO_ROOT
-from tests.local_slurm import LocalSlurmCluster, _processes_named, pid_alive
+from tests.local_slurm import LocalSlurmCluster, module_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -39,14 +39,7 @@ OVERRIDES = ["max_duration=60ba", "save_interval=10ba"]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("starting a local Slurm cluster needs root (slurmd, munged, unshare); CI runs as root")
-    c = LocalSlurmCluster(workdir=tmp_path_factory.mktemp("slurm"), nodes=2).start()
-    pids = dict(c._pids())
-    yield c
-    c.stop()
-    assert not any(pid_alive(p) for p in pids.values()), "a daemon outlived stop()"
-    assert not _processes_named("slurmstepd")
+    yield from module_cluster(tmp_path_factory.mktemp("slurm"), nodes=2)
 
 
 def test_expand_hostlist_agrees_with_scontrol(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
