@@ -64,6 +64,7 @@ ENV PATH="/opt/nccl-tests/build:${PATH}" \
 RUN python --version \
  && python -m preprocessing --help > /dev/null \
  && python -m test_case.training.launch --help > /dev/null \
+ && python -m test_case.training.restarts --help > /dev/null \
  && python -m test_case.preflight --help > /dev/null \
  && python report.py --help > /dev/null \
  && composer --help > /dev/null \

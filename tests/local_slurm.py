@@ -107,6 +107,7 @@ class LocalSlurmCluster:
     workdir: Path = DEFAULT_WORKDIR
     nodes: int = 2
     cpus_per_node: int = 1
+    slurmd_timeout: int = 60  # s without an answer from a node's slurmd before Slurm marks it down
 
     @property
     def conf(self) -> Path:
@@ -175,7 +176,7 @@ class LocalSlurmCluster:
             "ReturnToService=2",
             "SchedulerParameters=sched_interval=2,bf_interval=2",
             "SlurmctldTimeout=30",
-            "SlurmdTimeout=60",
+            f"SlurmdTimeout={self.slurmd_timeout}",
             "MinJobAge=600",
             "KillWait=5",
         ]
@@ -244,11 +245,7 @@ class LocalSlurmCluster:
         self._start_munge()
         self._spawn("slurmctld", ["slurmctld", "-D", "-c", "-f", str(self.conf)])
         for name in self.node_names:
-            inner = (
-                f"hostname {name} && mount --bind {self.workdir}/hosts /etc/hosts && "
-                f"mount -t tmpfs -o size=1g tmpfs /dev/shm && exec slurmd -D -N {name} -f {self.conf}"
-            )
-            self._spawn(name, ["unshare", "-u", "-m", "sh", "-c", inner])
+            self.start_node(name)
         try:
             self._wait(self._nodes_idle, timeout, "nodes did not become idle")
         except SlurmError as err:
@@ -256,6 +253,19 @@ class LocalSlurmCluster:
             self.stop()
             raise SlurmError(f"{err}; daemon logs:\n{logs}") from err
         return self
+
+    def start_node(self, name: str) -> None:
+        """Start ``name``'s slurmd in a namespace of its own: its hostname, its /etc/hosts, its /dev/shm.
+        The PID recorded is slurmd's (``unshare`` and ``sh`` exec it)."""
+        inner = (
+            f"hostname {name} && mount --bind {self.workdir}/hosts /etc/hosts && "
+            f"mount -t tmpfs -o size=1g tmpfs /dev/shm && exec slurmd -D -N {name} -f {self.conf}"
+        )
+        self._spawn(name, ["unshare", "-u", "-m", "sh", "-c", inner])
+
+    def node_state(self, name: str) -> str:
+        """``sinfo``'s long state of ``name`` (``idle``, ``allocated``, ``down*``, ...)."""
+        return _run(["sinfo", "-h", "-N", "-n", name, "-o", "%T"], env=self.env, timeout=10).strip()
 
     def stop(self, timeout: float = 60) -> None:
         """Cancel jobs, wait for their step daemons, end every daemon started here; leave nothing."""
@@ -349,14 +359,47 @@ class LocalSlurmCluster:
         raise SlurmError(f"job {job_id} still {info.get('JobState')} after {timeout:.0f} s")
 
 
-def module_cluster(workdir: Path, nodes: int) -> Iterator[LocalSlurmCluster]:
+def rank_pids(job: str, rank: int, restart: int | None = None) -> list[int]:
+    """PIDs of global rank ``rank`` of ``job`` now (of its start ``restart`` when given): the
+    processes running llm-foundry's entry point with that ``RANK`` in their environment (Composer's
+    launcher sets it) and the job's ``SLURM_RESTART_COUNT`` (absent at the first start)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if b"test_case.training.foundry_train" not in cmdline:
+            continue
+        if not {f"SLURM_JOB_ID={job}".encode(), f"RANK={rank}".encode()} <= environ:
+            continue
+        count = next((e.split(b"=", 1)[1] for e in environ if e.startswith(b"SLURM_RESTART_COUNT=")), b"0")
+        if (restart is None or count == str(restart).encode()) and pid_alive(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+def rank_pid(job: str, rank: int, timeout: float = 120, restart: int | None = None) -> int:
+    """The PID of `rank_pids`, waiting up to ``timeout`` seconds for it to start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pids := rank_pids(job, rank, restart):
+            return pids[0]
+        time.sleep(0.2)
+    raise SlurmError(f"no rank {rank} of job {job} after {timeout} s")
+
+
+def module_cluster(workdir: Path, nodes: int, **options: int) -> Iterator[LocalSlurmCluster]:
     """A cluster for one test module (its ``scope="module"`` fixture yields from this): started,
     then stopped, checking that no daemon and no ``slurmstepd`` outlived it. Skips without root."""
     import pytest
 
     if os.geteuid() != 0:
         pytest.skip("starting a local Slurm cluster needs root (slurmd, munged, unshare); CI runs as root")
-    cluster = LocalSlurmCluster(workdir=workdir, nodes=nodes).start()
+    cluster = LocalSlurmCluster(workdir=workdir, nodes=nodes, **options).start()
     pids = dict(cluster._pids())
     yield cluster
     cluster.stop()

@@ -53,7 +53,12 @@ def test_what_the_sbatch_scripts_run_in_the_container_is_checked_at_build_time()
     smoke = RUN_STEPS[-1]
     scripts = "".join(p.read_text() for p in (REPO_ROOT / "slurm-scripts").glob("*.sbatch"))
     modules = set(re.findall(r"\bpython -m ([\w.]+)", scripts))
-    assert modules == {"preprocessing", "test_case.training.launch", "test_case.preflight"}
+    assert modules == {
+        "preprocessing",
+        "test_case.training.launch",
+        "test_case.training.restarts",
+        "test_case.preflight",
+    }
     for module in modules:
         assert f"python -m {module} --help" in smoke
     plan = plan_node({"LOCAL_JOB_ID": "x"}, gpus=8)

@@ -45,7 +45,7 @@ def test_golden_logs_read_the_same_every_way(path: Path, tmp_path: Path) -> None
     plain.write_bytes(gzip.decompress(path.read_bytes()))
     for keep in (None, USED_TRAIN_KEYS):
         reference = assert_same(plain, keep, jobs=4)
-        assert len(reference.train_blocks) == 60  # the comparison is not between two empty results
+        assert len(reference.train_blocks) >= 10  # the comparison is not between two empty results
 
 
 @pytest.mark.skipif(not SHARED_LOGS, reason="../shared/composer-logs is not beside this checkout")

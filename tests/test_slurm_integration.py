@@ -29,7 +29,7 @@ from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import LOSS_KEY
 from test_case.training.launch import expand_hostlist
 from tests.conftest import REPO_ROOT
-from tests.local_slurm import LocalSlurmCluster, module_cluster
+from tests.local_slurm import LocalSlurmCluster, module_cluster, rank_pid
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -104,9 +104,9 @@ class TrainRun:
     parsed: ParsedLog
 
 
-def submit_training(cluster: LocalSlurmCluster, ws: Workspace) -> str:
+def submit_training(cluster: LocalSlurmCluster, ws: Workspace, **env: str) -> str:
     args = [f"--output={ws.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
-    return cluster.sbatch(args, cwd=REPO_ROOT, env=ws.env())
+    return cluster.sbatch(args, cwd=REPO_ROOT, env=ws.env(**env))
 
 
 def finish(cluster: LocalSlurmCluster, ws: Workspace, job: str) -> TrainRun:
@@ -246,32 +246,6 @@ def test_time_limit_signal_makes_the_job_requeue_itself(
     assert_resumed_like(run, uninterrupted, first)
 
 
-def rank_pid(job: str, rank: int, timeout: float = 120) -> int:
-    """PID of global rank ``rank`` of ``job``: the process running llm-foundry's entry point with
-    that ``RANK`` in its environment (Composer's launcher sets it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-                environ = set((proc / "environ").read_bytes().split(b"\0"))
-            except OSError:
-                continue
-            if (
-                b"test_case.training.foundry_train" in cmdline
-                and {
-                    f"SLURM_JOB_ID={job}".encode(),
-                    f"RANK={rank}".encode(),
-                }
-                <= environ
-            ):
-                return int(proc.name)
-        time.sleep(0.5)
-    raise AssertionError(f"no rank {rank} of job {job} after {timeout} s")
-
-
 def wait_for_batch(log: Path, batch: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -283,8 +257,10 @@ def wait_for_batch(log: Path, batch: int, timeout: float = 300) -> None:
 
 @pytest.fixture(scope="module")
 def killed_rank(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
-    """A run whose rank on node2 is killed with SIGKILL while it trains (what an Xid or OOM kill does)."""
-    job = submit_training(cluster, workspace)
+    """A run whose rank on node2 is killed with SIGKILL while it trains (what an Xid or OOM kill does),
+    with no restarts allowed (MAX_RESTARTS=0): it stays failed (tests/test_fault_tolerance_slurm.py
+    has the requeue)."""
+    job = submit_training(cluster, workspace, MAX_RESTARTS="0")
     log = workspace.logs / f"mpt-train_{job}.out"
     wait_for_batch(log, 5)
     os.kill(rank_pid(job, rank=1), signal.SIGKILL)
@@ -349,6 +325,8 @@ def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     lines = killed_rank.text.splitlines()
     assert lines[failed["failure_line"] - 1] == failed["failure"]  # quoted from the log, line and all
     assert re.fullmatch(rf"\[\S+\] job {killed_rank.job_id} end: exit code [1-9]\d* after \d+ s", lines[-1])
+    assert f"restarts: job {killed_rank.job_id} stops after 0 restart(s): failure 1 in a row" in killed_rank.text
+    assert "more than MAX_RESTARTS=0; last failure on node2: rank 1 on node2 was ended by signal 9" in killed_rank.text
     (job,) = [j for j in doc["jobs_without_training"] if j["job_id"] == never_started[0]]
     # stopped by the batch script's check step, before any node: one line, no node number
     assert job["failure"].startswith("launch: error: train_loader: dataset split 'train_small' not found at")

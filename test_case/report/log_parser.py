@@ -48,7 +48,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from test_case import run_header
+from test_case import restart_events, run_header
+from test_case.failure_lines import FAILURE_LINE, FAILURE_STARTS, LogLine
+from test_case.restart_events import RestartEvent
 from test_case.run_header import RunHeader
 
 RANK_PREFIX = re.compile(r"^(\d+): ?")
@@ -81,15 +83,6 @@ CONFIG_KEYS = {
 CONFIG_LINE = re.compile(r"^\s*(" + "|".join(CONFIG_KEYS) + r"): (\S.*?)\s*$")
 # What the training script prints first and last at each start (slurm-scripts/2.train-...sbatch).
 JOB_LINE = re.compile(r"^\[[^\]]+\] job (\S+) (?:start (\d+) on \S.*|end: exit code (\d+)(?: \(.*\))? after \d+ s)$")
-# Lines that say a run failed or was stopped, tested after the rank prefix: a Python traceback and
-# its last line (the exception), ``<program>: error: ...`` (srun, slurmstepd's "*** JOB 5 ON node1
-# CANCELLED AT ... DUE TO TIME LIMIT ***", this suite's scripts and launcher), Composer's launcher
-# reporting a crashed rank, torch's C++ errors (the NCCL watchdog) and ``terminate called``.
-FAILURE_STARTS = (
-    r"Traceback \(most recent call last\):|[\w.-]++: error: |ERROR:composer\.cli\.launcher:|terminate called "
-    r"|[A-Za-z_][\w.]*+(?:(?<=Error)|(?<=Exception)|(?<=Interrupt))(?![\w.])"
-)
-FAILURE_LINE = re.compile(r"^(?:\[rank\d+\]: ?)?(?:" + FAILURE_STARTS + r"|\[E [\w.]+:\d+\] )")
 MAX_FAILURES = 20  # failure lines kept per start: the first ones, which name the cause
 
 # The block path of `LogParser.feed_text`: a block header line in Composer's own form (rank prefix or
@@ -145,14 +138,6 @@ class MetricBlock:
         return MetricBlock, (self.kind, self.unit, self.step, self.total, self.epoch, self.line, self.metrics)
 
 
-@dataclass(frozen=True)
-class LogLine:
-    """One line of the log worth quoting in the report."""
-
-    number: int  # 1-based line in the file
-    text: str  # as logged, rank prefix included
-
-
 @dataclass
 class ParsedLog:
     """What one log file holds, per rank prefix (``None`` where lines carry no prefix)."""
@@ -167,6 +152,7 @@ class ParsedLog:
     job_id: str | None = None  # of the last job start or end line (the run header's is in header_fields)
     failures: list[LogLine] = field(default_factory=list)  # failure lines since the last start, the first ones
     end_code: int | None = None  # exit code in the job's end line of the last start, if it printed one
+    restart_events: list[RestartEvent] = field(default_factory=list)  # `test_case.restart_events`, in order
 
     @property
     def header(self) -> RunHeader:
@@ -376,6 +362,9 @@ class LogParser:
                     self._new_start()
                 self.log.header_fields[key] = value
                 return
+            if stripped.startswith(restart_events.PREFIX) and (event := restart_events.parse_line(stripped)):
+                self.log.restart_events.append(event)
+                return
             if job := JOB_LINE.match(stripped):
                 self.log.job_id = job.group(1)
                 if job.group(2) is not None:
@@ -575,6 +564,7 @@ class LogParser:
         if len(log.config) != config_keys:
             self.noise = noise_pattern(frozenset(log.config))
         log.starts += later.log.starts
+        log.restart_events.extend(later.log.restart_events)
         later_failures = [LogLine(f.number + self.number, f.text) for f in later.log.failures]
         if later.restarted:
             log.failures, log.end_code = later_failures, later.log.end_code

@@ -31,14 +31,15 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-import re
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from test_case.failure_lines import failure_cause
 from test_case.report.gpu_peaks import peak_tflops
-from test_case.report.log_parser import LogLine, MetricBlock, ParsedLog, Value
+from test_case.report.log_parser import MetricBlock, ParsedLog, Value
 from test_case.report.records import JobWithoutTraining, RunSummary
 
 LOSS_KEY = "loss/train/total"
@@ -250,28 +251,13 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         global_batch_size=_as_int(config.get("global_train_batch_size")),
         activation_checkpointing=_truthy(config.get("activation_checkpointing")),
         restarts=max(0, parsed.starts - 1),
+        restart_events=[asdict(e) for e in parsed.restart_events],
     )
-
-
-# Composer's launcher on a rank that a signal ended (kill -9, the OOM killer, SIGBUS): the rank had no
-# chance to print anything, so its peers' errors ("Connection reset by peer") are only consequences.
-RANK_KILLED_BY_SIGNAL = re.compile(r"ERROR:composer\.cli\.launcher:Rank \d+ crashed with exit code -\d+")
-
-
-def failure_cause(failures: Sequence[LogLine]) -> LogLine | None:
-    """The line that names why the last start failed: a rank ended by a signal, else the first
-    failure line after the start, preferring a traceback's exception to its ``Traceback (most recent
-    call last):`` header."""
-    killed = [f for f in failures if RANK_KILLED_BY_SIGNAL.search(f.text)]
-    if killed:
-        return killed[0]
-    named = [f for f in failures if "Traceback (most recent call last)" not in f.text]
-    return named[0] if named else (failures[0] if failures else None)
 
 
 def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
     """``completed``: the last train block is ``[batch=T/T]``. ``failed``: not completed, and since
-    the job's last start a failure line was logged (`log_parser.FAILURE_LINE`) or the job's end
+    the job's last start a failure line was logged (`test_case.failure_lines.FAILURE_LINE`) or the job's end
     line gives a non-zero exit code. ``unfinished``: neither (still running, or the log was cut off)."""
     cause = failure_cause(parsed.failures)
     if run.completed:
@@ -287,6 +273,13 @@ def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
         else:
             run.failure = f"the job ended with exit code {parsed.end_code}"
         run.warnings.append(f"FAILED {where}: {run.failure}; not used for scaling or baselines")
+        stops = [e for e in parsed.restart_events if e.kind == "failure" and e.action == "stop"]
+        if stops:
+            stop = stops[-1]
+            run.warnings.append(
+                f"stopped after {run.restarts} restart(s): {stop.failures_in_a_row} failures in a row without a new "
+                f"checkpoint, more than MAX_RESTARTS={stop.max_restarts}"
+            )
     else:
         run.status = "unfinished"
         run.warnings.append(

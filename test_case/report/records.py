@@ -104,6 +104,7 @@ class RunSummary:
     global_batch_size: int | None = None
     activation_checkpointing: bool = False
     restarts: int = 0
+    restart_events: list[dict[str, Any]] = field(default_factory=list)  # test_case.restart_events, as logged
     last_batch: int | None = None
     max_duration: int | None = None
     duration_unit: str | None = None

@@ -74,6 +74,9 @@ DEFINITIONS = """\
   completed runs are used for scaling and baselines. The failure quoted is the first failure line,
   or a rank ended by a signal (`Rank N crashed with exit code -9`) when there is one.
 - **batches**: N/T of the last `[batch=N/T]` block Composer printed (T is `max_duration`).
+- **restarts**: starts of the job after its first (run headers in the log - 1). Each restart's
+  cause and each stop after `MAX_RESTARTS` come from the `[restart]` lines the job printed
+  (`test_case/restart_events.py`), listed under "Restarts".
 - **window**: the batches whose blocks carry `throughput/tokens_per_sec` (Composer's SpeedMonitor
   logs it once its window of batches has run, and again a window after a resume), minus the first
   `--warmup` of them. Every throughput figure below is a median over this window.
@@ -161,6 +164,22 @@ def _baseline_lines(runs: list[RunSummary]) -> list[str]:
     return lines
 
 
+def _restart_lines(runs: list[RunSummary]) -> list[str]:
+    """Per run, each restart and why (``restart`` events), then the stop when the job gave up."""
+    lines = []
+    for r in runs:
+        for e in r.restart_events:
+            if e["kind"] == "restart":
+                lines.append(f"restart {r.name}: start {e['start']} at {e['time']}: {e['cause']}")
+            elif e["action"] == "stop":
+                where = f" on {e['node']}" if e["node"] else ""
+                lines.append(
+                    f"stopped {r.name}: start {e['start']} failed{where} ({e['failures_in_a_row']} in a row without "
+                    f"a new checkpoint, MAX_RESTARTS={e['max_restarts']}): {e['cause']}"
+                )
+    return lines
+
+
 def _notes(runs: list[RunSummary]) -> list[str]:
     notes = []
     for r in runs:
@@ -179,7 +198,7 @@ def format_table(
     """The console report: main table, scaling, baseline verdicts, jobs that did not train, notes,
     preflight verdicts."""
     parts = [_table(COLUMNS, runs)] if runs else []
-    extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _notes(runs)
+    extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _restart_lines(runs) + _notes(runs)
     extra += _preflight_console(preflights)
     return "".join(parts) + "".join(line + "\n" for line in extra)
 
@@ -241,6 +260,8 @@ def format_markdown(
             where = f" (line {j.failure_line})" if j.failure_line else ""
             parts.append(f"| {j.job_id or '-'} | {j.log_file} | `{why}`{where} |")
         parts.append("")
+    if restarts := _restart_lines(runs):
+        parts += ["## Restarts", "", *[f"- {line}" for line in restarts], ""]
     if preflights:
         parts += _preflight_markdown(preflights)
     parts += ["## How each figure is computed", "", DEFINITIONS]

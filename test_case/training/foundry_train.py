@@ -9,14 +9,21 @@ directory) and Composer's autoresume (in ``save_folder``) then make local rank 0
 create and delete that one file. On the shared filesystem of a Slurm cluster the second delete
 fails with ``FileNotFoundError`` (llm-foundry issues 1736 and 1848; seen here with 2 nodes). The
 file is meant to be per node, so we append this node's rank to the broadcast name.
+
+When the launcher sets ``SUITE_HEARTBEAT_DIR``, each rank also starts its heartbeat thread
+(`test_case.training.heartbeat`), which names a rank that stops in a hung run.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
+from pathlib import Path
 
 from composer.utils import dist
+
+from test_case.training.heartbeat import DIR_ENV, start_heartbeat
 
 _broadcast_signal_file_name = dist.get_node_signal_file_name
 
@@ -33,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m test_case.training.foundry_train YAML [key=value ...]", file=sys.stderr)
         return 2
     dist.get_node_signal_file_name = per_node_signal_file_name
+    if os.environ.get(DIR_ENV):
+        start_heartbeat(Path(os.environ[DIR_ENV]), int(os.environ.get("RANK", "0")))
     from llmfoundry.command_utils import train_from_yaml
 
     train_from_yaml(args[0], args[1:])

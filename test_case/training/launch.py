@@ -17,7 +17,9 @@ Before launching, every node checks what it needs (`preflight`: dataset splits, 
 checkpoint folder, GPUs for a flash-attention model) and stops with one clear line if something is
 missing; node 0 prints the run header (`test_case.run_header`) that the report reads back (inside the container
 when there is one, so the versions are those that train) and, for an autoresuming run, puts back in
-order a checkpoint folder that a job killed while saving left behind (`test_case.training.checkpoints`).
+order a checkpoint folder that a job killed while saving left behind (`test_case.training.checkpoints`)
+and, at a start after a requeue, prints why the job restarted (`test_case.training.restarts`). Every
+rank beats into `heartbeat_dir` (`test_case.training.heartbeat`), which names a rank that hangs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from test_case import REPO_ROOT
 from test_case.run_header import RunHeader
 from test_case.training.config_check import override_problems, unknown_key_problems
 from test_case.training.dataset_fit import DatasetFacts, dataset_facts, fit_problems
+from test_case.training.heartbeat import DIR_ENV as HEARTBEAT_DIR_ENV
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
     from omegaconf import DictConfig
@@ -312,10 +315,8 @@ def preflight(
             problems += fit_problems(loader, facts, _int_or_none(seq_len), _int_or_none(vocab_size), tokenizer)
     if _path_like(tokenizer) and not (cwd / tokenizer).expanduser().is_dir():
         problems.append(f"tokenizer folder {tokenizer} does not exist: set TOKENIZER to a tokenizer folder or name")
-    save_folder = OmegaConf.select(cfg, "save_folder")
     local_save: Path | None = None
-    if node_checks and save_folder and "://" not in str(save_folder):
-        folder = cwd / str(save_folder)
+    if node_checks and (folder := local_save_folder(cfg, cwd)) is not None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -334,6 +335,47 @@ def preflight(
             "(use mpt-tiny-cpu on CPU nodes, or request GPUs with --gpus-per-node)"
         )
     return problems
+
+
+def local_save_folder(cfg: DictConfig, cwd: Path) -> Path | None:
+    """The run's checkpoint folder when it is on a filesystem here (None: unset, or object storage)."""
+    from omegaconf import OmegaConf
+
+    save_folder = OmegaConf.select(cfg, "save_folder")
+    if not save_folder or "://" in str(save_folder):
+        return None
+    return cwd / str(save_folder)
+
+
+def heartbeat_dir(env: Mapping[str, str], plan: NodePlan) -> Path:
+    """Where this start's ranks beat (`test_case.training.heartbeat`): beside the run's checkpoints,
+    ``SAVE_ROOT/<run-name>/heartbeats/start<restart count>``, on storage every node shares."""
+    root = Path(env.get("SAVE_ROOT") or "checkpoints").absolute()
+    return root / plan.run_name / "heartbeats" / f"start{env.get('SLURM_RESTART_COUNT') or 0}"
+
+
+def print_restart_events(plan: NodePlan, env: Mapping[str, str], cfg: DictConfig, cwd: Path) -> None:
+    """At a start after a requeue, under Slurm: why the job restarted (`test_case.training.restarts`)."""
+    from test_case.training import restarts
+
+    if int(env.get("SLURM_RESTART_COUNT") or 0) == 0 or restarts.FACTS_ENV not in env:
+        return
+    try:
+        lines = restarts.read_log(restarts.job_facts(env[restarts.FACTS_ENV]).get("StdOut"))
+    except restarts.RestartError as err:
+        print(f"launch: warning: {err}: the log does not say why the job restarted", flush=True)
+        return
+    events = restarts.restart_event(
+        restarts.split_starts(lines, plan.job_id),
+        plan.job_id,
+        restarts.node_states(env.get(restarts.NODE_STATES_ENV, "")),
+        restarts.newest_checkpoint_batch(local_save_folder(cfg, cwd)),
+        restarts.now_iso(),
+    )
+    for event in events:
+        if event.kind == "restart":
+            print(f"restarts: job {plan.job_id} start {event.start}: {event.cause}", flush=True)
+        print(event.line(), flush=True)
 
 
 def _int_or_none(value: object) -> int | None:
@@ -489,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         # before Composer starts on this node, so before any rank of the run can read the folder
         for change in prepare_resume(cfg, Path.cwd()):
             print(f"launch: {change}", flush=True)
+        print_restart_events(plan, env, cfg, Path.cwd())
     env.setdefault("OMP_NUM_THREADS", str(plan.threads_per_proc))
+    env[HEARTBEAT_DIR_ENV] = str(heartbeat_dir(env, plan))
     from streaming.base.util import clean_stale_shared_memory
 
     clean_stale_shared_memory()  # a killed run leaves streaming's shared memory behind: start clean

@@ -1,0 +1,275 @@
+"""Restart decisions (test_case.training.restarts), heartbeats and restart events, on real logs.
+
+The logs in tests/data are real: 2-node jobs of the tiny model on the local 3-node cluster, each hit
+by one fault after its first checkpoint (node2's rank killed with SIGKILL; node2's rank stopped with
+SIGSTOP, gloo timing out after 40 s; node2's slurmd killed; rank 1 killed at every start, with a
+decision of an earlier version that blamed the wrong node in start 1), and the 2-node USR1 requeue. The
+heartbeats are real processes stopped with SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_case.report.log_parser import parse_composer_log
+from test_case.report.metrics import summarise_run
+from test_case.report.render import format_table
+from test_case.restart_events import PREFIX, RestartEvent, parse_line
+from test_case.training import restarts
+from test_case.training.heartbeat import Beat, read_beats, silent_ranks
+from test_case.training.restarts import (
+    RestartError,
+    Start,
+    blame,
+    decide,
+    events_in,
+    max_restarts,
+    node_states,
+    restart_event,
+    split_starts,
+    usable,
+)
+
+DATA = Path(__file__).parent / "data"
+NOW = "2026-12-01T16:00:00+00:00"
+IDLE3 = {"node1": "allocated", "node2": "allocated", "node3": "idle"}
+
+
+def log_lines(name: str) -> list[str]:
+    with gzip.open(DATA / name, "rt") as fh:
+        return fh.read().splitlines()
+
+
+def first_start(name: str, job: str) -> Start:
+    """The first start of a real log, as the decision step saw it (before its own event lines)."""
+    start = split_starts(log_lines(name), job)[0]
+    upto = next(i for i, line in enumerate(start.lines) if line.startswith("restarts: "))
+    return Start(start.number, start.time, start.nodes, start.lines[:upto], start.first_line)
+
+
+def test_a_restart_event_is_one_line_that_reads_back() -> None:
+    event = RestartEvent("failure", "7", 0, NOW, "rank 1: x", "node2", "requeue", 1, 3, 10, ["node2"])
+    line = event.line()
+    assert line.startswith(PREFIX) and "\n" not in line and parse_line(line) == event
+    assert parse_line(line[:-5]) is None  # cut short
+    assert parse_line('[restart] {"kind": "other", "job_id": "1"}') is None
+    assert parse_line('[restart] {"kind": "failure"}') is None  # fields missing
+    assert parse_line("[run-header] job_id: 3") is None
+
+
+def test_max_restarts_comes_from_the_environment() -> None:
+    assert (
+        max_restarts({}) == 3 and max_restarts({"MAX_RESTARTS": "0"}) == 0 and max_restarts({"MAX_RESTARTS": " 5"}) == 5
+    )
+    with pytest.raises(RestartError, match="MAX_RESTARTS='three' is not a whole number"):
+        max_restarts({"MAX_RESTARTS": "three"})
+
+
+def test_node_states_and_which_are_usable() -> None:
+    states = node_states("node1 allocated,node2 down*,node3 idle,node4 drained,node5 mixed,node6 idle*")
+    assert [n for n, s in states.items() if usable(s)] == ["node1", "node3", "node5"]
+    assert node_states("") == {}
+
+
+def test_a_killed_rank_is_blamed_on_its_node() -> None:
+    start = first_start("slurm-3node-killed-rank-requeued.out.gz", "4")
+    assert start.nodes == ["node1", "node2"]
+    cause, node = blame(start, None)
+    assert node == "node2"
+    assert cause == (
+        "rank 1 on node2 was ended by signal 9 (SIGKILL: kill -9 or the kernel's OOM killer): "
+        "1: ERROR:composer.cli.launcher:Rank 1 crashed with exit code -9."
+    )
+
+
+def test_a_quoted_failure_is_not_taken_for_the_launchers_own_line() -> None:
+    """Start 1 of a crash loop: node 0's restart sentence quotes start 0's `Rank 1 crashed with exit
+    code -9` (under task label 0); the rank killed in this start is on node3 (task 1)."""
+    start = split_starts(log_lines("slurm-3node-crash-loop.out.gz"), "3")[1]
+    upto = next(i for i, line in enumerate(start.lines) if line.startswith("restarts: "))
+    cause, node = blame(Start(1, start.time, start.nodes, start.lines[:upto], start.first_line), None)
+    assert start.nodes == ["node1", "node3"] and node == "node3"
+    assert cause.startswith("rank 1 on node3 was ended by signal 9")
+
+
+def test_a_hang_is_blamed_on_the_rank_whose_heartbeat_stopped(tmp_path: Path) -> None:
+    start = first_start("slurm-3node-stopped-rank-requeued.out.gz", "6")
+    cause, node = blame(start, None)  # without heartbeats: the peer's timeout, no node
+    assert node is None and "Timed out waiting 40000ms for recv operation" in cause
+    beats = tmp_path / "beats"  # the two records this job's ranks left (rank 1 stopped, woken by Slurm's SIGCONT)
+    beats.mkdir()
+    (beats / "rank0.json").write_text(
+        '{"rank": 0, "host": "node1", "pid": 21335, "time": 1796140293.286, "gap_s": 5.0, "gap_end": 1796140253.284}'
+    )
+    (beats / "rank1.json").write_text(
+        '{"rank": 1, "host": "node2", "pid": 21334, "time": 1796140301.386, "gap_s": 49.107, "gap_end": 1796140301.386}'
+    )
+    cause, node = blame(start, beats)
+    assert node == "node2"
+    assert cause.startswith("rank 1 on node2 stopped responding (no heartbeat for 49 s while the others waited")
+    assert cause.endswith("Timed out waiting 40000ms for recv operation to complete")
+
+
+@pytest.mark.parametrize(
+    ("beats", "silent"),
+    [
+        ([Beat(0, "a", 1, 100.0), Beat(1, "b", 2, 60.0)], [1]),  # killed while stopped: stale
+        ([Beat(0, "a", 1, 100.0, 5, 90), Beat(1, "b", 2, 104.0, 44, 104)], [1]),  # woken at the end
+        ([Beat(0, "a", 1, 100.0, 30, 40), Beat(1, "b", 2, 101.0)], []),  # a long gap, long before the end
+        ([Beat(0, "a", 1, 100.0), Beat(1, "b", 2, 98.0)], []),  # a crash: all stop together
+        ([Beat(0, "a", 1, 50.0), Beat(1, "b", 2, 50.0)], []),  # everything stopped: nobody to blame
+        ([Beat(0, "a", 1, 50.0)], []),
+    ],
+)
+def test_silent_ranks(beats: list[Beat], silent: list[int]) -> None:
+    assert [b.rank for b in silent_ranks(beats, 5.0)] == silent
+
+
+def test_a_stopped_process_stops_beating(tmp_path: Path) -> None:
+    """Two real processes beat every 0.2 s; one is stopped for 2 s, then woken and both are killed."""
+    code = (
+        "import sys, time; from pathlib import Path; from test_case.training.heartbeat import start_heartbeat; "
+        "start_heartbeat(Path(sys.argv[1]), int(sys.argv[2]), every=0.2); time.sleep(60)"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(rank)], cwd=Path(__file__).parent.parent)
+        for rank in (0, 1)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while len(read_beats(tmp_path)) < 2:
+            assert time.monotonic() < deadline, "no heartbeats"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        time.sleep(2.0)
+        assert [b.rank for b in silent_ranks(read_beats(tmp_path), 0.2)] == [1]  # stale while stopped
+        os.kill(procs[1].pid, signal.SIGCONT)  # what Slurm does before it ends a step: wake, then kill
+        time.sleep(0.1)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    beats = read_beats(tmp_path)
+    (silent,) = silent_ranks(beats, 0.2)  # woken for its last moment: its gap names it (or, unscheduled, its age)
+    assert silent.rank == 1 and silent.pid == procs[1].pid
+    assert max(silent.gap_s, beats[0].time - silent.time) > 1.5
+    assert json.loads((tmp_path / "rank0.json").read_text())["host"]
+
+
+def event(start: int, in_a_row: int, batch: int | None, action: str = "requeue") -> RestartEvent:
+    return RestartEvent("failure", "9", start, NOW, "x", "node2", action, in_a_row, 3, batch)  # type: ignore[arg-type]
+
+
+def decision(earlier: list[RestartEvent], batch: int | None, node: str | None = "node2", **kw: object) -> RestartEvent:
+    start = Start(len(earlier), NOW, ["node1", "node2"], [], 1)
+    args: dict = {"limit": 3, "excluded": [], "states": IDLE3, "num_nodes": 2, **kw}
+    ev, _ = decide(start, "9", "cause", node, earlier, batch, now=NOW, **args)
+    return ev
+
+
+def test_failures_count_in_a_row_until_a_new_checkpoint() -> None:
+    assert (decision([], None).failures_in_a_row, decision([], 10).failures_in_a_row) == (1, 1)
+    assert decision([event(0, 1, 10)], 10).failures_in_a_row == 2  # no new checkpoint since
+    assert decision([event(0, 1, 10)], 20).failures_in_a_row == 1  # progress: counts 1 again
+    assert decision([event(0, 1, None)], None).failures_in_a_row == 2
+    assert decision([event(0, 1, 10), event(1, 2, 10), event(2, 3, 10)], 10).action == "stop"
+    assert decision([event(0, 1, 10), event(1, 2, 10)], 10).action == "requeue"
+    assert decision([], 10, limit=0).action == "stop"
+
+
+def test_the_node_is_excluded_only_when_the_partition_keeps_enough_nodes() -> None:
+    assert decision([], 10).excluded == ["node2"]
+    assert decision([], 10, node=None).excluded == []
+    assert decision([], 10, excluded=["node3"]).excluded == ["node3"]  # node1 alone is too few
+    assert decision([], 10, states={**IDLE3, "node3": "down*"}).excluded == []
+    assert decision([], 10, states={**IDLE3, "node4": "drained"}).excluded == ["node2"]
+    assert decision([], 10, excluded=["node2"]).excluded == ["node2"]  # already
+
+
+def test_the_decision_sentences_name_the_count_and_the_fix() -> None:
+    start = Start(2, NOW, ["node1", "node3"], [], 1)
+    earlier = [event(0, 1, 10), event(1, 2, 10)]
+    ev, sentence = decide(start, "9", "rank 1 ...", "node3", earlier, 10, 2, ["node2"], IDLE3, 2, NOW)
+    assert ev.action == "stop" and ev.failures_in_a_row == 3
+    assert sentence == (
+        "restarts: job 9 stops after 2 restart(s): failure 3 in a row without a new checkpoint; newest checkpoint: "
+        "batch 10, more than MAX_RESTARTS=2; last failure on node3: rank 1 .... Fix what fails (see the failure "
+        "above), then requeue it by hand: scontrol requeue 9"
+    )
+
+
+def test_why_a_job_restarted_is_read_from_the_start_before() -> None:
+    lines = log_lines("slurm-3node-killed-rank-requeued.out.gz")
+    (restart,) = restart_event(split_starts(lines, "4"), "4", IDLE3, 10, NOW)
+    assert (restart.kind, restart.start, restart.node, restart.failures_in_a_row) == ("restart", 1, "node2", 1)
+    assert restart.cause.startswith("start 0 failed on node2: rank 1 on node2 was ended by signal 9")
+    usr1 = split_starts(log_lines("slurm-2node-requeued-usr1.out.gz"), "4")
+    (restart,) = restart_event(usr1, "4", {}, 10, NOW)
+    assert restart.cause == "start 0 reached its time limit (USR1) and requeued itself"
+    by_hand = [Start(0, NOW, ["node1", "node2"], ["0: [batch=3/60]:"], 1), usr1[1]]
+    (restart,) = restart_event(by_hand, "4", IDLE3, 10, NOW)
+    assert restart.cause == "start 0 was requeued by Slurm or by hand (scontrol requeue, preemption)"
+    failure, restart = restart_event(by_hand, "4", {**IDLE3, "node2": "down*"}, 10, NOW)  # lost, by its state
+    assert restart.cause == failure.cause == "Slurm requeued the job: node2 is down*" and failure.node == "node2"
+    assert restart_event(usr1[:1], "4", {}, 10, NOW) == []
+
+
+def test_a_node_slurm_lost_is_a_failure_and_the_cause_of_the_restart() -> None:
+    lines = log_lines("slurm-3node-slurmd-killed-requeued.out.gz")
+    starts = split_starts(lines, "7")
+    upto = [
+        Start(s.number, s.time, s.nodes, [x for x in s.lines if not x.startswith("0: restarts")], s.first_line)
+        for s in starts
+    ]
+    failure, restart = restart_event(upto, "7", {"node1": "allocated", "node2": "idle", "node3": "allocated"}, 140, NOW)
+    assert (failure.kind, failure.start, failure.node, failure.action) == ("failure", 0, "node2", "requeue")
+    assert restart.cause == failure.cause == "Slurm requeued the job: srun: error: Node failure on node2"
+    _, restart = restart_event(upto, "7", {"node2": "down*"}, 140, NOW)
+    assert restart.cause == "Slurm requeued the job: srun: error: Node failure on node2"
+
+
+def test_the_report_lists_each_restart_and_its_cause(tmp_path: Path) -> None:
+    lines = log_lines("slurm-3node-killed-rank-requeued.out.gz")
+    parsed = parse_composer_log(lines, "killed.out")
+    assert [e.kind for e in parsed.restart_events] == ["failure", "restart"]
+    run = summarise_run(parsed)
+    assert run.status == "completed" and run.restarts == 1
+    assert [e["node"] for e in run.restart_events] == ["node2", "node2"]
+    text = format_table([run], [], [])
+    assert "restart mpt-train-4: start 1 at 2026-12-01T15:45:58+00:00: start 0 failed on node2: rank 1 on node2" in text
+
+
+def test_the_decision_step_stops_with_one_line_when_it_has_no_log(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {
+        "SLURM_JOB_ID": "5",
+        "SLURM_JOB_NODELIST": "node[1-2]",
+        restarts.FACTS_ENV: "JobId=5 StdOut=/nonexistent/x.out",
+    }
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        assert restarts.main(["decide", "--exit-code", "1", "mpt-tiny-cpu"]) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    out = capsys.readouterr()
+    assert out.out == "stop\n"
+    assert out.err == (
+        "restarts: error: cannot read the job log /nonexistent/x.out: No such file or directory (mount its folder "
+        "into the container: CONTAINER_MOUNTS); the job stops (exit code 1)\n"
+    )
+
+
+def test_events_in_reads_task_prefixed_lines() -> None:
+    ev = event(0, 1, 10)
+    assert events_in(["0: " + ev.line(), "junk", ev.line()]) == [ev, ev]
