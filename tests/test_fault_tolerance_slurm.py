@@ -37,8 +37,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 TRAIN = "slurm-scripts/2.train-mpt-manual-distributed.sbatch"
 DIST_TIMEOUT = 40  # s: the hang test's gloo timeout (the tiny yaml keeps 120)
-# 200 batches: long enough that Slurm notices a dead slurmd (SlurmdTimeout 10 s) before the run ends
-OVERRIDES = ["max_duration=200ba", "save_interval=10ba", f"dist_timeout={DIST_TIMEOUT}"]
+# 300 batches (about 75 s of training here): long enough that Slurm notices a dead slurmd (about 30 s
+# with SlurmdTimeout 10 s) well before the run could end without it
+BATCHES = 300
+OVERRIDES = [f"max_duration={BATCHES}ba", "save_interval=10ba", f"dist_timeout={DIST_TIMEOUT}"]
 HANG_MARGIN_S = 30  # the hang's decision comes within DIST_TIMEOUT + this: the kill, srun's end, the decision step
 
 
@@ -119,13 +121,14 @@ def assert_resumed_on_other_nodes(run: Run, reference: Run, saved_at: int) -> No
     """One restart, on node1 and node3, at the batch after the newest checkpoint (the failure event's,
     at or after the one the fault came after), to exactly the reference's final loss."""
     assert (run.info["JobState"], run.info["ExitCode"]) == ("COMPLETED", "0:0"), run.text[-4000:]
-    assert run.info["Restarts"] == "1" and run.info["NodeList"] == "node[1,3]", run.info
+    assert run.info["Restarts"] == "1", f"the run ended without a restart (before the fault took effect?): {run.info}"
+    assert run.info["NodeList"] == "node[1,3]", run.info
     second = run.text.index(f"] job {run.job_id} start 1 on node[1,3]")
     resumed = parse_composer_log(run.text[second:].splitlines())
     (failure,) = [e for e in run.events if e.kind == "failure"]
     assert failure.checkpoint_batch is not None and failure.checkpoint_batch >= saved_at
     assert resumed.train_blocks[0].step == failure.checkpoint_batch + 1  # from its checkpoint, not from batch 1
-    assert resumed.train_blocks[-1].step == resumed.train_blocks[-1].total == 200
+    assert resumed.train_blocks[-1].step == resumed.train_blocks[-1].total == BATCHES
     assert run.final_loss() == reference.final_loss()
     (restart,) = [e for e in run.events if e.kind == "restart"]
     assert restart.start == 1 and restart.node == "node2", restart
