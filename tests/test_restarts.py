@@ -199,11 +199,11 @@ def test_the_node_is_excluded_only_when_the_partition_keeps_enough_nodes() -> No
 def test_the_decision_sentences_name_the_count_and_the_fix() -> None:
     start = Start(2, NOW, ["node1", "node3"], [], 1)
     earlier = [event(0, 1, 10), event(1, 2, 10)]
-    ev, sentence = decide(start, "9", "rank 1 ...", "node3", earlier, 10, 2, ["node2"], IDLE3, 2, NOW)
+    ev, sentence = decide(start, "9", "rank 1 crashed.", "node3", earlier, 10, 2, ["node2"], IDLE3, 2, NOW)
     assert ev.action == "stop" and ev.failures_in_a_row == 3
     assert sentence == (
         "restarts: job 9 stops after 2 restart(s): failure 3 in a row without a new checkpoint; newest checkpoint: "
-        "batch 10, more than MAX_RESTARTS=2; last failure on node3: rank 1 .... Fix what fails (see the failure "
+        "batch 10, more than MAX_RESTARTS=2; last failure on node3: rank 1 crashed. Fix what fails (see the failure "
         "above), then requeue it by hand: scontrol requeue 9"
     )
 

@@ -203,8 +203,8 @@ def decide(
         restarts = start.number
         return event, (
             f"restarts: job {job_id} stops after {restarts} restart(s): {row}, more than MAX_RESTARTS={limit}; "
-            f"last failure{where}: {cause}. Fix what fails (see the failure above), then requeue it by hand: "
-            f"scontrol requeue {job_id}"
+            f"last failure{where}: {cause.rstrip('.')}. Fix what fails (see the failure above), then requeue it "
+            f"by hand: scontrol requeue {job_id}"
         )
     exclude, note = list(excluded), ""
     if node and node not in exclude:
