@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,6 +165,50 @@ def test_a_stopped_process_stops_beating(tmp_path: Path) -> None:
     assert silent.rank == 1 and silent.pid == procs[1].pid
     assert max(silent.gap_s, beats[0].time - silent.time) > 1.5
     assert json.loads((tmp_path / "rank0.json").read_text())["host"]
+
+
+def test_a_rank_that_survives_a_stall_says_so(tmp_path: Path) -> None:
+    """A 90 s SIGSTOP shorter than dist_timeout used to pass without a word: a real process beating
+    every 0.2 s is stopped for 1.5 s, woken, and prints the stall once; an unstopped one prints nothing."""
+    code = (
+        "import sys, time; from pathlib import Path; from test_case.training.heartbeat import start_heartbeat; "
+        "start_heartbeat(Path(sys.argv[1]), int(sys.argv[2]), every=0.2); time.sleep(60)"
+    )
+    outs = [tmp_path / f"out{rank}.txt" for rank in (0, 1)]
+    procs = []
+    for rank, out in enumerate(outs):
+        with out.open("w") as fh:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code, str(tmp_path / "beats"), str(rank)],
+                    cwd=Path(__file__).parent.parent,
+                    stdout=fh,
+                )
+            )
+    try:
+        deadline = time.monotonic() + 30
+        while len(read_beats(tmp_path / "beats")) < 2:
+            assert time.monotonic() < deadline, "no heartbeats"
+            time.sleep(0.1)
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(procs[1].pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while "heartbeat: warning" not in outs[1].read_text():
+            assert time.monotonic() < deadline, "no warning after the stall"
+            time.sleep(0.1)
+        time.sleep(0.5)  # more beats after it: the warning is printed once
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    (line,) = outs[1].read_text().splitlines()
+    assert re.fullmatch(
+        r"heartbeat: warning: rank 1 on \S+ did not run for [1-9]\d* s \(stopped, swapped out, a filesystem that hung, "
+        r"or one long call holding the Python GIL\): its peers waited for it",
+        line,
+    ), line
+    assert outs[0].read_text() == ""
 
 
 def event(start: int, in_a_row: int, batch: int | None, action: str = "requeue") -> RestartEvent:

@@ -11,7 +11,8 @@ collective keeps beating. After a failure, `silent_ranks` names the ranks that h
 the others went on: their last beat is far older than the others' (the job killed them while
 stopped), or their longest gap ended only as the others were ending (Slurm sends ``SIGCONT`` before
 ``SIGTERM`` when it ends a step, so a stopped rank wakes up for its last moments). The batch
-script's decision step (`test_case.training.restarts`) blames their node.
+script's decision step (`test_case.training.restarts`) blames their node. A rank that wakes from a
+stall the run survives (shorter than ``dist_timeout``) prints a `stall_warning` into the log.
 
 A rank hung inside a GPU kernel keeps its threads, and beats: it is not named (the NCCL watchdog's
 message is then the cause quoted).
@@ -55,11 +56,19 @@ def interval_s() -> float:
     return value if value > 0 else INTERVAL_S
 
 
+def stall_warning(rank: int, host: str, seconds: float) -> str:
+    """The line a rank prints when it wakes from a stall longer than `SILENT_AFTER` beats."""
+    return (
+        f"heartbeat: warning: rank {rank} on {host} did not run for {seconds:.0f} s (stopped, swapped out, a "
+        "filesystem that hung, or one long call holding the Python GIL): its peers waited for it"
+    )
+
+
 class _Beater:
     """Writes one rank's beats into an open file, keeping the longest gap between two of them."""
 
-    def __init__(self, fd: int, rank: int, host: str) -> None:
-        self.fd, self.rank, self.host = fd, rank, host
+    def __init__(self, fd: int, rank: int, host: str, every: float) -> None:
+        self.fd, self.rank, self.host, self.every = fd, rank, host, every
         self.last = self.gap_end = time.time()
         self.gap = 0.0
 
@@ -67,6 +76,8 @@ class _Beater:
         now = time.time()
         if now - self.last > self.gap:
             self.gap, self.gap_end = now - self.last, now
+        if now - self.last > SILENT_AFTER * self.every:  # a stall the run survived says so in the log
+            print(stall_warning(self.rank, self.host, now - self.last), flush=True)
         self.last = now
         record = {"rank": self.rank, "host": self.host, "pid": os.getpid(), "time": round(now, 3)}
         record |= {"gap_s": round(self.gap, 3), "gap_end": round(self.gap_end, 3)}
@@ -80,7 +91,7 @@ def start_heartbeat(folder: Path, rank: int, every: float | None = None) -> thre
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / f"rank{rank}.json", os.O_WRONLY | os.O_CREAT, 0o644)
-        beater = _Beater(fd, rank, socket.gethostname())
+        beater = _Beater(fd, rank, socket.gethostname(), every)
         beater.beat()
     except OSError as err:
         print(f"heartbeat: warning: rank {rank}: cannot write {folder}: {err.strerror}; no heartbeat", flush=True)
