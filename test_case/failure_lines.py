@@ -32,7 +32,8 @@ class LogLine:
 
 # Composer's launcher on a rank that a signal ended (kill -9, the OOM killer, SIGBUS): the rank had no
 # chance to print anything, so its peers' errors ("Connection reset by peer") are only consequences.
-RANK_KILLED_BY_SIGNAL = re.compile(r"ERROR:composer\.cli\.launcher:Rank \d+ crashed with exit code -\d+")
+# groups: the rank, the signal number
+RANK_KILLED_BY_SIGNAL = re.compile(r"ERROR:composer\.cli\.launcher:Rank (\d+) crashed with exit code -(\d+)")
 
 
 def failure_cause(failures: Sequence[LogLine]) -> LogLine | None:

@@ -40,7 +40,7 @@ from datetime import datetime
 from pathlib import Path
 
 from test_case import restart_events
-from test_case.failure_lines import FAILURE_LINE, LogLine, failure_cause
+from test_case.failure_lines import FAILURE_LINE, RANK_KILLED_BY_SIGNAL, LogLine, failure_cause
 from test_case.restart_events import RestartEvent
 from test_case.training.heartbeat import interval_s, read_beats, silent_ranks
 
@@ -52,8 +52,6 @@ START_LINE = re.compile(r"^\[([^\]]+)\] job (\S+) start (\d+) on (\S+)$")
 TASK_LABEL = re.compile(r"^(\d+): ?")
 TIME_LIMIT_LINE = "time limit near: requeueing job"
 NODE_FAILURE_LINE = re.compile(r"^srun: error: Node failure on (\S+)$")  # Slurm lost a node of the step
-# Composer's launcher on the node whose rank a signal ended
-RANK_SIGNAL = re.compile(r"ERROR:composer\.cli\.launcher:Rank (\d+) crashed with exit code -(\d+)")
 SIGNAL_NAMES = {
     9: "SIGKILL: kill -9 or the kernel's OOM killer",
     7: "SIGBUS: /dev/shm full?",
@@ -149,7 +147,7 @@ def blame(start: Start, beats_folder: Path | None) -> tuple[str, str | None]:
         text = raw[label.end() :] if label else raw
         if FAILURE_LINE.match(text.strip()):
             failures.append(LogLine(start.first_line + 1 + offset, raw))
-        if label and (m := RANK_SIGNAL.match(text.strip())):  # the launcher's own line, not a quote of it
+        if label and (m := RANK_KILLED_BY_SIGNAL.match(text.strip())):  # the launcher's own line, not a quote of it
             task = int(label.group(1))
             node = start.nodes[task] if task < len(start.nodes) else None
             signalled.append((int(m.group(1)), int(m.group(2)), node))
@@ -173,6 +171,19 @@ def blame(start: Start, beats_folder: Path | None) -> tuple[str, str | None]:
     return cause, None
 
 
+def failures_in_a_row(earlier: Sequence[RestartEvent], checkpoint_batch: int | None) -> int:
+    """This failure's count: 1 after no earlier failure or when the newest checkpoint is newer than at
+    the last failure, else one more than the last failure's."""
+    failures = [e for e in earlier if e.kind == "failure"]
+    if not failures:
+        return 1
+    last = failures[-1]
+    newer = (checkpoint_batch if checkpoint_batch is not None else -1) > (
+        last.checkpoint_batch if last.checkpoint_batch is not None else -1
+    )
+    return 1 if newer else last.failures_in_a_row + 1
+
+
 def decide(
     start: Start,
     job_id: str,
@@ -187,12 +198,7 @@ def decide(
     now: str,
 ) -> tuple[RestartEvent, str]:
     """The ``failure`` event for this start and the sentence that explains it."""
-    failures = [e for e in earlier if e.kind == "failure"]
-    last = failures[-1] if failures else None
-    progressed = last is None or (checkpoint_batch if checkpoint_batch is not None else -1) > (
-        last.checkpoint_batch if last.checkpoint_batch is not None else -1
-    )
-    in_a_row = 1 if progressed else last.failures_in_a_row + 1  # type: ignore[union-attr]
+    in_a_row = failures_in_a_row(earlier, checkpoint_batch)
     where = f" on {node}" if node else ""
     saved = f"newest checkpoint: batch {checkpoint_batch}" if checkpoint_batch is not None else "no checkpoint yet"
     row = f"failure {in_a_row} in a row without a new checkpoint; {saved}"
@@ -249,10 +255,7 @@ def restart_event(
         node = lost[0]
         said = [f"srun: error: Node failure on {n}" if n in failed else f"{n} is {states[n]}" for n in lost]
         cause = f"Slurm requeued the job: {', '.join(said)}"
-        earlier = [e for s in starts[:-1] for e in events_in(s.lines)]
-        failures = [e for e in earlier if e.kind == "failure"]
-        progressed = not failures or (checkpoint_batch or -1) > (failures[-1].checkpoint_batch or -1)
-        in_a_row = 1 if progressed else failures[-1].failures_in_a_row + 1
+        in_a_row = failures_in_a_row([e for s in starts[:-1] for e in events_in(s.lines)], checkpoint_batch)
         failure = RestartEvent(
             "failure", job_id, previous.number, now, cause, node, "requeue", in_a_row, None, checkpoint_batch
         )
