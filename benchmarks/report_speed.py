@@ -7,7 +7,9 @@ Slurm tests recorded (``tests/data/slurm-2node-requeued-usr1.out.gz``). From it 
 each start's preamble (the batch script's start line, the run header, both nodes' launch lines,
 warnings, Python logging and both ranks' llm-foundry config dumps), the keys and order of a train
 block, the eval section (progress lines of both ranks interleaved, then each rank's metrics) and
-the end of a run; only the numbers are generated.
+the end of a run; only the numbers are generated. Rank 0's rank-timing lines are added as the
+callback prints them (`test_case.timing_events`): a ``batch`` line after its block every batch, a
+``ranks`` line every 20 batches, ``restore``, ``fit_start`` and ``hosts`` at each start.
 
 * ``long``: one start of a long run (``max_duration`` far away): every batch a block from each of
   the two ranks, throughput once the 10-batch speed window is full, an eval every 1,000 batches,
@@ -122,6 +124,30 @@ def block(rank: int, batch: int, total: int, keys: list[str], rng: random.Random
     return "\n".join(lines) + "\n"
 
 
+def timing(batch: int, rng: random.Random) -> str:
+    """Rank 0's rank-timing lines after ``batch``: its end, and every 20 batches both ranks' medians."""
+    text = f'0: [timing] {{"kind":"batch","batch":{batch},"time":{1796000000 + batch * 0.17:.3f}}}\n'
+    if batch % 20 == 0:
+        a, b = rng.uniform(0.02, 0.025), rng.uniform(0.02, 0.025)
+        text += (
+            f'0: [timing] {{"kind":"ranks","batch":{batch},"batches":20,"compute_s":[{a:.6f},{b:.6f}],'
+            f'"slowest_rank":{int(b > a)},"slowest_node":"node{1 + int(b > a)}","ratio_to_median":'
+            f"{max(a, b) / ((a + b) / 2):.4f}}}\n"
+        )
+    return text
+
+
+def start_timing(batch: int) -> str:
+    """Rank 0's rank-timing lines at the start of training, resuming after ``batch``."""
+    when = 1796000000 + batch * 0.17
+    lines = [
+        f'0: [timing] {{"kind":"restore","batch":{batch},"time":{when:.3f},"began":{when - 0.4:.3f}}}' if batch else "",
+        f'0: [timing] {{"kind":"fit_start","batch":{batch},"time":{when:.3f}}}',
+        '0: [timing] {"kind":"hosts","hosts":["node1","node2"]}',
+    ]
+    return "".join(line + "\n" for line in lines if line)
+
+
 def eval_section(template: Template, rng: random.Random) -> str:
     """The template's eval section with new values."""
     out = []
@@ -141,11 +167,12 @@ def start_preamble(template: Template, job: int, start: int) -> str:
 def long_run(template: Template, size: int, rng: random.Random) -> Iterator[str]:
     """Text of one start of a long run, until about ``size`` bytes."""
     total = 10**7
-    yield start_preamble(template, 4, 0)
+    yield start_preamble(template, 4, 0) + start_timing(0)
     written, batch = 0, 0
     while written < size:
         batch += 1
         parts = [block(r, batch, total, template.keys, rng, measured=batch > WINDOW) for r in (0, 1)]
+        parts.insert(1, timing(batch, rng))
         if batch % 1000 == 0:
             parts.append(eval_section(template, rng))
         if batch % 2000 == 0:
@@ -162,12 +189,13 @@ def many_restarts(template: Template, size: int, rng: random.Random) -> Iterator
     """Text of one job's starts, each killed somewhere, until about ``size`` bytes."""
     total, written, start, checkpoint = 10**6, 0, 0, 0
     while written < size:
-        parts = [start_preamble(template, 4, start)]
+        parts = [start_preamble(template, 4, start), start_timing(checkpoint)]
         first = checkpoint + 1
         end = min(total, first + rng.randint(3, 40) - 1)  # killed after this batch, or finished
         for batch in range(first, end + 1):
             measured = batch - first >= WINDOW
-            parts += [block(r, batch, total, template.keys, rng, measured) for r in (0, 1)]
+            parts += [block(0, batch, total, template.keys, rng, measured), timing(batch, rng)]
+            parts.append(block(1, batch, total, template.keys, rng, measured))
             if batch % 20 == 0:
                 parts.append(eval_section(template, rng))
             if batch % 10 == 0:

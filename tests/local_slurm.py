@@ -33,6 +33,7 @@ from pathlib import Path
 
 PACKAGES = ("slurm-wlm", "munge")
 DEFAULT_WORKDIR = Path("/tmp/mpt-suite-slurm")
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # cgroup v1, writable on these machines
 CTLD_PORT = 16817
 NODE_PORT_BASE = 17000
 FINAL_STATES = {
@@ -319,6 +320,22 @@ class LocalSlurmCluster:
         if out.returncode != 0:
             raise SlurmError(f"sbatch {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout.strip().split(";")[0]
+
+    @contextlib.contextmanager
+    def cpu_quota(self, node: str, fraction: float) -> Iterator[None]:
+        """``node``'s slurmd (and every job step it starts from now on) limited to ``fraction`` of a
+        core (a cgroup v1 ``cpu`` group of its own); everything in it is moved back after."""
+        group = CPU_CGROUP / f"mpt-suite-test-{node}-{os.getpid()}"
+        group.mkdir()
+        try:
+            (group / "cpu.cfs_period_us").write_text("100000")
+            (group / "cpu.cfs_quota_us").write_text(str(int(100000 * fraction)))
+            (group / "cgroup.procs").write_text(str(self._pids()[node]))
+            yield
+        finally:
+            for left in (group / "cgroup.procs").read_text().split():  # slurmd, and anything still running
+                (CPU_CGROUP / "cgroup.procs").write_text(left)
+            group.rmdir()
 
     @contextlib.contextmanager
     def shm_filled(self, node: str, megabytes: int) -> Iterator[None]:

@@ -7,6 +7,12 @@ every start). The job must requeue itself, resume from its checkpoint away from 
 exactly the final loss of an uninterrupted run of the same config; the crash loop must stop after
 ``MAX_RESTARTS``. Every test prints how long the fault took to restart and end the run (the closing
 notes quote these lines).
+
+Rank timing and goodput (`test_case.training.rank_timing`, `test_case.report`): the uninterrupted
+run names no straggler; a run with node2 given a quarter of a core names node2; the requeued run's
+goodput parts add up to the wall time the test measured itself, with the batches trained twice as
+lost progress. Each rank runs one thread (``OMP_NUM_THREADS=1``): the emulated nodes share this
+machine's cores, and real nodes do not.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ from pathlib import Path
 import pytest
 
 from test_case.report.log_parser import ParsedLog, parse_composer_log, parse_log_file
-from test_case.report.metrics import LOSS_KEY
+from test_case.report.metrics import LOSS_KEY, summarise_run
+from test_case.report.records import RunSummary
+from test_case.report.stragglers import STRAGGLER_RATIO
 from test_case.restart_events import RestartEvent
+from test_case.timing_events import RankTimes
 from test_case.training.restarts import events_in
 from tests.conftest import REPO_ROOT
 from tests.local_slurm import LocalSlurmCluster, module_cluster, pid_alive, rank_pid, rank_pids
@@ -65,6 +74,7 @@ def place(mds_root: Path, demo_assets: tuple[Path, Path], tmp_path_factory: pyte
         "DATA_ROOT": str(mds_root),
         "TOKENIZER": str(demo_assets[1]),
         "SAVE_ROOT": str(root / "ckpt"),
+        "OMP_NUM_THREADS": "1",
     }
     return Place(root / "logs", root / "ckpt", env)
 
@@ -76,6 +86,7 @@ class Run:
     text: str
     parsed: ParsedLog
     fault_at: float | None = None
+    running_at: float | None = None  # when the test first saw it running
 
     @property
     def events(self) -> list[RestartEvent]:
@@ -96,15 +107,37 @@ class Run:
         return value
 
 
-def submit(cluster: LocalSlurmCluster, place: Place, **env: str) -> str:
-    args = [f"--output={place.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
+def submit(cluster: LocalSlurmCluster, place: Place, overrides: tuple[str, ...] = (), **env: str) -> str:
+    args = [f"--output={place.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES, *overrides]
     return cluster.sbatch(args, cwd=REPO_ROOT, env={**place.env, **env})
 
 
-def finished(cluster: LocalSlurmCluster, place: Place, job: str, fault_at: float | None = None) -> Run:
+def running_since(cluster: LocalSlurmCluster, job: str, timeout: float = 120) -> float:
+    """Wait for the job to run; the time it was first seen running (polled every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    while cluster.job_info(job).get("JobState") != "RUNNING":
+        assert time.monotonic() < deadline, f"job {job} did not start in {timeout} s"
+        time.sleep(0.1)
+    return time.time()
+
+
+def finished(
+    cluster: LocalSlurmCluster, place: Place, job: str, fault_at: float | None = None, running_at: float | None = None
+) -> Run:
     info = cluster.wait(job, timeout=900)
     log = place.logs / f"mpt-train_{job}.out"
-    return Run(job, info, log.read_text(), parse_log_file(log), fault_at)
+    return Run(job, info, log.read_text(), parse_log_file(log), fault_at, running_at)
+
+
+def report_of(run: Run) -> RunSummary:
+    return summarise_run(run.parsed)
+
+
+def print_rank_timing(name: str, summary: RunSummary) -> None:
+    """The report's per-node compute table, printed for the closing notes."""
+    print(f"{name}: per-node compute (threshold {STRAGGLER_RATIO}x the median rank):")
+    for n in summary.node_compute:
+        print(f"  {n.node}: {n.median_compute_s:.4f} s/batch, {n.ratio_to_median:.2f}x, straggler={n.straggler}")
 
 
 def first_checkpoint(place: Place, job: str, timeout: float = 300) -> int:
@@ -151,13 +184,39 @@ def reference(cluster: LocalSlurmCluster, place: Place) -> Run:
     return run
 
 
+def test_a_healthy_run_names_no_straggler(reference: Run) -> None:
+    summary = report_of(reference)
+    print_rank_timing("healthy 2-node run", summary)
+    assert [n.node for n in summary.node_compute] in (["node1", "node2"], ["node2", "node1"])
+    assert summary.stragglers == []
+    assert all(n.median_compute_s > 0 and not n.straggler for n in summary.node_compute)
+    windows = [e for _, e in reference.parsed.timing_events if isinstance(e, RankTimes)]
+    assert [w.batch for w in windows] == list(range(20, BATCHES + 1, 20))  # every 20 batches, both ranks
+    assert all(len(w.compute_s) == 2 for w in windows)
+
+
+def test_a_node_given_a_quarter_of_a_core_is_named_as_the_straggler(cluster: LocalSlurmCluster, place: Place) -> None:
+    with cluster.cpu_quota("node2", 0.25):
+        run = finished(cluster, place, submit(cluster, place, ("max_duration=40ba",)))
+    assert run.info["JobState"] == "COMPLETED", run.text[-4000:]
+    summary = report_of(run)
+    print_rank_timing("node2 at a quarter of a core", summary)
+    (straggler,) = summary.stragglers
+    assert (straggler.node, straggler.rank) == ("node2", 1)
+    assert straggler.ratio_to_median > STRAGGLER_RATIO
+    assert summary.node_compute[0].node == "node2" and summary.node_compute[0].straggler
+    windows = [e for _, e in run.parsed.timing_events if isinstance(e, RankTimes)]
+    assert windows and all(w.slowest_node == "node2" for w in windows)  # the callback's own lines say so too
+
+
 @pytest.fixture(scope="module")
 def killed(cluster: LocalSlurmCluster, place: Place, reference: Run) -> tuple[Run, int]:
     """node2's rank killed with SIGKILL (what the OOM killer or an Xid crash does) after the first checkpoint."""
     job = submit(cluster, place)
+    running_at = running_since(cluster, job)
     saved_at = first_checkpoint(place, job)
     os.kill(rank_pid(job, 1), signal.SIGKILL)
-    return finished(cluster, place, job, time.time()), saved_at
+    return finished(cluster, place, job, time.time(), running_at), saved_at
 
 
 def test_a_killed_rank_requeues_the_job_away_from_its_node(killed: tuple[Run, int], reference: Run) -> None:
@@ -175,6 +234,39 @@ def test_a_killed_rank_requeues_the_job_away_from_its_node(killed: tuple[Run, in
     assert re.fullmatch(r"exit code \d+ \(requeued after a failure\)", ends[0]) and ends[1] == "exit code 0", ends
     restart, _ = timings("kill -9 of node2's rank", run)
     assert restart < 120
+
+
+def test_the_goodput_of_a_requeued_run_adds_up_to_its_wall_time(killed: tuple[Run, int]) -> None:
+    run, _ = killed
+    good = report_of(run).goodput
+    assert good is not None and good.starts == 2
+    print(f"goodput of the requeued run (job {run.job_id}): {good}")
+    parts = [
+        good.productive_s,
+        good.startup_s,
+        good.checkpoint_save_s,
+        good.checkpoint_restore_s,
+        good.eval_s,
+        good.lost_progress_s,
+        good.restart_gap_s,
+        good.other_s,
+    ]
+    assert all(p >= 0 for p in parts), good
+    assert sum(parts) == pytest.approx(good.total_s, abs=0.01)
+    # the wall time the test measured: from first seeing the job run to Slurm's end time
+    assert run.running_at is not None
+    measured = datetime.fromisoformat(run.info["EndTime"]).timestamp() - run.running_at
+    print(f"measured wall time {measured:.1f} s, goodput total {good.total_s:.1f} s")
+    assert good.total_s == pytest.approx(measured, rel=0.03)
+    # lost progress: the batches start 0 trained after the checkpoint start 1 resumed from
+    second = run.text.index(f"] job {run.job_id} start 1 on ")
+    first_start = parse_composer_log(run.text[:second].splitlines())
+    resumed = parse_composer_log(run.text[second:].splitlines()).train_blocks[0].step - 1
+    trained_twice = [b.step for b in first_start.train_blocks if b.step > resumed]
+    assert trained_twice and good.lost_progress_batches == len(trained_twice)
+    assert 0 < good.lost_progress_s < good.productive_s
+    assert good.checkpoint_restore_s > 0 and good.restart_gap_s > 0 and good.eval_s > 0
+    assert good.checkpoint_save_s > 0 and good.startup_s > 0
 
 
 def test_a_stopped_rank_is_noticed_within_dist_timeout_and_its_node_excluded(

@@ -116,6 +116,15 @@ def log_lines(draw: st.DrawFn) -> list[str]:
                                 f"{prefix}ERROR:composer.cli.launcher:Rank 1 crashed with exit code 1.",
                                 "[2026-11-22T06:00:00+00:00] job 12 start 1 on node[1-2]",
                                 "[2026-11-22T06:00:04+00:00] job 12 end: exit code 143 (stopped by SIGTERM) after 4 s",
+                                # rank timing: one batch line per batch (its own fast path), the other events
+                                f'{prefix}[timing] {{"kind":"batch","batch":3,"time":1796000000.125}}',
+                                f'{prefix}[timing] {{"kind":"batch","batch":4,"time":1796000001}}  ',
+                                f'{prefix}  [timing] {{"kind":"batch","batch":5,"time":1796000002.5}}',
+                                f'{prefix}[timing] {{"kind":"batch","batch":6,"time":17960',
+                                f'{prefix}[timing] {{"kind":"fit_start","batch":0,"time":1796000000.0}}',
+                                f'{prefix}[timing] {{"kind":"hosts","hosts":["node1","node2"]}}',
+                                f'{prefix}[timing] {{"kind":"ranks","batch":20,"batches":20,"compute_s":[0.02,0.03],'
+                                '"slowest_rank":1,"slowest_node":"node2","ratio_to_median":1.2}',
                             ]
                         ),
                         st.text(max_size=30),

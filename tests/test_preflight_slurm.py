@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from tests.local_slurm import LocalSlurmCluster, module_cluster
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SCRIPT = "slurm-scripts/0.preflight.sbatch"
-CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +63,6 @@ def run_preflight(cluster: LocalSlurmCluster, settings: dict[str, str]) -> Prefl
     return Preflight(job, info, log, json.loads(path.read_text()))
 
 
-@contextmanager
-def node_cpu_quota(cluster: LocalSlurmCluster, node: str, fraction: float) -> Iterator[None]:
-    """``node``'s slurmd (and every job step it starts from now on) limited to ``fraction`` of a core."""
-    pid = cluster._pids()[node]
-    group = CPU_CGROUP / f"mpt-suite-test-{node}-{os.getpid()}"
-    group.mkdir()
-    try:
-        (group / "cpu.cfs_period_us").write_text("100000")
-        (group / "cpu.cfs_quota_us").write_text(str(int(100000 * fraction)))
-        (group / "cgroup.procs").write_text(str(pid))
-        yield
-    finally:
-        for left in (group / "cgroup.procs").read_text().split():  # slurmd, and anything still running
-            (CPU_CGROUP / "cgroup.procs").write_text(left)
-        group.rmdir()
-
-
 def test_a_healthy_cluster_passes_with_measured_figures_for_every_node(
     cluster: LocalSlurmCluster, settings: dict[str, str]
 ) -> None:
@@ -117,7 +98,7 @@ def test_a_healthy_cluster_passes_with_measured_figures_for_every_node(
 
 
 def test_a_node_given_a_fifth_of_a_core_is_named(cluster: LocalSlurmCluster, settings: dict[str, str]) -> None:
-    with node_cpu_quota(cluster, "node3", 0.2):
+    with cluster.cpu_quota("node3", 0.2):
         run = run_preflight(cluster, settings)
     print(run.log)
     assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]

@@ -14,6 +14,7 @@ import pytest
 
 from test_case.report.log_parser import parse_composer_log, parse_log_file
 from test_case.report.metrics import DEVICE_TOKENS_PER_SEC, LOSS_KEY, steady_state_window, summarise_run
+from test_case.timing_events import RankTimes, WallEvent
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,18 @@ def test_local_run_trains_checkpoints_and_reports(
     assert len(checkpoints) == 1
     last_line = log_file.read_text().splitlines()[-1]
     assert re.fullmatch(r"\[\S+\] job local-\S+ end: exit code 0 after \d+ s", last_line), last_line
+    # rank timing, on by default: every batch's end, saves and evals every 20 (the yaml's), windows of 20
+    assert list(parsed.batch_ends.batches) == list(range(1, 41))
+    assert list(parsed.batch_ends.times) == sorted(parsed.batch_ends.times)
+    events = [e for _, e in parsed.timing_events]
+    walls = [(e.kind, e.batch) for e in events if isinstance(e, WallEvent) and e.kind != "fit_start"]
+    assert walls == [("eval", 20), ("checkpoint_save", 20), ("eval", 40), ("checkpoint_save", 40), ("fit_end", 40)]
+    windows = [e for e in events if isinstance(e, RankTimes)]
+    assert [(w.batch, w.batches, len(w.compute_s)) for w in windows] == [(20, 20, 1), (40, 20, 1)]
+    step = run.step_time_median_s
+    assert step is not None and all(0 < w.compute_s[0] < step for w in windows)  # the blocks' forward: part of a step
+    assert run.goodput is not None and run.goodput.starts == 1 and run.goodput.checkpoint_restore_s == 0
+    assert 0 < run.goodput.productive_s < run.goodput.total_s
 
 
 def test_a_run_killed_while_saving_resumes_from_its_last_complete_checkpoint(
@@ -73,11 +86,12 @@ def test_a_run_killed_while_saving_resumes_from_its_last_complete_checkpoint(
 ) -> None:
     """What the requeued CI job met: the next checkpoint half-written when the job was killed."""
 
-    def train(max_duration: str) -> str:
-        overrides = (f"max_duration={max_duration}", "save_interval=10ba")
+    def train(max_duration: str, *more: str) -> str:
+        overrides = (f"max_duration={max_duration}", "save_interval=10ba", *more)
         return train_locally(mds_root, demo_assets[1], tmp_path, *overrides, RUN_NAME="killed-while-saving")
 
-    train("20ba")
+    untimed = train("20ba", "callbacks.rank_timing.enabled=false")  # the documented off switch
+    assert "[timing]" not in untimed and "[batch=20/20]" in untimed
     folder = tmp_path / "ckpt" / "killed-while-saving" / "checkpoints"
     assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba20-rank0.pt"
     complete = (folder / "ep0-ba20-rank0.pt").read_bytes()
@@ -90,6 +104,9 @@ def test_a_run_killed_while_saving_resumes_from_its_last_complete_checkpoint(
     ) in log
     resumed = parse_composer_log(log.splitlines())
     assert [b.step for b in resumed.train_blocks] == list(range(21, 41))
+    restores = [e for _, e in resumed.timing_events if isinstance(e, WallEvent) and e.kind in ("restore", "fit_start")]
+    assert [(e.kind, e.batch) for e in restores] == [("restore", 20), ("fit_start", 20)]
+    assert restores[0].began is not None and 0 < restores[0].seconds < 60
     assert os.readlink(folder / "latest-rank0.pt") == "ep0-ba40-rank0.pt"
     assert len((folder / "unfinished" / "ep0-ba30-rank0.pt").read_bytes()) == len(complete) // 2
 

@@ -26,6 +26,7 @@ from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import USED_TRAIN_KEYS, job_without_training, summarise_run
 from test_case.report.records import JobWithoutTraining, RunSummary
 from test_case.report.render import format_table, report_document, write_reports
+from test_case.report.stragglers import STRAGGLER_RATIO
 
 LOG_SUFFIXES = {".out", ".log", ".txt", ".err"}
 
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tolerance", type=float, default=0.10, help="allowed shortfall against --baseline (0.10)")
     p.add_argument("--warmup", type=int, default=0, help="measured blocks to skip at the start of the window")
+    p.add_argument(
+        "--straggler-threshold",
+        type=float,
+        default=STRAGGLER_RATIO,
+        help=f"flag a rank whose compute time is above this times the median rank's ({STRAGGLER_RATIO})",
+    )
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
@@ -127,8 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"report.py: error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    if args.warmup < 0 or not 0 <= args.tolerance < 1 or (args.jobs is not None and args.jobs < 1):
-        print("report.py: error: --warmup must be >= 0, --tolerance in [0, 1), --jobs >= 1", file=sys.stderr)
+    if (
+        args.warmup < 0
+        or not 0 <= args.tolerance < 1
+        or (args.jobs is not None and args.jobs < 1)
+        or args.straggler_threshold <= 1
+    ):
+        print(
+            "report.py: error: --warmup must be >= 0, --tolerance in [0, 1), --jobs >= 1, --straggler-threshold > 1",
+            file=sys.stderr,
+        )
         return 2
     baseline_rows = None
     if args.baseline is not None:
@@ -164,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             if (job := job_without_training(log)) is not None:
                 jobs.append(job)
     runs: list[RunSummary] = sorted(
-        (summarise_run(log, args.warmup, gpu=args.gpu, peak_override=args.peak_tflops) for log in group_runs(parsed)),
+        (
+            summarise_run(log, args.warmup, args.gpu, args.peak_tflops, args.straggler_threshold)
+            for log in group_runs(parsed)
+        ),
         key=run_order,
     )
     if baseline_rows is not None:
@@ -176,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: list[Path] = []
     if not args.no_plots and runs:
-        from test_case.report.plots import plot_run, plot_scaling
+        from test_case.report.plots import plot_goodput, plot_run, plot_scaling
 
         plots = [plot_run(run, out_dir) for run in runs] + [plot_scaling(g, out_dir) for g in scaling]
+        if (bars := plot_goodput(runs, out_dir)) is not None:
+            plots.append(bars)
     if not args.no_plots and preflights:
         from test_case.report.plots import plot_preflight
 

@@ -14,7 +14,10 @@ STDERR----------``), possibly pasted with ``> `` or ``[stderr]: `` in front of e
 * the run header written by ``slurm-scripts/2.train-mpt-manual-distributed.sbatch``: lines
   ``[run-header] key: value``;
 * llm-foundry's config dump (YAML at the start of training): ``n_params``, ``max_seq_len``,
-  ``global_train_batch_size`` and the model shape are read from it.
+  ``global_train_batch_size`` and the model shape are read from it;
+* the job's start and end lines (``[time] job ID start N on NODES``, ``[time] job ID end: ...``),
+  restart events (`test_case.restart_events`) and timing events (`test_case.timing_events`: one
+  per batch, kept in three arrays, `BatchEnds`).
 
 Everything else is counted as unknown and ignored; no input makes the parser raise. Only what the
 report uses is kept: the blocks of the reporting rank (the lowest rank that logged train blocks;
@@ -42,16 +45,18 @@ import multiprocessing
 import os
 import re
 import sys
+from array import array
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from test_case import restart_events, run_header
+from test_case import restart_events, run_header, timing_events
 from test_case.failure_lines import FAILURE_LINE, FAILURE_STARTS, LogLine
 from test_case.restart_events import RestartEvent
 from test_case.run_header import RunHeader
+from test_case.timing_events import TimingEvent
 
 RANK_PREFIX = re.compile(r"^(\d+): ?")
 QUOTE_PREFIX = re.compile(r"^(?:> ?|\[std(?:out|err)\]: ?)")
@@ -82,7 +87,11 @@ CONFIG_KEYS = {
 }
 CONFIG_LINE = re.compile(r"^\s*(" + "|".join(CONFIG_KEYS) + r"): (\S.*?)\s*$")
 # What the training script prints first and last at each start (slurm-scripts/2.train-...sbatch).
-JOB_LINE = re.compile(r"^\[[^\]]+\] job (\S+) (?:start (\d+) on \S.*|end: exit code (\d+)(?: \(.*\))? after \d+ s)$")
+JOB_LINE = re.compile(r"^\[([^\]]+)\] job (\S+) (?:start (\d+) on \S.*|end: exit code (\d+)(?: \(.*\))? after \d+ s)$")
+# A batch's timing event as the callback prints it (`timing_events.line`), read without json.
+BATCH_END_LINE = re.compile(r'^\[timing\] \{"kind":"batch","batch":(\d+),"time":(\d+(?:\.\d*)?)\}$')
+# The same line in `LogParser.feed_text`, with its rank prefix (as RANK_PREFIX takes it) and newline.
+BATCH_END_TEXT = re.compile(r'((?:\d+: ?)?)\[timing\] \{"kind":"batch","batch":(\d+),"time":(\d+(?:\.\d*)?)\}[ \t]*\n')
 MAX_FAILURES = 20  # failure lines kept per start: the first ones, which name the cause
 
 # The block path of `LogParser.feed_text`: a block header line in Composer's own form (rank prefix or
@@ -138,6 +147,36 @@ class MetricBlock:
         return MetricBlock, (self.kind, self.unit, self.step, self.total, self.epoch, self.line, self.metrics)
 
 
+@dataclass(frozen=True, slots=True)
+class JobMark:
+    """A start or end line of the training job, with the time it printed (ISO 8601, as printed)."""
+
+    line: int
+    kind: str  # "start" or "end"
+    time: str
+
+
+@dataclass
+class BatchEnds:
+    """The ``batch`` timing events, as three arrays: the line, the batch and its end (Unix s)."""
+
+    lines: array[int] = field(default_factory=lambda: array("q"))
+    batches: array[int] = field(default_factory=lambda: array("q"))
+    times: array[float] = field(default_factory=lambda: array("d"))
+
+    def append(self, line: int, batch: int, time: float) -> None:
+        """One batch's end."""
+        self.lines.append(line)
+        self.batches.append(batch)
+        self.times.append(time)
+
+    def extend(self, later: BatchEnds, line_offset: int) -> None:
+        """Append those of a later part of the file, whose lines start after ``line_offset``."""
+        self.lines.extend(n + line_offset for n in later.lines)
+        self.batches.extend(later.batches)
+        self.times.extend(later.times)
+
+
 @dataclass
 class ParsedLog:
     """What one log file holds, per rank prefix (``None`` where lines carry no prefix)."""
@@ -153,6 +192,9 @@ class ParsedLog:
     failures: list[LogLine] = field(default_factory=list)  # failure lines since the last start, the first ones
     end_code: int | None = None  # exit code in the job's end line of the last start, if it printed one
     restart_events: list[RestartEvent] = field(default_factory=list)  # `test_case.restart_events`, in order
+    job_marks: list[JobMark] = field(default_factory=list)  # the job's start and end lines, in order
+    timing_events: list[tuple[int, TimingEvent]] = field(default_factory=list)  # (line, event), but batch ends
+    batch_ends: BatchEnds = field(default_factory=BatchEnds)  # the ``batch`` timing events
 
     @property
     def header(self) -> RunHeader:
@@ -362,15 +404,24 @@ class LogParser:
                     self._new_start()
                 self.log.header_fields[key] = value
                 return
+            if stripped.startswith(timing_events.PREFIX):
+                if batch_end := BATCH_END_LINE.match(stripped):
+                    self.log.batch_ends.append(self.number, int(batch_end.group(1)), float(batch_end.group(2)))
+                    return
+                if timing := timing_events.parse_line(stripped):
+                    self.log.timing_events.append((self.number, timing))
+                    return
             if stripped.startswith(restart_events.PREFIX) and (event := restart_events.parse_line(stripped)):
                 self.log.restart_events.append(event)
                 return
             if job := JOB_LINE.match(stripped):
-                self.log.job_id = job.group(1)
-                if job.group(2) is not None:
+                self.log.job_id = job.group(2)
+                started = job.group(3) is not None
+                self.log.job_marks.append(JobMark(self.number, "start" if started else "end", job.group(1)))
+                if started:
                     self._new_start()
                 else:
-                    self.log.end_code = int(job.group(3))
+                    self.log.end_code = int(job.group(4))
                 return
         elif first == "-" and (section := LAUNCHER_SECTION.match(stripped)):
             self.section_rank = int(section.group(2)) if section.group(1) == "Begin" else None
@@ -418,6 +469,7 @@ class LogParser:
         end = len(text) if end is None else end
         pos = 0
         header = BLOCK_HEADER.match
+        batch_end_line = BATCH_END_TEXT.match
         shapes, current, totals = self.shapes, self.current, self.totals
         while pos < end:
             m = header(text, pos, end)
@@ -428,6 +480,12 @@ class LogParser:
                     self.log.unknown_lines += lines
                     current[self._prefix_rank(run.group(1) or "")] = None
                     pos = run.end()
+                    continue
+                if batch_end := batch_end_line(text, pos, end):  # one per batch: read here, as feed_line would
+                    self.number += 1
+                    current[self._prefix_rank(batch_end.group(1))] = None
+                    self.log.batch_ends.append(self.number, int(batch_end.group(2)), float(batch_end.group(3)))
+                    pos = batch_end.end()
                     continue
                 newline = text.index("\n", pos, end)
                 self.feed_line(text[pos:newline])
@@ -565,6 +623,9 @@ class LogParser:
             self.noise = noise_pattern(frozenset(log.config))
         log.starts += later.log.starts
         log.restart_events.extend(later.log.restart_events)
+        log.job_marks.extend(JobMark(m.line + self.number, m.kind, m.time) for m in later.log.job_marks)
+        log.timing_events.extend((n + self.number, e) for n, e in later.log.timing_events)
+        log.batch_ends.extend(later.log.batch_ends, self.number)
         later_failures = [LogLine(f.number + self.number, f.text) for f in later.log.failures]
         if later.restarted:
             log.failures, log.end_code = later_failures, later.log.end_code

@@ -1,4 +1,6 @@
-"""Per-run figures computed from a `ParsedLog`: the only module that does report arithmetic.
+"""Per-run figures computed from a `ParsedLog`: the report's arithmetic, here and in two modules
+of their own that `summarise_run` calls: `test_case.report.stragglers` (per-rank compute time) and
+`test_case.report.goodput` (where the job's wall time went).
 
 Definitions (each printed figure comes from exactly one function here):
 
@@ -24,6 +26,7 @@ Definitions (each printed figure comes from exactly one function here):
 * peak memory: the largest ``memory/peak_allocated_mem`` / ``memory/peak_reserved_mem`` (GB).
 * to train 1 T tokens at the measured rate: ``hours = 1e12 / tokens_per_sec / 3600`` and
   ``gpu_hours = hours * world_size``.
+* ``stragglers``, ``node_compute``: `test_case.report.stragglers`; ``goodput``: `test_case.report.goodput`.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from test_case.failure_lines import failure_cause
+from test_case.report.goodput import goodput
 from test_case.report.gpu_peaks import peak_tflops
 from test_case.report.log_parser import MetricBlock, ParsedLog, Value
 from test_case.report.records import JobWithoutTraining, RunSummary
+from test_case.report.stragglers import STRAGGLER_RATIO, stragglers
 
 LOSS_KEY = "loss/train/total"
 LOSS_KEYS = (LOSS_KEY, "loss/train", "metrics/train/LanguageCrossEntropy", "LanguageCrossEntropy")
@@ -185,10 +190,17 @@ Column = Callable[[str], np.ndarray]  # a train metric over the run's blocks (`m
 
 
 def summarise_run(
-    parsed: ParsedLog, warmup: int = 0, gpu: str | None = None, peak_override: float | None = None
+    parsed: ParsedLog,
+    warmup: int = 0,
+    gpu: str | None = None,
+    peak_override: float | None = None,
+    straggler_threshold: float = STRAGGLER_RATIO,
 ) -> RunSummary:
     """Compute the figures of one parsed log; ``gpu``/``peak_override`` take precedence over the log."""
     run = _identity(parsed)
+    run.stragglers, run.node_compute = stragglers(parsed, straggler_threshold)
+    run.straggler_threshold = straggler_threshold if run.node_compute else None
+    run.goodput = goodput(parsed)
     blocks = parsed.train_blocks
     if not blocks:
         run.warnings.append("no train metric blocks found")

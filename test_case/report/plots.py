@@ -1,5 +1,5 @@
-"""PNG plots of a report: loss and throughput against batch per run, scaling per model, and the
-bus bandwidth of a preflight's collectives against message size."""
+"""PNG plots of a report: loss and throughput against batch per run, scaling per model, where each
+run's wall time went (goodput), and the bus bandwidth of a preflight's collectives against message size."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 
 from test_case.preflight.records import PreflightReport
 from test_case.report.records import RunSummary, ScalingGroup
-from test_case.report.render import scaling_title
+from test_case.report.render import GOODPUT_PARTS, scaling_title
 
 
 def _safe(name: str) -> str:
@@ -47,6 +47,34 @@ def plot_run(run: RunSummary, out_dir: Path) -> Path:
     fig.tight_layout()
     path = out_dir / f"{_safe(run.name)}.png"
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_goodput(runs: list[RunSummary], out_dir: Path) -> Path | None:
+    """``goodput.png``: one stacked bar per run with goodput, its wall time in the parts of
+    `test_case.report.goodput`; None when no run has one."""
+    measured = [r for r in runs if r.goodput is not None]
+    if not measured:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 2.2 + 0.5 * len(measured)))
+    names = [r.name for r in measured]
+    left = [0.0] * len(measured)
+    for label, key in GOODPUT_PARTS:
+        widths = [float(getattr(r.goodput, key)) for r in measured]
+        ax.barh(names, widths, left=left, label=label)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for i, r in enumerate(measured):
+        assert r.goodput is not None
+        share = r.goodput.goodput
+        ax.text(left[i], i, f" {100 * share:.0f}%" if share is not None else "", va="center")
+    ax.set_xlabel("seconds of the job's wall time")
+    ax.set_title("goodput: where each run's wall time went")
+    ax.invert_yaxis()
+    ax.legend(loc="center left", bbox_to_anchor=(1.08, 0.5), fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "goodput.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -37,6 +37,49 @@ class BaselineVerdict:
 
 
 @dataclass(frozen=True)
+class Goodput:
+    """Where a job's wall time went, across its starts (`goodput`; the parts add up to ``total_s``)."""
+
+    total_s: float  # first start line to the last end line
+    productive_s: float  # batches that were not trained again
+    startup_s: float  # start line to training start, less the restore
+    checkpoint_save_s: float
+    checkpoint_restore_s: float
+    eval_s: float
+    lost_progress_s: float  # batches a later start trained again
+    restart_gap_s: float  # from a start's end line to the next start line
+    other_s: float  # the rest: after a start's last batch to its end line
+    goodput: float | None  # productive / total
+    lost_progress_batches: int = 0
+    starts: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Straggler:
+    """A rank whose median compute time is more than the threshold above the median of all ranks."""
+
+    node: str
+    rank: int
+    median_compute_s: float
+    ratio_to_median: float
+
+
+@dataclass(frozen=True)
+class NodeCompute:
+    """One node's median compute time per batch (over its ranks), against the median of all ranks."""
+
+    node: str
+    ranks: int
+    median_compute_s: float
+    ratio_to_median: float
+    straggler: bool  # holds a flagged rank
+
+
+@dataclass(frozen=True)
 class JobWithoutTraining:
     """A training job whose log holds no train metrics: it failed (or is still starting) before."""
 
@@ -135,6 +178,12 @@ class RunSummary:
     gpu_hours_to_1t_tokens: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
     baseline: BaselineVerdict | None = None
+    stragglers: list[Straggler] = field(
+        default_factory=list
+    )  # flagged ranks, slowest first (test_case.report.stragglers)
+    node_compute: list[NodeCompute] = field(default_factory=list)  # every node, slowest first
+    straggler_threshold: float | None = None  # the ratio above which a rank is flagged
+    goodput: Goodput | None = None  # test_case.report.goodput
     warnings: list[str] = field(default_factory=list)
     series: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)  # batches, values
 
@@ -145,8 +194,10 @@ class RunSummary:
             value = getattr(self, f.name)
             if f.name == "series":
                 continue
-            if isinstance(value, BaselineVerdict):
+            if isinstance(value, BaselineVerdict | Goodput):
                 value = value.to_dict()
+            elif f.name in ("stragglers", "node_compute"):
+                value = [asdict(v) for v in value]
             elif isinstance(value, list | dict):
                 value = value.copy()
             out[f.name] = value

@@ -96,7 +96,29 @@ DEFINITIONS = """\
   precision, sequence length, processes per node and scheduler (1.0 = linear).
 - **baseline ratio** = tokens/s/dev / the published tokens/s per GPU for the same GPU, model and GPU
   count; `below` when under 1 - tolerance.
+- **compute s** (per node, "Rank timing"): the time a rank spends in the forward pass of its
+  transformer blocks per batch, which no collective interrupts (the `rank_timing` callback,
+  `test_case/training/rank_timing.py`): per rank the median over its windows of N batches, per node
+  the median of its ranks; **ratio** = that / the median over all ranks. A rank whose ratio is above
+  the straggler threshold (`--straggler-threshold`, 1.15) is a **straggler**.
+- **goodput** = productive / total, where the job's wall time (its first start line to its last end
+  line, across every restart) is split into start-up (start line to training start, less the
+  restore), checkpoint restore, checkpoint save, eval, productive (batches not trained again), lost
+  progress (batches a later start trained again), restart gap (a start's end line to the next start
+  line) and other (after a start's last batch to its end line: shutdown, a failed start's wait for
+  its collective timeout). `test_case/report/goodput.py`.
 """
+
+GOODPUT_PARTS = (
+    ("productive", "productive_s"),
+    ("start-up", "startup_s"),
+    ("checkpoint save", "checkpoint_save_s"),
+    ("checkpoint restore", "checkpoint_restore_s"),
+    ("eval", "eval_s"),
+    ("lost progress", "lost_progress_s"),
+    ("restart gap", "restart_gap_s"),
+    ("other", "other_s"),
+)
 
 
 def _table(columns: list[Column], runs: list[RunSummary], markdown: bool = False) -> str:
@@ -180,6 +202,75 @@ def _restart_lines(runs: list[RunSummary]) -> list[str]:
     return lines
 
 
+def _straggler_lines(runs: list[RunSummary]) -> list[str]:
+    """Per run with rank timing: the slowest node, and each straggler rank."""
+    lines = []
+    for r in runs:
+        if not r.node_compute:
+            continue
+        slowest = r.node_compute[0]
+        lines.append(
+            f"rank timing {r.name}: slowest node {slowest.node}, compute {slowest.median_compute_s:.4f} s/batch, "
+            f"{slowest.ratio_to_median:.2f}x the median rank; "
+            + (f"{len(r.stragglers)} straggler rank(s)" if r.stragglers else "no straggler")
+            + f" (threshold {r.straggler_threshold:.2f}x)"
+        )
+        lines += [
+            f"straggler {r.name}: rank {s.rank} on {s.node}: {s.median_compute_s:.4f} s/batch, "
+            f"{s.ratio_to_median:.2f}x the median rank"
+            for s in r.stragglers
+        ]
+    return lines
+
+
+def _goodput_lines(runs: list[RunSummary]) -> list[str]:
+    lines = []
+    for r in runs:
+        if (g := r.goodput) is None:
+            continue
+        parts = ", ".join(f"{name} {getattr(g, key):.1f}" for name, key in GOODPUT_PARTS if getattr(g, key))
+        share = "-" if g.goodput is None else f"{100 * g.goodput:.1f}%"
+        lost = f", {g.lost_progress_batches} batch(es) trained twice" if g.lost_progress_batches else ""
+        lines.append(f"goodput {r.name}: {share} of {g.total_s:.1f} s over {g.starts} start(s) ({parts} s{lost})")
+    return lines
+
+
+def _timing_markdown(runs: list[RunSummary]) -> list[str]:
+    """Per node compute time and stragglers; the goodput table, one row per run."""
+    parts: list[str] = []
+    timed = [r for r in runs if r.node_compute]
+    if timed:
+        parts += ["## Rank timing", ""]
+        for r in timed:
+            parts += [f"{r.name}: threshold {r.straggler_threshold:.2f}x the median rank", ""]
+            parts += [
+                "| node | ranks | median compute s/batch | ratio to median rank | straggler |",
+                "|---|---|---|---|---|",
+            ]
+            for n in r.node_compute:
+                flagged = ", ".join(
+                    f"rank {s.rank} ({s.ratio_to_median:.2f}x)" for s in r.stragglers if s.node == n.node
+                )
+                parts.append(
+                    f"| {n.node} | {n.ranks} | {n.median_compute_s:.4f} | {n.ratio_to_median:.2f} | {flagged or '-'} |"
+                )
+            parts.append("")
+    measured = [r for r in runs if r.goodput is not None]
+    if measured:
+        head = " | ".join(f"{name} s" for name, _ in GOODPUT_PARTS)
+        parts += ["## Goodput", "", f"| run | starts | total s | {head} | lost batches | goodput |"]
+        parts.append("|---" * (len(GOODPUT_PARTS) + 5) + "|")
+        for r in measured:
+            g = r.goodput
+            assert g is not None
+            cells = " | ".join(f"{getattr(g, key):.1f}" for _, key in GOODPUT_PARTS)
+            parts.append(
+                f"| {r.name} | {g.starts} | {g.total_s:.1f} | {cells} | {g.lost_progress_batches} | {_pct(g.goodput)} |"
+            )
+        parts.append("")
+    return parts
+
+
 def _notes(runs: list[RunSummary]) -> list[str]:
     notes = []
     for r in runs:
@@ -198,7 +289,8 @@ def format_table(
     """The console report: main table, scaling, baseline verdicts, jobs that did not train, notes,
     preflight verdicts."""
     parts = [_table(COLUMNS, runs)] if runs else []
-    extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _restart_lines(runs) + _notes(runs)
+    extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _restart_lines(runs)
+    extra += _straggler_lines(runs) + _goodput_lines(runs) + _notes(runs)
     extra += _preflight_console(preflights)
     return "".join(parts) + "".join(line + "\n" for line in extra)
 
@@ -262,6 +354,7 @@ def format_markdown(
         parts.append("")
     if restarts := _restart_lines(runs):
         parts += ["## Restarts", "", *[f"- {line}" for line in restarts], ""]
+    parts += _timing_markdown(runs)
     if preflights:
         parts += _preflight_markdown(preflights)
     parts += ["## How each figure is computed", "", DEFINITIONS]

@@ -12,6 +12,9 @@ file is meant to be per node, so we append this node's rank to the broadcast nam
 
 When the launcher sets ``SUITE_HEARTBEAT_DIR``, each rank also starts its heartbeat thread
 (`test_case.training.heartbeat`), which names a rank that stops in a hung run.
+
+Every run also gets the ``rank_timing`` callback (`test_case.training.rank_timing`) unless its yaml
+or an override switches it off (``callbacks.rank_timing.enabled=false``): `with_rank_timing`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import sys
 from pathlib import Path
 
 from composer.utils import dist
+from omegaconf import DictConfig
+from omegaconf import OmegaConf as om
 
+from test_case.training import rank_timing
 from test_case.training.heartbeat import DIR_ENV, start_heartbeat
 
 _broadcast_signal_file_name = dist.get_node_signal_file_name
@@ -33,8 +39,28 @@ def per_node_signal_file_name(rng: random.Random | None = None) -> str:
     return f"{_broadcast_signal_file_name(rng)}_n{dist.get_node_rank()}"
 
 
+def with_rank_timing(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``callbacks.rank_timing`` added (default arguments) where it is not set."""
+    callbacks = cfg.get("callbacks") or {}
+    if rank_timing.NAME in callbacks:
+        return cfg
+    merged = om.merge(cfg, {"callbacks": {rank_timing.NAME: {}}})
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def load_config(yaml_path: str, overrides: list[str]) -> DictConfig:
+    """The yaml merged with the ``key=value`` overrides, as ``llmfoundry train`` merges them."""
+    om.clear_resolver("oc.env")  # as llm-foundry's train_from_yaml: no environment lookups in a yaml
+    cfg = om.load(yaml_path)
+    if overrides:
+        cfg = om.merge(cfg, om.from_cli(overrides))
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Apply the fix, then run llm-foundry's training exactly as ``llmfoundry train`` does."""
+    """Apply the fix, then run llm-foundry's training as ``llmfoundry train`` does, with rank timing."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print("usage: python -m test_case.training.foundry_train YAML [key=value ...]", file=sys.stderr)
@@ -42,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     dist.get_node_signal_file_name = per_node_signal_file_name
     if os.environ.get(DIR_ENV):
         start_heartbeat(Path(os.environ[DIR_ENV]), int(os.environ.get("RANK", "0")))
-    from llmfoundry.command_utils import train_from_yaml
+    from llmfoundry.command_utils import train
 
-    train_from_yaml(args[0], args[1:])
+    rank_timing.register()
+    train(with_rank_timing(load_config(args[0], args[1:])))
     return 0
 
 
