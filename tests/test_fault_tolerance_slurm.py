@@ -150,6 +150,15 @@ def first_checkpoint(place: Place, job: str, timeout: float = 300) -> int:
     return int(os.readlink(latest).split("-ba")[1].split("-")[0])
 
 
+def batches_after(place: Place, job: str, batch: int, timeout: float = 120) -> None:
+    """Wait until rank 0 of ``job`` has logged ``batch``."""
+    log = place.logs / f"mpt-train_{job}.out"
+    deadline = time.monotonic() + timeout
+    while f"0: [batch={batch}/" not in log.read_text():
+        assert time.monotonic() < deadline, f"job {job} did not reach batch {batch} in {timeout} s"
+        time.sleep(0.1)
+
+
 def assert_resumed_on_other_nodes(run: Run, reference: Run, saved_at: int) -> None:
     """One restart, on node1 and node3, at the batch after the newest checkpoint (the failure event's,
     at or after the one the fault came after), to exactly the reference's final loss."""
@@ -197,7 +206,8 @@ def test_a_healthy_run_names_no_straggler(reference: Run) -> None:
 
 def test_a_node_given_a_quarter_of_a_core_is_named_as_the_straggler(cluster: LocalSlurmCluster, place: Place) -> None:
     with cluster.cpu_quota("node2", 0.25):
-        run = finished(cluster, place, submit(cluster, place, ("max_duration=40ba",)))
+        # 40 batches; the rendezvous waits longer than the module's dist_timeout for a node this slow to start
+        run = finished(cluster, place, submit(cluster, place, ("max_duration=40ba", "dist_timeout=300")))
     assert run.info["JobState"] == "COMPLETED", run.text[-4000:]
     summary = report_of(run)
     print_rank_timing("node2 at a quarter of a core", summary)
@@ -215,6 +225,7 @@ def killed(cluster: LocalSlurmCluster, place: Place, reference: Run) -> tuple[Ru
     job = submit(cluster, place)
     running_at = running_since(cluster, job)
     saved_at = first_checkpoint(place, job)
+    batches_after(place, job, saved_at + 3)  # a few batches the next start must train again
     os.kill(rank_pid(job, 1), signal.SIGKILL)
     return finished(cluster, place, job, time.time(), running_at), saved_at
 
