@@ -66,7 +66,11 @@ def run_preflight(cluster: LocalSlurmCluster, settings: dict[str, str]) -> Prefl
 def test_a_healthy_cluster_passes_with_measured_figures_for_every_node(
     cluster: LocalSlurmCluster, settings: dict[str, str]
 ) -> None:
-    run = run_preflight(cluster, settings)
+    # Three emulated nodes share two cores, so healthy peers' matmuls contend, unevenly: one was
+    # measured 30 % below the median once. Judged at 40 % here; the throttled node below (a fifth of
+    # a core: 77 % below) at the default 25 %.
+    args = settings["PREFLIGHT_ARGS"] + " --peer-tolerance 0.4"
+    run = run_preflight(cluster, {**settings, "PREFLIGHT_ARGS": args})
     print(run.log)  # the closing notes quote it
     assert (run.info["JobState"], run.info["ExitCode"]) == ("COMPLETED", "0:0"), run.log[-4000:]
     doc = run.report
