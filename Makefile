@@ -48,7 +48,7 @@ lint: install
 	"$(PY)" -m ruff check .
 	"$(PY)" -m ruff format --check .
 	"$(PY)" -m mypy
-	"$(VENV)/bin/shellcheck" -x slurm-scripts/*.sbatch slurm-scripts/env.sh .ci/run
+	"$(VENV)/bin/shellcheck" -x slurm-scripts/*.sbatch slurm-scripts/*.sh .ci/run
 	"$(VENV)/bin/hadolint" 0.llm-foundry.Dockerfile
 	"$(PY)" -m tests.check_yamls yamls/*.yaml
 

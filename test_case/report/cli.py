@@ -6,10 +6,12 @@ requeues; `group_runs`). Parsing lives in `log_parser`, per-run arithmetic in `m
 comparisons in `compare`, output in `render` and `plots` (all in `test_case.report`).
 
 ``preflight_<job-id>.json`` files of 0.preflight.sbatch found there are reported too (per-node
-table, bus bandwidth plot).
+table, bus bandwidth plot), and an ``acceptance_<sweep-id>.json`` manifest of 3.acceptance.sh
+adds the sweep's verdict (`verdict`; the newest sweep where there are several).
 
-Exit codes: 0 report written; 1 no run and no preflight found; 2 bad arguments or unreadable
-input; 3 ``--baseline`` given and a run is below it by more than ``--tolerance``.
+Exit codes: 0 report written; 1 no run, no preflight and no sweep found; 2 bad arguments or
+unreadable input; 3 ``--baseline`` given and a run is below it by more than ``--tolerance``;
+4 an acceptance sweep's verdict is FAIL.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from test_case.acceptance.manifest import PREFIX as MANIFEST_PREFIX
+from test_case.acceptance.manifest import SweepManifest
 from test_case.preflight.records import PreflightReport
 from test_case.report.compare import DEFAULT_BASELINE, BaselineError, compare_to_baseline, load_baseline, scaling_groups
 from test_case.report.gpu_peaks import PEAK_TFLOPS
@@ -27,6 +31,7 @@ from test_case.report.metrics import USED_TRAIN_KEYS, job_without_training, summ
 from test_case.report.records import JobWithoutTraining, RunSummary
 from test_case.report.render import format_table, report_document, write_reports
 from test_case.report.stragglers import STRAGGLER_RATIO
+from test_case.report.verdict import judge_sweep
 
 LOG_SUFFIXES = {".out", ".log", ".txt", ".err"}
 
@@ -51,6 +56,23 @@ def find_preflights(paths: list[Path]) -> list[Path]:
         elif path.name.startswith("preflight_") and path.suffix == ".json":
             found.append(path)
     return sorted(dict.fromkeys(found))
+
+
+def find_manifests(paths: list[Path]) -> list[Path]:
+    """``acceptance_<sweep-id>.json`` files (3.acceptance.sh) named or found in the folders given."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += [p for p in path.rglob(f"{MANIFEST_PREFIX}*.json") if p.is_file()]
+        elif path.name.startswith(MANIFEST_PREFIX) and path.suffix == ".json":
+            found.append(path)
+    return sorted(dict.fromkeys(found))
+
+
+def newest_manifest(paths: list[Path]) -> SweepManifest | None:
+    """The manifest of the newest sweep (highest numeric sweep id) among ``paths``."""
+    manifests = [SweepManifest.read(p) for p in paths]
+    return max(manifests, key=lambda m: (int(m.sweep_id) if m.sweep_id.isdigit() else -1, m.submitted), default=None)
 
 
 def is_preflight_log(path: Path) -> bool:
@@ -162,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"report.py: error: {path}: not a preflight report ({err}): rerun 0.preflight.sbatch", file=sys.stderr
             )
             return 2
+    try:
+        manifest = newest_manifest(find_manifests(args.paths))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"report.py: error: an acceptance manifest cannot be read ({err}): resubmit the sweep", file=sys.stderr)
+        return 2
     logs = [p for p in find_logs(args.paths) if not is_preflight_log(p)]
-    if not logs and not preflights:
+    if not logs and not preflights and manifest is None:
         names = ", ".join(str(p) for p in args.paths)
         print(f"report.py: no log files (*{', *'.join(sorted(LOG_SUFFIXES))}) in {names}: nothing written")
         return 1
@@ -189,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             run.baseline = compare_to_baseline(run, baseline_rows, args.tolerance)
     scaling = scaling_groups(runs)
+    verdict = None
+    if manifest is not None:
+        rows = baseline_rows if baseline_rows is not None else load_baseline(DEFAULT_BASELINE)
+        verdict = judge_sweep(manifest, runs, jobs, preflights, rows)
 
     out_dir = args.out or default_out_dir(args.paths)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,18 +234,20 @@ def main(argv: list[str] | None = None) -> int:
         from test_case.report.plots import plot_preflight
 
         plots += [plot_preflight(pf, out_dir) for pf in preflights if pf.bandwidth]
-    document = report_document(runs, scaling, [str(p) for p in args.paths], empty, jobs, preflights)
-    written = write_reports(out_dir, runs, scaling, jobs, document, plots, preflights)
+    document = report_document(runs, scaling, [str(p) for p in args.paths], empty, jobs, preflights, verdict)
+    written = write_reports(out_dir, runs, scaling, jobs, document, plots, preflights, verdict)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        print(format_table(runs, scaling, jobs, preflights), end="")
+        print(format_table(runs, scaling, jobs, preflights, verdict), end="")
         listed_as_jobs = {j.log_file for j in jobs}
         for name in empty:
             if name not in listed_as_jobs:
                 print(f"no runs in {name}")
         print(f"wrote {', '.join(str(p) for p in written + plots)}")
-    if not runs and not preflights:
+    if verdict is not None and verdict.status == "FAIL":
+        return 4
+    if not runs and not preflights and verdict is None:
         return 1
     if any(r.baseline and r.baseline.status == "below" for r in runs):
         return 3

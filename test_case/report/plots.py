@@ -81,11 +81,14 @@ def plot_goodput(runs: list[RunSummary], out_dir: Path) -> Path | None:
 
 def plot_scaling(group: ScalingGroup, out_dir: Path) -> Path:
     """``scaling-<model>-<gpu>[-<processes per node>pn][-local].png``: tokens/s per device and
-    efficiency against world size."""
+    efficiency against world size, with the ideal of linear scaling (the smallest run's rate per device)."""
     points = group.points
     sizes = [p.world_size for p in points]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(sizes, [p.tokens_per_sec_per_device for p in points], "o-", label="tokens/s per device")
+    ideal = points[0].tokens_per_sec_per_device  # linear scaling keeps the smallest run's rate per device
+    ax.plot(sizes, [ideal] * len(sizes), ":", color="gray", label="ideal (linear scaling)")
+    ax.set_ylim(0, 1.15 * max(ideal, *(p.tokens_per_sec_per_device for p in points)))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("devices (world size)")
     ax.set_ylabel("tokens/s per device")

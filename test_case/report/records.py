@@ -79,6 +79,42 @@ class NodeCompute:
     straggler: bool  # holds a flagged rank
 
 
+@dataclass
+class VerdictJob:
+    """One training job of an acceptance sweep, as the verdict judged it (`test_case.report.verdict`)."""
+
+    job_id: str
+    model: str | None
+    nodes: int
+    status: str  # completed, failed, unfinished, did not train, never ran
+    slurm_state: str | None = None  # for a job without a log: what Slurm says of it
+    tokens_per_sec_per_device: float | None = None
+    mfu: float | None = None
+    baseline: str | None = None  # ok, below, no-match, not-compared
+    baseline_ratio: float | None = None
+    scaling_efficiency: float | None = None  # against the same model at the smallest node count
+    stragglers: list[str] = field(default_factory=list)  # nodes
+    goodput: float | None = None
+    restarts: int = 0
+    reasons: list[str] = field(default_factory=list)  # why this job fails the sweep
+
+
+@dataclass
+class Verdict:
+    """An acceptance sweep's verdict: PASS, or FAIL with every reason."""
+
+    sweep_id: str
+    status: Literal["PASS", "FAIL"]
+    reasons: list[str]
+    jobs: list[VerdictJob]
+    nodes: dict[str, str]  # host -> preflight status (pass, fail), or straggler
+    fabric: list[dict[str, object]]  # the preflight's collectives: peak busbw against expectation
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (report.json ``verdict``)."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class JobWithoutTraining:
     """A training job whose log holds no train metrics: it failed (or is still starting) before."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from test_case.preflight.records import PreflightReport
-from test_case.report.records import JobWithoutTraining, RunSummary, ScalingGroup
+from test_case.report.records import JobWithoutTraining, RunSummary, ScalingGroup, Verdict
 
 SCHEMA_VERSION = 2
 
@@ -271,6 +271,46 @@ def _timing_markdown(runs: list[RunSummary]) -> list[str]:
     return parts
 
 
+def _verdict_lines(verdict: Verdict | None) -> list[str]:
+    """The sweep's verdict: the status, then every reason."""
+    if verdict is None:
+        return []
+    jobs = len(verdict.jobs)
+    done = sum(j.status == "completed" for j in verdict.jobs)
+    lines = [f"acceptance sweep {verdict.sweep_id}: {verdict.status} ({done}/{jobs} training jobs completed)"]
+    return lines + [f"  FAIL: {reason}" for reason in verdict.reasons]
+
+
+def _verdict_markdown(verdict: Verdict | None) -> list[str]:
+    """The verdict section: status, reasons, nodes, fabric, one row per training job."""
+    if verdict is None:
+        return []
+    parts = ["## Acceptance verdict", "", f"Sweep {verdict.sweep_id}: **{verdict.status}**", ""]
+    parts += [f"- {reason}" for reason in verdict.reasons] + ([""] if verdict.reasons else [])
+    if verdict.nodes:
+        parts += ["| node | preflight |", "|---|---|", *[f"| {n} | {s} |" for n, s in verdict.nodes.items()], ""]
+    if verdict.fabric:
+        parts += ["| collective | scope | peak busbw GB/s | expected GB/s |", "|---|---|---|---|"]
+        for f in verdict.fabric:
+            parts.append(
+                f"| {f['collective']} | {f['scope']} | {f['peak_busbw_gbps']} | {f['expected_busbw_gbps'] or '-'} |"
+            )
+        parts.append("")
+    parts += [
+        "| job | model | nodes | status | tokens/s/dev | MFU | baseline | scaling eff. | stragglers | goodput "
+        "| restarts |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for j in verdict.jobs:
+        status = j.status + (f" ({j.slurm_state})" if j.slurm_state else "")
+        parts.append(
+            f"| {j.job_id} | {j.model or '-'} | {j.nodes} | {status} | {_num(j.tokens_per_sec_per_device, ',.0f')} | "
+            f"{_pct(j.mfu)} | {j.baseline or '-'} | {_num(j.scaling_efficiency, '.2f')} | "
+            f"{', '.join(j.stragglers) or '-'} | {_pct(j.goodput)} | {j.restarts} |"
+        )
+    return [*parts, ""]
+
+
 def _notes(runs: list[RunSummary]) -> list[str]:
     notes = []
     for r in runs:
@@ -285,13 +325,14 @@ def format_table(
     scaling: list[ScalingGroup],
     jobs: list[JobWithoutTraining],
     preflights: Sequence[PreflightReport] = (),
+    verdict: Verdict | None = None,
 ) -> str:
     """The console report: main table, scaling, baseline verdicts, jobs that did not train, notes,
-    preflight verdicts."""
+    preflight verdicts, the acceptance verdict."""
     parts = [_table(COLUMNS, runs)] if runs else []
     extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _restart_lines(runs)
     extra += _straggler_lines(runs) + _goodput_lines(runs) + _notes(runs)
-    extra += _preflight_console(preflights)
+    extra += _preflight_console(preflights) + _verdict_lines(verdict)
     return "".join(parts) + "".join(line + "\n" for line in extra)
 
 
@@ -336,9 +377,11 @@ def format_markdown(
     jobs: list[JobWithoutTraining],
     plots: list[Path],
     preflights: Sequence[PreflightReport] = (),
+    verdict: Verdict | None = None,
 ) -> str:
-    """report.md: both tables, comparisons, the definition of every figure, plots, warnings."""
-    parts = ["# MPT benchmark report", ""]
+    """report.md: the acceptance verdict, both tables, comparisons, the definition of every figure,
+    plots, warnings."""
+    parts = ["# MPT benchmark report", "", *_verdict_markdown(verdict)]
     if runs:
         parts += [_table(COLUMNS, runs, markdown=True), "## Details", "", _table(DETAIL_COLUMNS, runs, markdown=True)]
     if scaling:
@@ -395,6 +438,7 @@ def report_document(
     empty_files: list[str],
     jobs: list[JobWithoutTraining],
     preflights: Sequence[PreflightReport] = (),
+    verdict: Verdict | None = None,
 ) -> dict[str, Any]:
     """report.json's content (schema in the README)."""
     return json_safe(
@@ -406,6 +450,7 @@ def report_document(
             "runs": [r.to_dict() for r in runs],
             "scaling": [g.to_dict() for g in scaling],
             "preflight": [asdict(pf) for pf in preflights],
+            "verdict": verdict.to_dict() if verdict is not None else None,
         }
     )
 
@@ -418,11 +463,12 @@ def write_reports(
     document: dict[str, Any],
     plots: list[Path],
     preflights: Sequence[PreflightReport] = (),
+    verdict: Verdict | None = None,
 ) -> list[Path]:
     """Write report.md, report.csv and report.json into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
-        "report.md": format_markdown(runs, scaling, jobs, plots, preflights),
+        "report.md": format_markdown(runs, scaling, jobs, plots, preflights, verdict),
         "report.csv": format_csv(runs),
         "report.json": json.dumps(document, indent=2, allow_nan=False, default=str) + "\n",
     }

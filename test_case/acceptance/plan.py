@@ -1,0 +1,145 @@
+"""What an acceptance sweep submits: the decisions behind `slurm-scripts/3.acceptance.sh`.
+
+A sweep is a preflight on the largest node count (unless ``--no-preflight``), then one training
+job per (model, node count), each of which starts only if the preflight passed (``afterok``; Slurm
+cancels it when the preflight failed, ``--kill-on-invalid-dep=yes``) and, unless ``--parallel``,
+after the training job before it has ended (``afterany``), so that no two benchmarks share the
+fabric or the machine. Batch sizes:
+
+* ``--weak`` (the default): kept per GPU. The yaml's ``global_train_batch_size`` is the batch at the
+  smallest node count; at N nodes it is that times N / smallest (node counts must be multiples of
+  the smallest).
+* ``--strong``: the yaml's global batch at every node count.
+
+Every training job is passed ``global_train_batch_size`` explicitly, and the manifest records it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+
+from test_case.acceptance.manifest import JobKind, Scaling
+from test_case.training.launch import resolve_yaml
+
+PREFLIGHT = "slurm-scripts/0.preflight.sbatch"
+TRAIN = "slurm-scripts/2.train-mpt-manual-distributed.sbatch"
+
+
+class PlanError(ValueError):
+    """The sweep cannot be planned; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One ``sbatch`` of the sweep: its options, script and arguments; dependencies by index."""
+
+    kind: JobKind
+    nodes: int
+    sbatch_options: list[str]
+    script: str
+    script_args: list[str] = field(default_factory=list)
+    after_ok: int | None = None  # index of the submission that must succeed first
+    after_any: int | None = None  # index of the submission that must have ended first
+    model: str | None = None
+    global_train_batch_size: int | None = None
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    """``a,b,c`` -> its items; an empty item is an error."""
+    items = [t.strip() for t in text.split(",")]
+    if not items or any(not t for t in items):
+        raise PlanError(
+            f"--{what} {text!r}: give a comma-separated list, e.g. --{what} "
+            + ("1,2,4" if what == "nodes" else "mpt-1b,mpt-7b")
+        )
+    return items
+
+
+def parse_nodes(text: str) -> list[int]:
+    """``1,2,4`` -> [1, 2, 4], each a positive integer, no repeats, in increasing order."""
+    items = parse_list(text, "nodes")
+    if not all(t.isdigit() and int(t) > 0 for t in items):
+        raise PlanError(f"--nodes {text!r}: node counts are positive integers, e.g. --nodes 1,2,4")
+    nodes = [int(t) for t in items]
+    if len(set(nodes)) != len(nodes):
+        raise PlanError(f"--nodes {text!r}: a node count is given twice")
+    return sorted(nodes)
+
+
+def yaml_global_batch(model: str) -> int:
+    """The yaml's ``global_train_batch_size``."""
+    try:
+        path = resolve_yaml(model)
+    except Exception as err:  # LaunchError: no such yaml
+        raise PlanError(str(err)) from err
+    cfg = OmegaConf.load(path)
+    value = cfg.get("global_train_batch_size") if isinstance(cfg, DictConfig) else None
+    if not isinstance(value, int) or value < 1:
+        raise PlanError(f"{path}: global_train_batch_size must be a positive integer to plan a sweep, not {value!r}")
+    return value
+
+
+def global_batch(base: int, nodes: int, smallest: int, scaling: Scaling) -> int:
+    """The global batch at ``nodes`` nodes (module docstring)."""
+    if scaling == "strong":
+        return base
+    if nodes % smallest:
+        raise PlanError(
+            f"--weak keeps the batch per GPU, so every node count must be a multiple of the smallest ({smallest}); "
+            f"{nodes} is not: change --nodes, or use --strong"
+        )
+    return base * nodes // smallest
+
+
+def plan_sweep(
+    models: list[str],
+    nodes: list[int],
+    scaling: Scaling = "weak",
+    preflight: bool = True,
+    parallel: bool = False,
+    log_dir: str = "logs",
+    sbatch_args: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> list[Submission]:
+    """The sweep's submissions, in order: the preflight first, then model by model, node count by
+    node count."""
+    extra = list(sbatch_args or [])
+    output = [f"--output={log_dir}/%x_%j.out"]
+    subs: list[Submission] = []
+    if preflight:
+        subs.append(Submission("preflight", nodes[-1], [f"--nodes={nodes[-1]}", *output, *extra], PREFLIGHT))
+    previous: int | None = None
+    for model in models:
+        base = yaml_global_batch(model)
+        for n in nodes:
+            batch = global_batch(base, n, nodes[0], scaling)
+            options = [f"--nodes={n}", *output, *extra]
+            args = [model, f"global_train_batch_size={batch}", *(overrides or [])]
+            subs.append(
+                Submission(
+                    "train",
+                    n,
+                    options,
+                    TRAIN,
+                    args,
+                    after_ok=0 if preflight else None,
+                    after_any=None if parallel else previous,
+                    model=model,
+                    global_train_batch_size=batch,
+                )
+            )
+            previous = len(subs) - 1
+    return subs
+
+
+def dependency_option(sub: Submission, job_ids: list[str]) -> list[str]:
+    """``--dependency=afterok:X,afterany:Y`` and ``--kill-on-invalid-dep=yes`` for ``sub``, given
+    the job ids of the submissions before it."""
+    parts = []
+    if sub.after_ok is not None:
+        parts.append(f"afterok:{job_ids[sub.after_ok]}")
+    if sub.after_any is not None:
+        parts.append(f"afterany:{job_ids[sub.after_any]}")
+    return [f"--dependency={','.join(parts)}", "--kill-on-invalid-dep=yes"] if parts else []

@@ -1,0 +1,157 @@
+"""The acceptance verdict: one PASS or FAIL for a sweep, with every reason.
+
+Given the sweep's manifest (`test_case.acceptance.manifest`, found beside the logs), the runs,
+the jobs that did not train and the preflight reports the report has read, and each job's Slurm
+state where ``scontrol`` can still tell (`slurm_state`). The sweep FAILs for each of:
+
+* the preflight: no result (its job never ran, or died: its Slurm state is quoted), or a failed
+  check (the node, the check, measured against expected, and what to do);
+* each training job of the manifest: no log (never ran: its Slurm state; a job Slurm cancelled
+  because the preflight failed says so), no train metrics (the error line), a run that did not
+  complete, a restart during the sweep (its cause), a straggler rank (its node), throughput more
+  than the manifest's ``tolerance`` below the published baseline (`compare_to_baseline`; a GPU
+  without a published row is not judged on it), scaling efficiency (tokens/s per device against
+  the same model's run at the smallest node count) below the manifest's ``scaling_threshold``.
+
+Everything else it reports without judging: tokens/s per device, MFU, goodput, the fabric's peak
+bus bandwidth against expectation.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+
+from test_case.acceptance.manifest import SweepJob, SweepManifest
+from test_case.preflight.records import PreflightReport
+from test_case.report.compare import BaselineRow, compare_to_baseline
+from test_case.report.records import JobWithoutTraining, RunSummary, Verdict, VerdictJob
+
+SlurmState = Callable[[str], str | None]
+
+
+def slurm_state(job_id: str) -> str | None:
+    """``JobState`` and ``Reason`` of a job as ``scontrol`` tells (``CANCELLED (DependencyNeverSatisfied)``),
+    or None where there is no scontrol or Slurm no longer knows the job."""
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    fields = dict(re.findall(r"(\w+)=(\S*)", out.stdout)) if out.returncode == 0 else {}
+    if "JobState" not in fields:
+        return None
+    reason = fields.get("Reason", "None")
+    return fields["JobState"] + (f" ({reason})" if reason not in ("None", "") else "")
+
+
+def _describe(job: SweepJob) -> str:
+    return f"job {job.job_id} ({job.model} on {job.nodes} node(s))"
+
+
+def _preflight_reasons(
+    manifest: SweepManifest, preflights: Sequence[PreflightReport], state: SlurmState
+) -> tuple[list[str], dict[str, str], list[dict[str, object]]]:
+    """Reasons, per-node status and the fabric's figures of the sweep's preflight."""
+    if manifest.preflight_job_id is None:
+        return [], {}, []
+    found = [p for p in preflights if p.job_id == manifest.preflight_job_id]
+    if not found:
+        where = state(manifest.preflight_job_id)
+        return [f"preflight job {manifest.preflight_job_id} wrote no result (Slurm: {where or 'unknown'})"], {}, []
+    pf = found[-1]
+    reasons = [
+        f"preflight: {f.node}: {f.check}: measured {f.measured}, expected {f.expected}: {f.action}" for f in pf.failures
+    ]
+    nodes: dict[str, str] = {host: node.status for host, node in pf.nodes.items()}
+    fabric: list[dict[str, object]] = [
+        {
+            "collective": b.collective,
+            "scope": b.scope,
+            "peak_busbw_gbps": round(b.peak_busbw_gbps, 3),
+            "expected_busbw_gbps": b.expected_busbw_gbps,
+        }
+        for b in pf.bandwidth
+        if b.scope == "all nodes" or b.expected_busbw_gbps is not None
+    ]
+    return reasons, nodes, fabric
+
+
+def judge_sweep(
+    manifest: SweepManifest,
+    runs: Sequence[RunSummary],
+    jobs: Sequence[JobWithoutTraining],
+    preflights: Sequence[PreflightReport],
+    baseline: list[BaselineRow],
+    state: SlurmState = slurm_state,
+) -> Verdict:
+    """The verdict (module docstring)."""
+    reasons, nodes, fabric = _preflight_reasons(manifest, preflights, state)
+    preflight_failed = bool(reasons)
+    by_job = {r.job_id: r for r in runs}
+    untrained = {j.job_id: j for j in jobs}
+    smallest: dict[str, float] = {}  # model -> tokens/s per device at its smallest node count that completed
+    out: list[VerdictJob] = []
+    for job in sorted(manifest.train_jobs, key=lambda j: (j.model or "", j.nodes)):
+        run = by_job.get(job.job_id)
+        record = VerdictJob(job.job_id, job.model, job.nodes, "never ran" if run is None else run.status)
+        out.append(record)
+        if run is None:
+            if job.job_id in untrained:
+                failure = untrained[job.job_id].failure or "no error line in the log"
+                record.status = "did not train"
+                record.reasons.append(f"{_describe(job)} did not train: {failure}")
+            else:
+                where = state(job.job_id)
+                record.slurm_state = where
+                why = " because the preflight failed" if preflight_failed and where and "Dependency" in where else ""
+                record.reasons.append(f"{_describe(job)} never ran{why} (Slurm: {where or 'unknown'})")
+            continue
+        record.tokens_per_sec_per_device, record.mfu, record.restarts = (
+            run.tokens_per_sec_per_device,
+            run.mfu,
+            run.restarts,
+        )
+        record.goodput = run.goodput.goodput if run.goodput else None
+        record.stragglers = [s.node for s in run.stragglers]
+        if run.status != "completed":
+            record.reasons.append(f"{_describe(job)} {run.status}: {run.failure or '; '.join(run.warnings)}")
+            continue
+        if run.restarts:
+            causes = [e["cause"] for e in run.restart_events if e["kind"] == "restart"]
+            record.reasons.append(
+                f"{_describe(job)} restarted {run.restarts} time(s): {'; '.join(causes) or 'requeued'}"
+            )
+        for s in run.stragglers:
+            record.reasons.append(
+                f"{_describe(job)}: straggler rank {s.rank} on {s.node}: compute {s.ratio_to_median:.2f}x the "
+                f"median rank (threshold {run.straggler_threshold:.2f}x): check {s.node} (0.preflight.sbatch), "
+                f"or leave it out (sbatch --exclude={s.node})"
+            )
+        verdict = compare_to_baseline(run, baseline, manifest.tolerance)
+        record.baseline, record.baseline_ratio = verdict.status, verdict.ratio
+        if verdict.status == "below":
+            record.reasons.append(
+                f"{_describe(job)}: {100 * (verdict.ratio or 0):.1f}% of the published "
+                f"{verdict.tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU, "
+                f"more than {100 * manifest.tolerance:.0f}% below"
+            )
+        per_device = run.tokens_per_sec_per_device
+        if per_device is not None and job.model is not None:
+            base = smallest.setdefault(job.model, per_device)
+            record.scaling_efficiency = round(per_device / base, 4) if base > 0 else None
+            if record.scaling_efficiency is not None and record.scaling_efficiency < manifest.scaling_threshold:
+                record.reasons.append(
+                    f"{_describe(job)}: scaling efficiency {record.scaling_efficiency:.2f} against its smallest node "
+                    f"count, below {manifest.scaling_threshold:.2f}"
+                )
+    for record in out:
+        reasons += record.reasons
+        for node in record.stragglers:
+            nodes[node] = "straggler"
+    return Verdict(manifest.sweep_id, "FAIL" if reasons else "PASS", reasons, out, nodes, fabric)

@@ -1,0 +1,151 @@
+"""Acceptance sweeps without Slurm: the plan (batch sizes, dependencies), the manifest, the verdict.
+
+The verdict is judged on real logs of the local Slurm cluster (``tests/data``): a run with node2 at
+a quarter of a core (a straggler) and a run requeued after ``kill -9`` (a restart), against a
+manifest that also lists a job that never ran.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from test_case.acceptance.cli import main as acceptance_main
+from test_case.acceptance.manifest import SweepJob, SweepManifest
+from test_case.acceptance.plan import PlanError, dependency_option, parse_nodes, plan_sweep
+from test_case.report.cli import main as report_main
+from test_case.report.compare import DEFAULT_BASELINE, load_baseline
+from test_case.report.log_parser import parse_log_file
+from test_case.report.metrics import summarise_run
+from test_case.report.verdict import judge_sweep
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_weak_scaling_keeps_the_batch_per_gpu_and_every_job_waits_for_the_preflight() -> None:
+    subs = plan_sweep(["mpt-tiny-cpu", "mpt-7b"], [1, 2, 4], log_dir="L", sbatch_args=["--partition=p5"])
+    assert [(s.kind, s.model, s.nodes, s.global_train_batch_size) for s in subs] == [
+        ("preflight", None, 4, None),
+        ("train", "mpt-tiny-cpu", 1, 16),
+        ("train", "mpt-tiny-cpu", 2, 32),
+        ("train", "mpt-tiny-cpu", 4, 64),
+        ("train", "mpt-7b", 1, 1024),
+        ("train", "mpt-7b", 2, 2048),
+        ("train", "mpt-7b", 4, 4096),
+    ]
+    assert subs[0].sbatch_options == ["--nodes=4", "--output=L/%x_%j.out", "--partition=p5"]
+    ids = ["10", "11", "12"]
+    assert dependency_option(subs[1], ids) == ["--dependency=afterok:10", "--kill-on-invalid-dep=yes"]
+    assert dependency_option(subs[2], ids) == ["--dependency=afterok:10,afterany:11", "--kill-on-invalid-dep=yes"]
+    assert subs[2].script_args == ["mpt-tiny-cpu", "global_train_batch_size=32"]
+
+
+def test_strong_scaling_parallel_jobs_and_no_preflight() -> None:
+    subs = plan_sweep(
+        ["mpt-tiny-cpu"], [2, 3], "strong", preflight=False, parallel=True, overrides=["max_duration=9ba"]
+    )
+    assert [(s.nodes, s.global_train_batch_size, s.after_ok, s.after_any) for s in subs] == [
+        (2, 16, None, None),
+        (3, 16, None, None),
+    ]
+    assert subs[1].script_args == ["mpt-tiny-cpu", "global_train_batch_size=16", "max_duration=9ba"]
+    assert dependency_option(subs[0], []) == []
+
+
+@pytest.mark.parametrize(
+    ("models", "nodes", "message"),
+    [
+        (["mpt-tiny-cpu"], "2,3", "every node count must be a multiple of the smallest (2); 3 is not"),
+        (["mpt-nope"], "1,2", "no yaml for model 'mpt-nope'"),
+    ],
+)
+def test_a_sweep_that_cannot_be_planned_says_what_to_change(models: list[str], nodes: str, message: str) -> None:
+    with pytest.raises(PlanError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_sweep(models, parse_nodes(nodes))
+
+
+@pytest.mark.parametrize("text", ["", "1,,2", "0,1", "1,1", "a"])
+def test_bad_node_lists_are_refused(text: str) -> None:
+    with pytest.raises(PlanError):
+        parse_nodes(text)
+
+
+def test_submission_writes_a_manifest_with_every_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    submitted: list[list[str]] = []
+
+    def sbatch(argv: list[str]) -> str:  # stands in for Slurm's sbatch: records, returns job ids
+        submitted.append(argv)
+        return str(40 + len(submitted))
+
+    argv = ["submit", "--models", "mpt-tiny-cpu", "--nodes", "1,2", "--log-dir", str(tmp_path), "--strong"]
+    assert acceptance_main([*argv, "--override", "max_duration=9ba", "--", "--partition=cpu"], submit=sbatch) == 0
+    assert submitted[2][:2] == ["--nodes=2", f"--output={tmp_path}/%x_%j.out"]
+    assert "--dependency=afterok:41,afterany:42" in submitted[2]
+    manifest = SweepManifest.read(tmp_path / "acceptance_41.json")
+    assert (manifest.sweep_id, manifest.preflight_job_id, manifest.scaling, manifest.nodes) == (
+        "41",
+        "41",
+        "strong",
+        [1, 2],
+    )
+    assert [(j.kind, j.job_id, j.nodes, j.depends_on) for j in manifest.jobs] == [
+        ("preflight", "41", 2, []),
+        ("train", "42", 1, ["41"]),
+        ("train", "43", 2, ["41", "42"]),
+    ]
+    assert manifest.jobs[2].overrides == ["global_train_batch_size=16", "max_duration=9ba"]
+    assert manifest.sbatch_args == ["--partition=cpu"]
+    assert f"python report.py {tmp_path}" in capsys.readouterr().out
+    assert acceptance_main(["submit", "--models", "mpt-tiny-cpu", "--nodes", "1,0"], submit=sbatch) == 2
+
+
+def unzipped(name: str, folder: Path) -> Path:
+    path = folder / name.removesuffix(".gz")
+    path.write_bytes(gzip.decompress((DATA / name).read_bytes()))
+    return path
+
+
+def test_the_verdict_names_the_straggler_the_restart_and_the_job_that_never_ran(tmp_path: Path) -> None:
+    throttled = unzipped("slurm-3node-node2-quarter-core.out.gz", tmp_path)  # job 3, 2 nodes
+    requeued = unzipped("slurm-3node-killed-rank-goodput.out.gz", tmp_path)  # job 4, 2 nodes
+    manifest = SweepManifest(
+        "3",
+        "2026-12-01T19:00:00+00:00",
+        ["mpt-tiny-cpu"],
+        [2],
+        "weak",
+        0.1,
+        0.9,
+        None,
+        [
+            SweepJob("train", "3", 2, "mpt-tiny-cpu", 16),
+            SweepJob("train", "4", 2, "mpt-tiny-cpu", 16),
+            SweepJob("train", "99", 4, "mpt-tiny-cpu", 32),
+        ],
+    )
+    runs = [summarise_run(parse_log_file(p)) for p in (throttled, requeued)]
+    verdict = judge_sweep(
+        manifest, runs, [], [], load_baseline(DEFAULT_BASELINE), state=lambda job: "PENDING (Resources)"
+    )
+    assert verdict.status == "FAIL" and verdict.nodes == {"node2": "straggler"}
+    assert any("job 3 (mpt-tiny-cpu on 2 node(s)): straggler rank 1 on node2" in r for r in verdict.reasons)
+    assert any(
+        r.startswith("job 4 (mpt-tiny-cpu on 2 node(s)) restarted 1 time(s): start 0 failed on node2")
+        for r in verdict.reasons
+    )
+    assert "job 99 (mpt-tiny-cpu on 4 node(s)) never ran (Slurm: PENDING (Resources))" in verdict.reasons
+    jobs = {j.job_id: j for j in verdict.jobs}
+    assert jobs["3"].stragglers == ["node2"] and jobs["4"].restarts == 1 and jobs["99"].status == "never ran"
+    assert jobs["3"].baseline == "no-match"  # a CPU run: no published row, not judged on it
+
+    # the report finds the manifest beside the logs, prints the verdict and exits 4
+    manifest.write(tmp_path)
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "out"), "--no-plots"]) == 4
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert doc["verdict"]["status"] == "FAIL" and doc["verdict"]["sweep_id"] == "3"
+    assert {j["job_id"] for j in doc["verdict"]["jobs"]} == {"3", "4", "99"}
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "## Acceptance verdict" in markdown and "Sweep 3: **FAIL**" in markdown

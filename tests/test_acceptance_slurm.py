@@ -1,0 +1,137 @@
+"""Acceptance sweeps end to end on a 2-node local Slurm cluster (tests/local_slurm.py).
+
+``slurm-scripts/3.acceptance.sh`` submits the tiny model over 1 and 2 nodes, and ``report.py``
+judges the sweep from its manifest: a healthy cluster PASSes with every job accounted for; with
+node2 given a quarter of a core (and no preflight) the sweep FAILs naming node2; with node2's
+``/dev/shm`` nearly full the preflight fails, Slurm cancels every training job, and the verdict
+says why. The emulated nodes share this machine's two cores, so a 2-node run gets less of a core
+per rank than the 1-node run: the sweeps pass ``--scaling-threshold 0.5`` (the default, 0.90, is
+for real nodes), and each rank runs one thread (``OMP_NUM_THREADS=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from test_case.acceptance.manifest import SweepManifest
+from tests.conftest import REPO_ROOT
+from tests.local_slurm import LocalSlurmCluster, module_cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SWEEP = ["--models", "mpt-tiny-cpu", "--nodes", "1,2", "--scaling-threshold", "0.5"]
+OVERRIDES = [
+    "--override",
+    "max_duration=30ba",
+    "--override",
+    "eval_interval=1000ba",
+    "--override",
+    "save_interval=1000ba",
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
+    yield from module_cluster(tmp_path_factory.mktemp("slurm"), nodes=2)
+
+
+@pytest.fixture
+def settings(mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path) -> dict[str, str]:
+    expectations = tmp_path / "expectations.json"
+    expectations.write_text(json.dumps({"save_root_min_free_gb": 1}))  # this machine's disk is small
+    (tmp_path / "logs").mkdir()
+    return {
+        "LOG_DIR": str(tmp_path / "logs"),
+        "DATA_ROOT": str(mds_root),
+        "TOKENIZER": str(demo_assets[1]),
+        "SAVE_ROOT": str(tmp_path / "ckpt"),
+        # the emulated nodes share two cores: healthy peers' matmuls contend (tests/test_preflight_slurm.py)
+        "PREFLIGHT_ARGS": f"--expectations {expectations} --timeout 120 --peer-tolerance 0.4",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def sweep(
+    cluster: LocalSlurmCluster, settings: dict[str, str], *args: str
+) -> tuple[SweepManifest, dict[str, Any], str]:
+    """Submit a sweep with the script, wait for every job, report: (manifest, report.json, report's stdout)."""
+    env = {**cluster.env, **settings}
+    out = subprocess.run(
+        ["bash", "slurm-scripts/3.acceptance.sh", *SWEEP, *OVERRIDES, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    logs = Path(settings["LOG_DIR"])
+    (path,) = logs.glob("acceptance_*.json")
+    manifest = SweepManifest.read(path)
+    for job in manifest.jobs:
+        cluster.wait(job.job_id, timeout=900)
+    report = subprocess.run(
+        [sys.executable, "report.py", str(logs), "--out", str(logs / "report")],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    print(report.stdout)  # the closing notes quote the verdicts
+    doc = json.loads((logs / "report" / "report.json").read_text())
+    expected = 4 if doc["verdict"]["status"] == "FAIL" else 0
+    assert report.returncode == expected, report.stdout + report.stderr
+    return manifest, doc, report.stdout
+
+
+def test_a_healthy_sweep_passes_with_every_job_accounted_for(
+    cluster: LocalSlurmCluster, settings: dict[str, str]
+) -> None:
+    manifest, doc, stdout = sweep(cluster, settings)
+    verdict = doc["verdict"]
+    assert verdict["status"] == "PASS", verdict["reasons"]
+    assert manifest.preflight_job_id is not None and verdict["nodes"] == {"node1": "pass", "node2": "pass"}
+    jobs = {j["job_id"]: j for j in verdict["jobs"]}
+    assert set(jobs) == {j.job_id for j in manifest.train_jobs} and len(jobs) == 2
+    assert all(j["status"] == "completed" and j["tokens_per_sec_per_device"] > 0 for j in jobs.values())
+    one, two = sorted(jobs.values(), key=lambda j: j["nodes"])
+    assert one["scaling_efficiency"] == 1.0 and two["scaling_efficiency"] >= 0.5
+    # weak scaling: the 2-node job trained twice the global batch of the 1-node job
+    assert [j.global_train_batch_size for j in manifest.train_jobs] == [16, 32]
+    runs = {r["job_id"]: r for r in doc["runs"]}
+    assert [runs[j.job_id]["global_batch_size"] for j in manifest.train_jobs] == [16, 32]
+    assert f"acceptance sweep {manifest.sweep_id}: PASS (2/2 training jobs completed)" in stdout
+    assert (Path(settings["LOG_DIR"]) / "report" / "scaling-mpt-tiny-cpu-cpu-1pn.png").is_file()
+
+
+def test_a_sweep_with_a_slow_node_fails_naming_it(cluster: LocalSlurmCluster, settings: dict[str, str]) -> None:
+    with cluster.cpu_quota("node2", 0.25):
+        _, doc, stdout = sweep(cluster, settings, "--no-preflight", "--override", "dist_timeout=300")
+    verdict = doc["verdict"]
+    assert verdict["status"] == "FAIL" and verdict["nodes"].get("node2") == "straggler", verdict
+    assert any("straggler rank 1 on node2" in r and "--exclude=node2" in r for r in verdict["reasons"])
+    assert "FAIL: " in stdout and "node2" in stdout
+
+
+def test_a_sweep_whose_preflight_fails_trains_nothing_and_says_why(
+    cluster: LocalSlurmCluster, settings: dict[str, str]
+) -> None:
+    with cluster.shm_filled("node2", 900):  # of the node's own 1 GiB /dev/shm
+        manifest, doc, _ = sweep(cluster, settings)
+    verdict = doc["verdict"]
+    assert verdict["status"] == "FAIL" and verdict["nodes"]["node2"] == "fail", verdict
+    assert any(r.startswith("preflight: node2: shm_free:") for r in verdict["reasons"])
+    assert doc["runs"] == []  # no training job ran
+    for job in manifest.train_jobs:
+        (reason,) = [r for r in verdict["reasons"] if r.startswith(f"job {job.job_id} ")]
+        assert "never ran because the preflight failed (Slurm: CANCELLED (DependencyNeverSatisfied))" in reason
