@@ -288,7 +288,8 @@ def _verdict_markdown(verdict: Verdict | None) -> list[str]:
     parts = ["## Acceptance verdict", "", f"Sweep {verdict.sweep_id}: **{verdict.status}**", ""]
     parts += [f"- {reason}" for reason in verdict.reasons] + ([""] if verdict.reasons else [])
     if verdict.nodes:
-        parts += ["| node | preflight |", "|---|---|", *[f"| {n} | {s} |" for n, s in verdict.nodes.items()], ""]
+        parts += ["| node | status (preflight, or straggler) |", "|---|---|"]
+        parts += [*[f"| {n} | {s} |" for n, s in verdict.nodes.items()], ""]
     if verdict.fabric:
         parts += ["| collective | scope | peak busbw GB/s | expected GB/s |", "|---|---|---|---|"]
         for f in verdict.fabric:
