@@ -252,16 +252,7 @@ def test_the_goodput_of_a_requeued_run_adds_up_to_its_wall_time(killed: tuple[Ru
     good = report_of(run).goodput
     assert good is not None and good.starts == 2
     print(f"goodput of the requeued run (job {run.job_id}): {good}")
-    parts = [
-        good.productive_s,
-        good.startup_s,
-        good.checkpoint_save_s,
-        good.checkpoint_restore_s,
-        good.eval_s,
-        good.lost_progress_s,
-        good.restart_gap_s,
-        good.other_s,
-    ]
+    parts = list(good.parts().values())
     assert all(p >= 0 for p in parts), good
     assert sum(parts) == pytest.approx(good.total_s, abs=0.01)
     # the wall time the test measured: from first seeing the job run to Slurm's end time

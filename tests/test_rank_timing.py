@@ -85,16 +85,7 @@ def test_the_requeued_runs_goodput_counts_the_batches_trained_twice(tmp_path: Pa
     parsed = parse_log_file(path)
     good = goodput(parsed)
     assert good is not None and good.starts == 2
-    parts = [
-        good.productive_s,
-        good.startup_s,
-        good.checkpoint_save_s,
-        good.checkpoint_restore_s,
-        good.eval_s,
-        good.lost_progress_s,
-        good.restart_gap_s,
-        good.other_s,
-    ]
+    parts = list(good.parts().values())
     assert all(p >= 0 for p in parts) and sum(parts) == pytest.approx(good.total_s, abs=0.01)
     text = path.read_text()
     second = text.index("] job 4 start 1 on ")
@@ -104,12 +95,8 @@ def test_the_requeued_runs_goodput_counts_the_batches_trained_twice(tmp_path: Pa
     assert good.checkpoint_restore_s > 0 and good.restart_gap_s > 0
 
 
-def log_of(*lines: str) -> list[str]:
-    return list(lines)
-
-
 def test_a_start_that_never_trained_is_start_up_and_a_log_without_an_end_line_ends_at_its_last_event() -> None:
-    lines = log_of(
+    lines = [
         "[2026-12-01T10:00:00.000+00:00] job 7 start 0 on node[1-2]",
         "[2026-12-01T10:00:30.000+00:00] job 7 end: exit code 1 after 30 s",
         "[2026-12-01T10:00:40.000+00:00] job 7 start 1 on node[1-2]",
@@ -118,7 +105,7 @@ def test_a_start_that_never_trained_is_start_up_and_a_log_without_an_end_line_en
         *("0: " + timing_events.line(WallEvent("batch", b, 1796119260.0 + 2 * b)) for b in range(1, 6)),
         "0: " + timing_events.line(WallEvent("eval", 5, 1796119273.0, 1796119270.0)),
         "0: " + timing_events.line(WallEvent("batch", 6, 1796119275.0)),
-    )
+    ]
     good = goodput(parse_composer_log(lines))
     assert good is not None
     # 10:00:00 is 1796119200; the log's last event is batch 6 at +75 s
@@ -129,12 +116,12 @@ def test_a_start_that_never_trained_is_start_up_and_a_log_without_an_end_line_en
 
 
 def test_a_log_without_timing_events_has_no_goodput_and_no_stragglers() -> None:
-    lines = log_of(
+    lines = [
         "[2026-12-01T10:00:00+00:00] job 7 start 0 on node[1-2]",
         "[batch=1/2]:",
         "\t Train loss/train/total: 7.0",
         "[2026-12-01T10:01:00+00:00] job 7 end: exit code 0 after 60 s",
-    )
+    ]
     parsed = parse_composer_log(lines)
     assert goodput(parsed) is None and stragglers(parsed) == ([], [])
     run = summarise_run(parsed)

@@ -53,6 +53,12 @@ class Goodput:
     lost_progress_batches: int = 0
     starts: int = 1
 
+    def parts(self) -> dict[str, float]:
+        """The parts of ``total_s``, by field name: they add up to it."""
+        names = ["productive_s", "startup_s", "checkpoint_save_s", "checkpoint_restore_s", "eval_s"]
+        names += ["lost_progress_s", "restart_gap_s", "other_s"]
+        return {name: getattr(self, name) for name in names}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return asdict(self)
