@@ -19,7 +19,19 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_TAG ?= mpt-slurm-bench:$(VERSION)
 SQSH ?= llm-foundry.sqsh
 
-.PHONY: help install demo test check lint lock clean image sqsh base-digest
+# Air-gapped clusters (README): `make bundle BUNDLE=DIR` writes the bundle on a connected machine;
+# `make install|demo|test BUNDLE=DIR` install from it with no index. INSTALL_FROM is the bundle the
+# venv is installed from: BUNDLE, except for `make bundle` itself (which writes it).
+PIP_VERSION := 25.3
+BUNDLE ?=
+INSTALL_FROM := $(if $(filter bundle,$(MAKECMDGOALS)),,$(BUNDLE))
+ifneq ($(INSTALL_FROM),)
+ifeq ($(wildcard $(INSTALL_FROM)/bundle.json),)
+$(error BUNDLE=$(INSTALL_FROM) holds no bundle.json: point BUNDLE at the folder `make bundle` wrote (README, "Air-gapped clusters"))
+endif
+endif
+
+.PHONY: help install demo test check lint lock clean image sqsh base-digest bundle
 
 help:
 	@echo "make demo   preprocess a C4 sample, train a tiny MPT on the CPU, print the report"
@@ -27,11 +39,16 @@ help:
 	@echo "make check  lint and the tests not marked slow: the quick tier (under a minute)"
 	@echo "make lock   re-resolve constraints.txt (Python 3.11) and constraints-py312.txt (the image) from pyproject.toml"
 	@echo "make image  docker build the container; make sqsh: enroot import it to $(SQSH)"
+	@echo "make bundle BUNDLE=DIR  everything for an air-gapped cluster; make install BUNDLE=DIR there"
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt $(if $(INSTALL_FROM),$(INSTALL_FROM)/bundle.json)
 	@test -x "$(PY)" || $(PYTHON) -m venv "$(VENV)"
-	"$(PY)" -m pip install -q --upgrade "pip==25.3"
+ifneq ($(INSTALL_FROM),)
+	"$(PY)" -m test_case.bundle install "$(INSTALL_FROM)"
+else
+	"$(PY)" -m pip install -q --upgrade "pip==$(PIP_VERSION)"
 	"$(PY)" -m pip install -q -c constraints.txt -e ".[dev]"
+endif
 	touch "$@"
 
 install: $(VENV)/.installed
@@ -57,6 +74,16 @@ test: lint
 
 check: lint
 	TEST_TIER=check "$(PY)" -m pytest -q -m "not slow"
+
+# On a connected machine. TOKENIZER=DIR adds a local tokenizer (the default with the bundle), HUB=0
+# fetches nothing from the Hugging Face hub, C4_INPUT=DIR or C4_FILES=N adds C4 files, IMAGE_WHEELS=1
+# the image's Python, TARBALL=1 a DIR.tar beside the folder. The image and $(SQSH) when they exist.
+bundle: install
+	"$(PY)" -m test_case.bundle build --out "$(or $(BUNDLE),bundle)" --tool "pip==$(PIP_VERSION)" \
+	  --image-tag "$(IMAGE_TAG)" --sqsh "$(SQSH)" \
+	  $(if $(TOKENIZER),--tokenizer "$(TOKENIZER)") $(if $(filter 0,$(HUB)),--no-hub) \
+	  $(if $(C4_INPUT),--c4-input $(C4_INPUT)) $(if $(C4_FILES),--c4-files "$(C4_FILES)") \
+	  $(if $(filter 1,$(IMAGE_WHEELS)),--image-wheels) $(if $(filter 1,$(TARBALL)),--tarball)
 
 lock: install
 	"$(VENV)/bin/uv" pip compile pyproject.toml --extra dev --python-version 3.11 \

@@ -19,10 +19,15 @@ export DATA_ROOT="${DATA_ROOT:-$ROOT/data/my-copy-c4}"     # MDS dataset root (s
 export SAVE_ROOT="${SAVE_ROOT:-$ROOT/checkpoints}"         # checkpoints: <SAVE_ROOT>/<run-name>/checkpoints
 export VENV="${VENV:-$ROOT/.venv}"                         # bare-metal mode: the suite's virtual environment
 # Container mode (pyxis/enroot): IMAGE is the .sqsh to run in. Unset: $ROOT/llm-foundry.sqsh when
-# `make image sqsh` has written it, else bare metal. Set to a path: it must exist. Set empty: bare metal.
+# `make image sqsh` has written it, else BUNDLE's when the bundle holds one, else bare metal. Set to a
+# path: it must exist. Set empty: bare metal.
 if [[ -z "${IMAGE+set}" ]]; then
   IMAGE=""
-  if [[ -f "$ROOT/llm-foundry.sqsh" ]]; then IMAGE="$ROOT/llm-foundry.sqsh"; fi
+  if [[ -f "$ROOT/llm-foundry.sqsh" ]]; then
+    IMAGE="$ROOT/llm-foundry.sqsh"
+  elif [[ -n "${BUNDLE:-}" && -f "$BUNDLE/container/llm-foundry.sqsh" ]]; then
+    IMAGE="$BUNDLE/container/llm-foundry.sqsh"   # an air-gapped cluster's bundle (below)
+  fi
 fi
 export IMAGE
 export CONTAINER_MOUNTS="${CONTAINER_MOUNTS:-$ROOT:$ROOT}"  # add DATA_ROOT/SAVE_ROOT when outside ROOT, e.g. /fsx:/fsx
@@ -47,6 +52,18 @@ if [[ -z "$IMAGE" && -f "$VENV/bin/activate" && "${VIRTUAL_ENV:-}" != "$VENV" ]]
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+
+# Air-gapped clusters (README, "Air-gapped clusters"): BUNDLE is a folder `make bundle` wrote. With it
+# nothing asks the Hugging Face hub, TOKENIZER defaults to the bundle's tokenizer and C4_INPUT to its
+# C4 files. A BUNDLE without its manifest, or without a tokenizer when TOKENIZER is unset, stops here.
+if [[ -n "${BUNDLE:-}" ]]; then
+  export BUNDLE HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+  if [[ -z "${TOKENIZER:-}" ]]; then
+    TOKENIZER="$(python3 -m test_case.bundle tokenizer "$BUNDLE")" || die "BUNDLE=$BUNDLE: no tokenizer to use (the line above says why)"
+    export TOKENIZER
+  fi
+  if [[ -z "${C4_INPUT:-}" && -d "$BUNDLE/c4" ]]; then export C4_INPUT="$BUNDLE/c4"; fi
+fi
 
 # NCCL over EFA (AWS). Harmless on CPU runs, which use gloo and never load NCCL.
 export FI_PROVIDER="${FI_PROVIDER:-efa}"                   # libfabric provider: the EFA device
