@@ -1,4 +1,4 @@
-"""`python -m preprocessing`: convert C4-style JSON files (or C4 from the hub) of one split into MDS shards.
+"""`python -m preprocessing`: convert JSON-lines, zstd or Parquet files (or C4 from the hub) of one split into MDS.
 
 Flag names follow llm-foundry's ``convert_dataset_json`` / ``convert_dataset_hf`` where they exist
 (``--out-root``, ``--split``, ``--tokenizer``, ``--concat-tokens``, ``--eos-text``, ``--bos-text``,
@@ -28,7 +28,15 @@ from preprocessing.convert import (
     read_part,
     run_parts,
 )
-from preprocessing.inputs import C4_SPLITS, InputError, hub_source, resolve_input_files
+from preprocessing.inputs import (
+    C4_SPLITS,
+    InputError,
+    TextField,
+    hub_source,
+    record_location,
+    resolve_input_files,
+    splittable,
+)
 from preprocessing.validate import ValidationError, validate_split
 from preprocessing.writer_lock import STALE_AFTER_S, SplitBusy, SplitLock, SplitLost
 
@@ -49,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         nargs="+",
         type=Path,
-        help="C4-style .json.gz/.jsonl/.json files or folders of them; omit to stream allenai/c4 (en) "
-        "from the Hugging Face hub",
+        help="files or folders of .jsonl/.json, .json.gz/.jsonl.gz, .jsonl.zst/.json.zst or .parquet; "
+        "omit to stream allenai/c4 (en) from the Hugging Face hub",
+    )
+    p.add_argument(
+        "--text-field",
+        default="text",
+        metavar="PATH",
+        help="dotted path of the text in each record: text (C4), raw_content (RedPajama v2), meta.body",
     )
     p.add_argument("--out-root", type=Path, required=True, help="dataset root; the split goes to OUT_ROOT/SPLIT")
     p.add_argument(
@@ -123,14 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.concat_tokens <= 0 or args.workers <= 0 or (args.max_docs is not None and args.max_docs < 0):
         return _error("--concat-tokens and --workers must be positive, --max-docs not negative")
+    try:
+        TextField(args.text_field)
+    except InputError as err:
+        return _error(str(err))
+    if not args.input and args.text_field != "text":
+        return _error("--text-field applies to --input files: C4 from the hub has its text in 'text'")
     task, tasks = int(os.environ.get("SLURM_PROCID", "0")), int(os.environ.get("SLURM_NTASKS", "1"))
     if args.input:
         try:
             files = resolve_input_files(args.input, args.split)
         except InputError as err:
             return _error(str(err))
-        # no part without input: plain files can be split in byte ranges, gzipped ones cannot
-        if not any(f.name.endswith((".jsonl", ".json")) for f in files):
+        # no part without input: plain files can be split in byte ranges, compressed and Parquet ones cannot
+        if not any(splittable(f) for f in files):
             workers = max(1, min(args.workers, math.ceil(len(files) / tasks)))
         else:
             workers = args.workers
@@ -156,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         compression=None if args.compression == "none" else args.compression,
         max_docs=max_docs,
         strict=args.strict,
+        text_field=args.text_field,
     )
     split_dir = args.out_root / args.split
     total = tasks * workers
@@ -248,7 +269,7 @@ def _convert_and_merge(
         f"({checked:,} read back), max token id {s['max_token_id']} < vocabulary {len(tokenizer)}"
     )
     for skipped in s["skipped"][:20]:
-        print(f"{PROG}: skipped {skipped['file']}:{skipped['line']}: {skipped['reason']}")
+        print(f"{PROG}: skipped {record_location(skipped)}: {skipped['reason']}")
     if s["documents_skipped"] > 20:
         print(f"{PROG}: ... {s['documents_skipped'] - 20} more in {split_dir / 'summary.json'}")
     return 0

@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from preprocessing.concat import TokenConcatenator
-from preprocessing.inputs import HUB_PREFIX, SkippedDocument, iter_documents, iter_hub_documents, splittable
+from preprocessing.inputs import (
+    HUB_PREFIX,
+    SkippedDocument,
+    TextField,
+    iter_documents,
+    iter_hub_documents,
+    record_location,
+    splittable,
+)
 from preprocessing.progress import Progress
 
 COLUMNS = {"tokens": "ndarray:int32"}
@@ -60,6 +68,7 @@ class ConvertOptions:
     compression: str | None = "zstd"
     max_docs: int | None = None
     strict: bool = False
+    text_field: str = "text"  # dotted path of the text in each record (preprocessing.inputs.TextField)
 
 
 class StrictInputError(RuntimeError):
@@ -142,7 +151,7 @@ def special_ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def count_documents(source: Source, limit: int) -> int:
-    """Non-blank lines of a source, counting no further than ``limit`` (cheap: no JSON parsing)."""
+    """Non-blank lines (rows) of a source, counting no further than ``limit`` (cheap: no JSON parsing)."""
     n = 0
     path, start, end = source
     for doc in iter_documents(Path(path), parse=False, start=start, end=end):
@@ -181,7 +190,7 @@ def plan_shares(files: list[Path], total: int, max_docs: int | None) -> list[Sha
     return [Share(k, total, tuple(sources[k::total]), tuple(budgets[k::total])) for k in range(total)]
 
 
-def _documents(share: Share) -> Iterator[str | SkippedDocument]:
+def _documents(share: Share, text_field: TextField) -> Iterator[str | SkippedDocument]:
     for (path, start, end), budget in zip(share.sources, share.budgets, strict=True):
         if budget == 0:
             continue
@@ -189,7 +198,7 @@ def _documents(share: Share) -> Iterator[str | SkippedDocument]:
         docs = (
             iter_hub_documents(path, share.index, share.total)
             if path.startswith(HUB_PREFIX)
-            else iter_documents(Path(path), start=start, end=end)
+            else iter_documents(Path(path), start=start, end=end, text_field=text_field)
         )
         for doc in docs:
             if budget is not None and taken >= budget:
@@ -236,10 +245,10 @@ def convert_part(
                 counters[2 * share.index + 1] = concat.tokens_in
 
         batch: list[str] = []
-        for doc in _documents(share):
+        for doc in _documents(share, TextField(options.text_field)):
             if isinstance(doc, SkippedDocument):
                 if options.strict:
-                    raise StrictInputError(f"{doc.file}:{doc.line}: {doc.reason} (--strict)")
+                    raise StrictInputError(f"{record_location(asdict(doc))}: {doc.reason} (--strict)")
                 stats.skipped.append(asdict(doc))
                 if doc.document:
                     stats.documents_read += 1
@@ -284,7 +293,10 @@ def _part_main(share: Share, split_dir: Path, options: ConvertOptions, counters:
 def fingerprint(files: list[Path], options: ConvertOptions, total_parts: int) -> dict[str, Any]:
     """What makes this dataset: options, input files (path and size) and the part count."""
     inputs = [[str(f), 0] if str(f).startswith(HUB_PREFIX) else [str(f.resolve()), f.stat().st_size] for f in files]
-    return {"options": asdict(options), "inputs": inputs, "parts": total_parts}
+    opts = asdict(options)
+    if opts["text_field"] == "text":  # the default: left out, so folders written before it existed still match
+        del opts["text_field"]
+    return {"options": opts, "inputs": inputs, "parts": total_parts}
 
 
 OWN_ENTRIES = (".dataset.json.", "part-", ".part-", ".merge-", ".summary.json.", ".complete", ".writer")

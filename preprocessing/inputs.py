@@ -1,22 +1,29 @@
-"""Where a split's documents come from: C4 JSON-lines files (plain or gzipped), or the HF hub.
+"""Where a split's documents come from: JSON-lines, zstd or Parquet files, or C4 on the HF hub.
 
-Reading never loads a whole file: lines are streamed. A line that cannot become a document (invalid
-JSON, invalid UTF-8, a missing or non-string ``text``) is reported as a `SkippedDocument` with its
-file and line number instead of being dropped silently; so are files that hold nothing or end
-early (an empty file, a truncated or corrupt gzip), marked as not being a document themselves.
+Formats: ``.jsonl``/``.json`` (one JSON record per line), gzipped (``.json.gz``, ``.jsonl.gz``),
+zstd-compressed (``.jsonl.zst``, ``.json.zst``: SlimPajama's files), and ``.parquet`` (FineWeb,
+RedPajama v2 exports). Reading never loads a whole file: lines are streamed, Parquet files are read
+a batch of rows at a time, one column only. The text is the field a dotted path names in each
+record (`TextField`: ``text``, ``raw_content``, ``meta.body``). A record that cannot become a
+document (invalid JSON, invalid UTF-8, a missing, null or non-string text) is reported as a
+`SkippedDocument` with its file and line (row for Parquet) instead of being dropped silently; so
+are files that hold nothing or end early (an empty file, a truncated or corrupt gzip or zstd file,
+an unreadable Parquet file or one without the column), marked as not being a document themselves.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
-SUFFIXES = (".json.gz", ".jsonl.gz", ".jsonl", ".json")
+SUFFIXES = (".json.gz", ".jsonl.gz", ".jsonl.zst", ".json.zst", ".jsonl", ".json", ".parquet")
+PARQUET = ".parquet"
 
 # llm-foundry's C4 split names: (C4 file prefix, documents taken from the start of that split).
 C4_SPLITS: dict[str, tuple[str, int | None]] = {
@@ -34,12 +41,48 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class SkippedDocument:
-    """A line (or a whole file, ``document=False``) that was not converted, and why."""
+    """A line, or row of a Parquet file (or a whole file, ``document=False``) not converted, and why."""
 
     file: str
-    line: int
+    line: int  # 1-based line of a JSON-lines file, row of a Parquet file (0: the file itself)
     reason: str
     document: bool = True
+
+
+def record_location(skipped: dict[str, Any]) -> str:
+    """``file:line``, or ``file row N`` for a Parquet file: where a skipped record is (from its dict)."""
+    if str(skipped["file"]).endswith(PARQUET):
+        return f"{skipped['file']} row {skipped['line']}"
+    return f"{skipped['file']}:{skipped['line']}"
+
+
+@dataclass(frozen=True)
+class TextField:
+    """The dotted path of the text in each record: ``text``, ``raw_content``, ``meta.body``."""
+
+    path: str = "text"
+
+    def __post_init__(self) -> None:
+        if not self.path or any(not part for part in self.path.split(".")):
+            raise InputError(f"--text-field {self.path!r}: give a dotted path of keys, e.g. text or meta.body")
+
+    @property
+    def parts(self) -> list[str]:
+        """The keys, outermost first."""
+        return self.path.split(".")
+
+    def text(self, record: Any, name: str, line_no: int) -> str | SkippedDocument:
+        """The text of one record (after its first key, for Parquet's column), or why it has none."""
+        value = record
+        for key in self.parts:
+            if not isinstance(value, dict) or key not in value:
+                return SkippedDocument(name, line_no, f"no {self.path!r} field")
+            value = value[key]
+        if value is None:
+            return SkippedDocument(name, line_no, f"{self.path!r} is null")
+        if not isinstance(value, str):
+            return SkippedDocument(name, line_no, f"{self.path!r} is {type(value).__name__}, not a string")
+        return value
 
 
 def _is_data_file(path: Path) -> bool:
@@ -74,12 +117,67 @@ def resolve_input_files(inputs: list[Path], split: str) -> list[Path]:
 
 
 def _open_text(path: Path) -> IO[bytes]:
-    return cast(IO[bytes], gzip.open(path, "rb")) if path.name.endswith(".gz") else path.open("rb")
+    if path.name.endswith(".gz"):
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    if path.name.endswith(".zst"):
+        return cast(IO[bytes], io.BufferedReader(_ZstdStream(path.open("rb")), buffer_size=1 << 20))
+    return path.open("rb")
+
+
+class _ZstdStream(io.RawIOBase):
+    """A zstd file decompressed as it is read, frame after frame; one that ends inside a frame raises.
+
+    (zstandard's own ``stream_reader`` returns a truncated file's bytes as if it were whole.)
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zstandard
+
+        self._raw = raw
+        self._context = zstandard.ZstdDecompressor()
+        self._frame = self._context.decompressobj()
+        self._in_frame = False  # bytes of the current frame were fed and its end not seen
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the file ends inside a zstd frame (cut short while copying?)")
+                return 0
+            out = self._frame.decompress(chunk)
+            self._in_frame = not self._frame.eof
+            while self._frame.eof and self._frame.unused_data:  # the next frame starts in this chunk
+                rest = self._frame.unused_data
+                self._frame = self._context.decompressobj()
+                out += self._frame.decompress(rest)
+                self._in_frame = not self._frame.eof
+            if self._frame.eof:
+                self._frame = self._context.decompressobj()
+            self._pending = out
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def splittable(path: Path) -> bool:
     """Plain (uncompressed) files can be read from any byte offset, so they can be split in ranges."""
-    return not path.name.endswith(".gz")
+    return not path.name.endswith((".gz", ".zst", PARQUET))
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+
+    return (EOFError, OSError, zlib.error, zstandard.ZstdError)
 
 
 def _lines_before(path: Path, pos: int) -> int:
@@ -113,12 +211,18 @@ def _range_lines(fh: IO[bytes], path: Path, start: int, end: int) -> Iterator[tu
         yield base, raw
 
 
-def iter_documents(path: Path, parse: bool = True, start: int = 0, end: int = -1) -> Iterator[str | SkippedDocument]:
-    """Yield the ``text`` of each JSON line of ``path``, or a `SkippedDocument` for a bad line.
+def iter_documents(
+    path: Path, parse: bool = True, start: int = 0, end: int = -1, text_field: TextField | None = None
+) -> Iterator[str | SkippedDocument]:
+    """Yield the text of each record of ``path``, or a `SkippedDocument` for a bad one.
 
     ``start``/``end`` read only the lines that start in that byte range (plain files only). With
-    ``parse=False`` every non-blank line yields ``""`` (for counting documents cheaply).
+    ``parse=False`` every non-blank line (every row) yields ``""`` (for counting documents cheaply).
     """
+    text_field = text_field or TextField()
+    if path.name.endswith(PARQUET):
+        yield from _parquet_documents(path, parse, text_field)
+        return
     name = str(path)
     line_no = 0
     documents = 0
@@ -133,28 +237,56 @@ def iter_documents(path: Path, parse: bool = True, start: int = 0, end: int = -1
                 if not parse:
                     yield ""
                     continue
-                yield _document(name, line_no, raw)
-    except (EOFError, OSError, zlib.error) as err:
-        what = "truncated or corrupt gzip" if name.endswith(".gz") else "unreadable file"
+                yield _document(name, line_no, raw, text_field)
+    except _read_errors() as err:
+        what = {".gz": "truncated or corrupt gzip", ".zst": "truncated or corrupt zstd"}.get(
+            path.suffix, "unreadable file"
+        )
         yield SkippedDocument(name, line_no + 1, f"{what}: {err}", document=False)
         return
     if documents == 0 and whole:
         yield SkippedDocument(name, 0, "empty file: no documents", document=False)
 
 
-def _document(name: str, line_no: int, raw: bytes) -> str | SkippedDocument:
+def _document(name: str, line_no: int, raw: bytes, text_field: TextField) -> str | SkippedDocument:
     try:
         record = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return SkippedDocument(name, line_no, "invalid UTF-8")
     except json.JSONDecodeError as err:
         return SkippedDocument(name, line_no, f"invalid JSON: {err.msg}")
-    text = record.get("text") if isinstance(record, dict) else None
-    if text is None:
-        return SkippedDocument(name, line_no, "no 'text' field")
-    if not isinstance(text, str):
-        return SkippedDocument(name, line_no, f"'text' is {type(text).__name__}, not a string")
-    return text
+    return text_field.text(record, name, line_no)
+
+
+PARQUET_BATCH = 1024  # rows per read: a few MB of text, never the whole file
+
+
+def _parquet_documents(path: Path, parse: bool, text_field: TextField) -> Iterator[str | SkippedDocument]:
+    """The rows of one Parquet file, a batch at a time, reading only the text's top-level column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = str(path)
+    row = 0
+    column = text_field.parts[0]
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        if column not in names:
+            yield SkippedDocument(
+                name, 0, f"no column {column!r} (columns: {', '.join(names)}): set --text-field", document=False
+            )
+            return
+        if parquet.metadata.num_rows == 0:
+            yield SkippedDocument(name, 0, "empty file: no documents", document=False)
+            return
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, columns=[column]):
+            values = batch.column(0).to_pylist()
+            for value in values:
+                row += 1
+                yield "" if not parse else text_field.text({column: value}, name, row)
+    except (OSError, pa.ArrowException) as err:
+        yield SkippedDocument(name, row + 1, f"unreadable Parquet file: {err}", document=False)
 
 
 HUB_PREFIX = "hf://allenai/c4/en/"
