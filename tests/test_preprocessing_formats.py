@@ -124,7 +124,8 @@ def test_bad_records_and_files_of_each_format_are_reported_with_file_and_line_or
     folder = tmp_path / "in"
     folder.mkdir()
     text = "Fine words about Python, repeated. " * 20
-    rows: list[dict[str, object]] = [{"text": text}] * 5 + [{"text": None}, {"text": text}]
+    rows: list[dict[str, object]] = [{"text": text} for _ in range(5)]
+    rows += [{"text": None}, {"text": text}]
     write_parquet(folder / "a.parquet", rows)
     pq.write_table(pa.table({"text": pa.array([text, "x"]), "n": pa.array([1, 2])}), folder / "b.parquet")
     write_parquet(folder / "c.parquet", [{"body": text}])  # no text column
