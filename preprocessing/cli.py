@@ -10,6 +10,7 @@ mistakes end with one line on stderr and exit code 2; ``--strict`` input errors 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         metavar="PATH",
         help="dotted path of the text in each record: text (C4), raw_content (RedPajama v2), meta.body",
+    )
+    p.add_argument(
+        "--domain-field",
+        default="",
+        metavar="PATH",
+        help="dotted path of each record's domain (meta.redpajama_set_name): one MDS dataset per value "
+        "under OUT_ROOT/SPLIT/<domain>/, written in the same pass",
     )
     p.add_argument("--out-root", type=Path, required=True, help="dataset root; the split goes to OUT_ROOT/SPLIT")
     p.add_argument(
@@ -139,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         return _error("--concat-tokens and --workers must be positive, --max-docs not negative")
     try:
         TextField(args.text_field)
+        if args.domain_field:
+            TextField(args.domain_field, "--domain-field")
     except InputError as err:
         return _error(str(err))
-    if not args.input and args.text_field != "text":
-        return _error("--text-field applies to --input files: C4 from the hub has its text in 'text'")
+    if not args.input and (args.text_field != "text" or args.domain_field):
+        return _error("--text-field and --domain-field apply to --input files: C4 from the hub has only 'text'")
     task, tasks = int(os.environ.get("SLURM_PROCID", "0")), int(os.environ.get("SLURM_NTASKS", "1"))
     if args.input:
         try:
@@ -177,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         max_docs=max_docs,
         strict=args.strict,
         text_field=args.text_field,
+        domain_field=args.domain_field,
     )
     split_dir = args.out_root / args.split
     total = tasks * workers
@@ -255,6 +266,9 @@ def _convert_and_merge(
     s = merge_parts(split_dir, shares, options)
     try:
         checked = validate_split(args.out_root, args.split, s, args.concat_tokens, len(tokenizer))
+        for domain in s.get("domains", {}).values():  # each domain is a dataset of its own too
+            domain_summary = json.loads((split_dir / domain["folder"] / "summary.json").read_text())
+            validate_split(split_dir, domain["folder"], domain_summary, args.concat_tokens, len(tokenizer))
     except ValidationError as err:
         print(f"{PROG}: error: validation failed: {err}", file=sys.stderr)
         return 1
@@ -268,6 +282,11 @@ def _convert_and_merge(
         f"{PROG}: validated {split_dir}/index.json with streaming: {len(shares)} parts, {s['samples']:,} samples "
         f"({checked:,} read back), max token id {s['max_token_id']} < vocabulary {len(tokenizer)}"
     )
+    for name, domain in s.get("domains", {}).items():
+        print(
+            f"{PROG}: domain {name}: {domain['documents_written']:,} documents, {domain['tokens']:,} tokens, "
+            f"{domain['samples']:,} samples -> {split_dir / domain['folder']}"
+        )
     for skipped in s["skipped"][:20]:
         print(f"{PROG}: skipped {record_location(skipped)}: {skipped['reason']}")
     if s["documents_skipped"] > 20:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -43,8 +44,8 @@ from preprocessing.inputs import (
     HUB_PREFIX,
     SkippedDocument,
     TextField,
-    iter_documents,
     iter_hub_documents,
+    iter_records,
     record_location,
     splittable,
 )
@@ -69,6 +70,7 @@ class ConvertOptions:
     max_docs: int | None = None
     strict: bool = False
     text_field: str = "text"  # dotted path of the text in each record (preprocessing.inputs.TextField)
+    domain_field: str = ""  # dotted path of each record's domain: one dataset per value ("": none)
 
 
 class StrictInputError(RuntimeError):
@@ -93,6 +95,9 @@ class PartStats:
     max_token_id: int = -1
     elapsed_s: float = 0.0
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    # with --domain-field: per domain value, {"folder", "documents_written", "tokens", "samples",
+    # "tokens_dropped", "max_token_id"} (the part's figures above are their sums)
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 Source = tuple[str, int, int]  # path, first byte, end byte (-1: to the end of the file)
@@ -154,7 +159,7 @@ def count_documents(source: Source, limit: int) -> int:
     """Non-blank lines (rows) of a source, counting no further than ``limit`` (cheap: no JSON parsing)."""
     n = 0
     path, start, end = source
-    for doc in iter_documents(Path(path), parse=False, start=start, end=end):
+    for doc in iter_records(Path(path), parse=False, start=start, end=end):
         if not isinstance(doc, SkippedDocument) or doc.document:
             n += 1
         if n >= limit:
@@ -191,14 +196,21 @@ def plan_shares(files: list[Path], total: int, max_docs: int | None) -> list[Sha
 
 
 def _documents(share: Share, text_field: TextField) -> Iterator[str | SkippedDocument]:
+    for doc in _records(share, text_field, None):
+        yield doc if isinstance(doc, SkippedDocument) else doc[0]
+
+
+def _records(
+    share: Share, text_field: TextField, domain_field: TextField | None
+) -> Iterator[tuple[str, str] | SkippedDocument]:
     for (path, start, end), budget in zip(share.sources, share.budgets, strict=True):
         if budget == 0:
             continue
         taken = 0
-        docs = (
-            iter_hub_documents(path, share.index, share.total)
+        docs: Iterator[tuple[str, str] | SkippedDocument] = (
+            ((d, "") if isinstance(d, str) else d for d in iter_hub_documents(path, share.index, share.total))
             if path.startswith(HUB_PREFIX)
-            else iter_documents(Path(path), start=start, end=end, text_field=text_field)
+            else iter_records(Path(path), start=start, end=end, text_field=text_field, domain_field=domain_field)
         )
         for doc in docs:
             if budget is not None and taken >= budget:
@@ -213,6 +225,8 @@ def convert_part(
 ) -> PartStats:
     """Convert one share into ``split_dir/<part>`` from scratch and mark it complete; ``tokenizer`` is
     ``options.tokenizer`` already loaded (a forked worker inherits the parent's)."""
+    if options.domain_field:
+        return convert_part_by_domain(share, split_dir, options, counters, tokenizer)
     from streaming import MDSWriter
 
     start = time.perf_counter()
@@ -271,6 +285,186 @@ def convert_part(
     return stats
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_RESERVED = ("index.json", "summary.json", FINGERPRINT)
+
+
+def domain_folder(domain: str) -> str:
+    """The folder of a domain value under the split: its name, with anything but letters, digits,
+    ``.``, ``_`` and ``-`` replaced by ``_``; a name this tool uses itself gets a leading ``_``."""
+    name = _UNSAFE.sub("_", domain) or "_"
+    return f"_{name}" if name.startswith((".", "part-")) or name in _RESERVED else name
+
+
+def _remove_leftovers(split_dir: Path, part: str) -> None:
+    """What an unfinished run of this part left: its work folders, and its domains' parts."""
+    for leftover in split_dir.glob(f".{part}.writing-*"):
+        shutil.rmtree(leftover)
+    for leftover in [*split_dir.glob(f"*/.{part}.writing-*"), *split_dir.glob(f"*/{part}")]:
+        if leftover.parent.name != part and not leftover.parent.name.startswith("."):
+            shutil.rmtree(leftover)
+
+
+def convert_part_by_domain(
+    share: Share, split_dir: Path, options: ConvertOptions, counters: Any = None, tokenizer: Any = None
+) -> PartStats:
+    """`convert_part` with ``--domain-field``: one MDSWriter, and one concatenation, per domain.
+
+    Each domain's part is written in ``split_dir/<domain>/.<part>.writing-PID/`` and renamed to
+    ``split_dir/<domain>/<part>/``; then the part's ``.complete.json`` appears in
+    ``split_dir/<part>/``, last: a part is complete only once every domain of it is in place, and a
+    rerun redoes an unfinished part from scratch in every domain (`_remove_leftovers`).
+    """
+    from streaming import MDSWriter
+
+    start = time.perf_counter()
+    pid = os.getpid()
+    _remove_leftovers(split_dir, share.name)
+    work_dir = split_dir / f".{share.name}.writing-{pid}"
+    work_dir.mkdir()
+    tokenizer = untruncated(tokenizer if tokenizer is not None else load_tokenizer(options.tokenizer))
+    bos, eos = special_ids(tokenizer, options.bos_text), special_ids(tokenizer, options.eos_text)
+    text_field = TextField(options.text_field)
+    domain_field = TextField(options.domain_field, "--domain-field")
+    stats = PartStats(part=share.name, files=share.files)
+    writers: dict[str, Any] = {}
+    concats: dict[str, TokenConcatenator] = {}
+    batches: dict[str, list[str]] = {}
+
+    def flush(domain: str) -> None:
+        batch = batches[domain]
+        if not batch:
+            return
+        figures = stats.domains[domain]
+        docs = token_ids(tokenizer, batch)
+        figures["max_token_id"] = max([figures["max_token_id"], *(max(ids) for ids in docs if ids)])
+        for sample in concats[domain].add_batch(docs):
+            writers[domain].write({"tokens": sample})
+            figures["samples"] += 1
+        figures["documents_written"] += len(batch)
+        batch.clear()
+        if counters is not None:
+            counters[2 * share.index] = stats.documents_read
+            counters[2 * share.index + 1] = sum(c.tokens_in for c in concats.values())
+
+    for doc in _records(share, text_field, domain_field):
+        if isinstance(doc, SkippedDocument):
+            if options.strict:
+                raise StrictInputError(f"{record_location(asdict(doc))}: {doc.reason} (--strict)")
+            stats.skipped.append(asdict(doc))
+            if doc.document:
+                stats.documents_read += 1
+            continue
+        stats.documents_read += 1
+        text, domain = doc
+        if domain not in writers:
+            folder = domain_folder(domain)
+            taken = [d for d, f in stats.domains.items() if f["folder"] == folder]
+            if taken:
+                raise StrictInputError(
+                    f"domains {taken[0]!r} and {domain!r} would share the folder {folder}: "
+                    "their names differ only in characters a folder name cannot hold"
+                )
+            writers[domain] = MDSWriter(
+                out=str(split_dir / folder / f".{share.name}.writing-{pid}"),
+                columns=COLUMNS,
+                compression=options.compression,
+            )
+            concats[domain] = TokenConcatenator(options.concat_tokens, bos, eos, options.wrap)
+            batches[domain] = []
+            stats.domains[domain] = {
+                "folder": folder,
+                "documents_written": 0,
+                "tokens": 0,
+                "samples": 0,
+                "tokens_dropped": 0,
+                "max_token_id": -1,
+            }
+        batches[domain].append(text)
+        if len(batches[domain]) >= TOKENIZE_BATCH:
+            flush(domain)
+    for domain in sorted(writers):
+        flush(domain)
+        concats[domain].finish()
+        writers[domain].finish()
+        figures = stats.domains[domain]
+        figures["tokens"], figures["tokens_dropped"] = concats[domain].tokens_in, concats[domain].tokens_dropped
+    stats.documents_written = sum(f["documents_written"] for f in stats.domains.values())
+    stats.tokens = sum(f["tokens"] for f in stats.domains.values())
+    stats.samples = sum(f["samples"] for f in stats.domains.values())
+    stats.tokens_dropped = sum(f["tokens_dropped"] for f in stats.domains.values())
+    stats.max_token_id = max((f["max_token_id"] for f in stats.domains.values()), default=-1)
+    stats.elapsed_s = round(time.perf_counter() - start, 3)
+    _write_atomic(work_dir / COMPLETE, json.dumps(asdict(stats)) + "\n")
+    out_dir = split_dir / share.name
+    if (out_dir / COMPLETE).exists():  # completed meanwhile by a run that took this one's folder over
+        for figures in stats.domains.values():
+            shutil.rmtree(split_dir / figures["folder"] / f".{share.name}.writing-{pid}", ignore_errors=True)
+        shutil.rmtree(work_dir)
+        return stats
+    for figures in stats.domains.values():
+        os.rename(
+            split_dir / figures["folder"] / f".{share.name}.writing-{pid}", split_dir / figures["folder"] / share.name
+        )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.rename(work_dir, out_dir)  # the marker last: the part is complete once every domain is in place
+    return stats
+
+
+def merge_domains(split_dir: Path, shares: list[Share], options: ConvertOptions) -> dict[str, Any]:
+    """With ``--domain-field``: each domain's index and summary, then the split's (all domains)."""
+    from streaming.base.util import merge_index
+
+    stats = [p for p in (read_part(split_dir, s.name) for s in shares) if p is not None]
+    assert len(stats) == len(shares)
+    folders: dict[str, str] = {}
+    for part in stats:
+        for domain, figures in part.domains.items():
+            folders.setdefault(domain, figures["folder"])
+    domains: dict[str, Any] = {}
+    shards: list[dict[str, Any]] = []
+    for domain, folder in sorted(folders.items()):
+        domain_dir = split_dir / folder
+        having = [p for p in stats if domain in p.domains]
+        with tempfile.TemporaryDirectory(dir=domain_dir, prefix=".merge-") as tmp:
+            merge_index([str((domain_dir / p.part / "index.json").resolve()) for p in having], tmp, keep_local=True)
+            os.replace(Path(tmp) / "index.json", domain_dir / "index.json")
+        for shard in json.loads((domain_dir / "index.json").read_text())["shards"]:
+            for key in ("raw_data", "zip_data"):
+                if shard.get(key):
+                    shard[key]["basename"] = f"{folder}/{shard[key]['basename']}"
+            shards.append(shard)
+        figures = {k: sum(p.domains[domain][k] for p in having) for k in ("documents_written", "tokens", "samples")}
+        dropped = sum(p.domains[domain]["tokens_dropped"] for p in having)
+        summary = {
+            "split": f"{split_dir.name}/{folder}",
+            "domain": domain,
+            "options": asdict(options),
+            "parts": len(having),
+            "input_files": sorted(f for p in having for f in p.files),
+            "documents_read": figures["documents_written"],
+            **figures,
+            "documents_skipped": 0,
+            "tokens_dropped": dropped,
+            "max_token_id": max(p.domains[domain]["max_token_id"] for p in having),
+            **tokenizer_identity(options.tokenizer),
+        }
+        _write_atomic(domain_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        domains[domain] = {
+            "folder": folder,
+            **figures,
+            "tokens_dropped": dropped,
+            "max_token_id": summary["max_token_id"],
+        }
+    with tempfile.NamedTemporaryFile("w", dir=split_dir, prefix=".merge-", delete=False) as fh:
+        json.dump({"version": 2, "shards": shards}, fh, sort_keys=True)
+    os.replace(fh.name, split_dir / "index.json")  # the split as one dataset: every domain's shards
+    summary = _split_summary(split_dir, stats, options) | {"domains": domains}
+    _write_atomic(split_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:
@@ -294,8 +488,9 @@ def fingerprint(files: list[Path], options: ConvertOptions, total_parts: int) ->
     """What makes this dataset: options, input files (path and size) and the part count."""
     inputs = [[str(f), 0] if str(f).startswith(HUB_PREFIX) else [str(f.resolve()), f.stat().st_size] for f in files]
     opts = asdict(options)
-    if opts["text_field"] == "text":  # the default: left out, so folders written before it existed still match
-        del opts["text_field"]
+    for key, default in (("text_field", "text"), ("domain_field", "")):
+        if opts[key] == default:  # defaults left out: folders written before the option existed still match
+            del opts[key]
     return {"options": opts, "inputs": inputs, "parts": total_parts}
 
 
@@ -358,6 +553,8 @@ def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -
     """Merge the part indexes into ``index.json`` (atomically) and write ``summary.json``."""
     from streaming.base.util import merge_index
 
+    if options.domain_field:
+        return merge_domains(split_dir, shares, options)
     parts = [read_part(split_dir, s.name) for s in shares]
     assert all(p is not None for p in parts)
     stats = [p for p in parts if p is not None]
@@ -366,9 +563,16 @@ def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -
         merge_index(indexes, tmp, keep_local=True, download_timeout=60)
         # the merged basenames are "part-.../shard..." relative to the index: valid in split_dir too
         os.replace(Path(tmp) / "index.json", split_dir / "index.json")
+    summary = _split_summary(split_dir, stats, options)
+    _write_atomic(split_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _split_summary(split_dir: Path, stats: list[PartStats], options: ConvertOptions) -> dict[str, Any]:
+    """``summary.json`` of a split: what its parts hold, added up."""
     elapsed = max((p.elapsed_s for p in stats), default=0.0)
     tokens = sum(p.tokens for p in stats)
-    summary: dict[str, Any] = {
+    return {
         "split": split_dir.name,
         "options": asdict(options),
         "parts": len(stats),
@@ -386,8 +590,6 @@ def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -
         "skipped": [s for p in stats for s in p.skipped],
         "part_stats": [asdict(p) | {"skipped": len(p.skipped)} for p in stats],
     }
-    _write_atomic(split_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def run_parts(

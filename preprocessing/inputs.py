@@ -61,10 +61,11 @@ class TextField:
     """The dotted path of the text in each record: ``text``, ``raw_content``, ``meta.body``."""
 
     path: str = "text"
+    flag: str = "--text-field"  # the option it came from, for the message of a malformed path
 
     def __post_init__(self) -> None:
         if not self.path or any(not part for part in self.path.split(".")):
-            raise InputError(f"--text-field {self.path!r}: give a dotted path of keys, e.g. text or meta.body")
+            raise InputError(f"{self.flag} {self.path!r}: give a dotted path of keys, e.g. text or meta.body")
 
     @property
     def parts(self) -> list[str]:
@@ -219,9 +220,26 @@ def iter_documents(
     ``start``/``end`` read only the lines that start in that byte range (plain files only). With
     ``parse=False`` every non-blank line (every row) yields ``""`` (for counting documents cheaply).
     """
+    for record in iter_records(path, parse, start, end, text_field):
+        yield record if isinstance(record, SkippedDocument) else record[0]
+
+
+def iter_records(
+    path: Path,
+    parse: bool = True,
+    start: int = 0,
+    end: int = -1,
+    text_field: TextField | None = None,
+    domain_field: TextField | None = None,
+) -> Iterator[tuple[str, str] | SkippedDocument]:
+    """As `iter_documents`, yielding ``(text, domain)``: the value ``domain_field`` names (``""`` without one).
+
+    A record whose domain is missing or not a string is a `SkippedDocument` too (never put in a
+    domain of its own silently).
+    """
     text_field = text_field or TextField()
     if path.name.endswith(PARQUET):
-        yield from _parquet_documents(path, parse, text_field)
+        yield from _parquet_documents(path, parse, text_field, domain_field)
         return
     name = str(path)
     line_no = 0
@@ -235,9 +253,9 @@ def iter_documents(
                     continue
                 documents += 1
                 if not parse:
-                    yield ""
+                    yield "", ""
                     continue
-                yield _document(name, line_no, raw, text_field)
+                yield _document(name, line_no, raw, text_field, domain_field)
     except _read_errors() as err:
         what = {".gz": "truncated or corrupt gzip", ".zst": "truncated or corrupt zstd"}.get(
             path.suffix, "unreadable file"
@@ -248,43 +266,62 @@ def iter_documents(
         yield SkippedDocument(name, 0, "empty file: no documents", document=False)
 
 
-def _document(name: str, line_no: int, raw: bytes, text_field: TextField) -> str | SkippedDocument:
+def _document(
+    name: str, line_no: int, raw: bytes, text_field: TextField, domain_field: TextField | None
+) -> tuple[str, str] | SkippedDocument:
     try:
         record = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return SkippedDocument(name, line_no, "invalid UTF-8")
     except json.JSONDecodeError as err:
         return SkippedDocument(name, line_no, f"invalid JSON: {err.msg}")
-    return text_field.text(record, name, line_no)
+    return _text_and_domain(record, name, line_no, text_field, domain_field)
+
+
+def _text_and_domain(
+    record: Any, name: str, line_no: int, text_field: TextField, domain_field: TextField | None
+) -> tuple[str, str] | SkippedDocument:
+    text = text_field.text(record, name, line_no)
+    if isinstance(text, SkippedDocument) or domain_field is None:
+        return text if isinstance(text, SkippedDocument) else (text, "")
+    domain = domain_field.text(record, name, line_no)
+    return domain if isinstance(domain, SkippedDocument) else (text, domain)
 
 
 PARQUET_BATCH = 1024  # rows per read: a few MB of text, never the whole file
 
 
-def _parquet_documents(path: Path, parse: bool, text_field: TextField) -> Iterator[str | SkippedDocument]:
-    """The rows of one Parquet file, a batch at a time, reading only the text's top-level column."""
+def _parquet_documents(
+    path: Path, parse: bool, text_field: TextField, domain_field: TextField | None
+) -> Iterator[tuple[str, str] | SkippedDocument]:
+    """The rows of one Parquet file, a batch at a time, reading only the top-level columns needed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     name = str(path)
     row = 0
-    column = text_field.parts[0]
+    wanted = [(text_field, "--text-field")] + ([(domain_field, "--domain-field")] if domain_field else [])
+    columns = list(dict.fromkeys(f.parts[0] for f, _ in wanted))
     try:
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
-        if column not in names:
-            yield SkippedDocument(
-                name, 0, f"no column {column!r} (columns: {', '.join(names)}): set --text-field", document=False
-            )
-            return
+        for field, flag in wanted:
+            if field.parts[0] not in names:
+                yield SkippedDocument(
+                    name, 0, f"no column {field.parts[0]!r} (columns: {', '.join(names)}): set {flag}", document=False
+                )
+                return
         if parquet.metadata.num_rows == 0:
             yield SkippedDocument(name, 0, "empty file: no documents", document=False)
             return
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, columns=[column]):
-            values = batch.column(0).to_pylist()
-            for value in values:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, columns=columns):
+            values = [batch.column(i).to_pylist() for i in range(len(columns))]
+            for record in zip(*values, strict=True):
                 row += 1
-                yield "" if not parse else text_field.text({column: value}, name, row)
+                if not parse:
+                    yield "", ""
+                    continue
+                yield _text_and_domain(dict(zip(columns, record, strict=True)), name, row, text_field, domain_field)
     except (OSError, pa.ArrowException) as err:
         yield SkippedDocument(name, row + 1, f"unreadable Parquet file: {err}", document=False)
 
