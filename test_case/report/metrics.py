@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
@@ -416,9 +417,16 @@ def _time_to_1t_tokens(run: RunSummary) -> None:
             run.gpu_hours_to_1t_tokens = run.hours_to_1t_tokens * run.world_size
 
 
+LABELLED_EVAL_LOSS = re.compile(r"^metrics/eval/(?P<label>.+)/LanguageCrossEntropy$")
+
+
 def _eval_figures(run: RunSummary, parsed: ParsedLog) -> list[MetricBlock]:
-    """The last value of each eval metric; returns the reporting rank's eval blocks."""
+    """The last value of each eval metric, and of each labelled eval loader's loss (Composer logs
+    ``metrics/eval/<label>/LanguageCrossEntropy`` per loader); returns the reporting rank's eval blocks."""
     evals = [b for b in parsed.blocks.get(parsed.reporting_rank, []) if b.kind == "eval"]
     for block in evals:
         run.eval.update({k: float(v) for k, v in block.metrics.items() if isinstance(v, int | float)})
+    for key, value in run.eval.items():
+        if (m := LABELLED_EVAL_LOSS.match(key)) is not None:
+            run.eval_loss_by_domain[m.group("label")] = value
     return evals

@@ -219,6 +219,8 @@ class RunSummary:
     hours_to_1t_tokens: float | None = None
     gpu_hours_to_1t_tokens: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
+    # the last eval loss of each labelled eval loader (one per stream of a mixture, by its name)
+    eval_loss_by_domain: dict[str, float] = field(default_factory=dict)
     baseline: BaselineVerdict | None = None
     stragglers: list[Straggler] = field(
         default_factory=list

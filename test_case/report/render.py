@@ -235,6 +235,24 @@ def _goodput_lines(runs: list[RunSummary]) -> list[str]:
     return lines
 
 
+def _domain_eval_lines(runs: list[RunSummary]) -> list[str]:
+    return [
+        f"eval loss by domain {r.name}: " + ", ".join(f"{d} {v:.4f}" for d, v in sorted(r.eval_loss_by_domain.items()))
+        for r in runs
+        if r.eval_loss_by_domain
+    ]
+
+
+def _domain_eval_markdown(runs: list[RunSummary]) -> list[str]:
+    """One row per run and labelled eval loader (a mixture's streams): its last eval loss."""
+    rows = [(r.name, d, v) for r in runs for d, v in sorted(r.eval_loss_by_domain.items())]
+    if not rows:
+        return []
+    parts = ["## Eval loss by domain", "", "| run | domain (eval loader label) | eval loss |", "|---|---|---|"]
+    parts += [f"| {name} | {domain} | {value:.4f} |" for name, domain, value in rows]
+    return [*parts, ""]
+
+
 def _timing_markdown(runs: list[RunSummary]) -> list[str]:
     """Per node compute time and stragglers; the goodput table, one row per run."""
     parts: list[str] = []
@@ -332,7 +350,7 @@ def format_table(
     preflight verdicts, the acceptance verdict."""
     parts = [_table(COLUMNS, runs)] if runs else []
     extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _restart_lines(runs)
-    extra += _straggler_lines(runs) + _goodput_lines(runs) + _notes(runs)
+    extra += _straggler_lines(runs) + _goodput_lines(runs) + _domain_eval_lines(runs) + _notes(runs)
     extra += _preflight_console(preflights) + _verdict_lines(verdict)
     return "".join(parts) + "".join(line + "\n" for line in extra)
 
@@ -399,6 +417,7 @@ def format_markdown(
     if restarts := _restart_lines(runs):
         parts += ["## Restarts", "", *[f"- {line}" for line in restarts], ""]
     parts += _timing_markdown(runs)
+    parts += _domain_eval_markdown(runs)
     if preflights:
         parts += _preflight_markdown(preflights)
     parts += ["## How each figure is computed", "", DEFINITIONS]

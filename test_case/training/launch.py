@@ -36,13 +36,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from test_case import REPO_ROOT
 from test_case.run_header import RunHeader
 from test_case.training.config_check import override_problems, unknown_key_problems
 from test_case.training.dataset_fit import DatasetFacts, dataset_facts, fit_problems
 from test_case.training.heartbeat import DIR_ENV as HEARTBEAT_DIR_ENV
+from test_case.training.mixture import MixtureError, load_mixture, mixture_overrides
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
     from omegaconf import DictConfig
@@ -185,12 +186,20 @@ def resolve_yaml(model: str) -> Path:
     return path
 
 
-def config_overrides(plan: NodePlan, env: Mapping[str, str]) -> list[str]:
-    """OmegaConf dotlist the suite always passes; the user's own overrides come after and win."""
+def config_overrides(plan: NodePlan, env: Mapping[str, str], yaml: Path | None = None) -> list[str]:
+    """OmegaConf dotlist the suite always passes; the user's own overrides come after and win.
+
+    With ``MIXTURE`` set (and the ``yaml``, whose ``eval_loader`` the per-stream eval loaders copy),
+    the mixture's streams (`test_case.training.mixture`); a mistake in it raises `MixtureError`."""
     out = [f"variables.run_name={plan.run_name}"]
     for var, key in (("DATA_ROOT", "data_local"), ("TOKENIZER", "tokenizer_name"), ("SAVE_ROOT", "save_root")):
         if env.get(var):
             out.append(f"variables.{key}={env[var]}")
+    if env.get("MIXTURE") and yaml is not None:
+        from omegaconf import OmegaConf
+
+        template = OmegaConf.to_container(OmegaConf.load(yaml), resolve=False).get("eval_loader")  # type: ignore[union-attr]
+        out += mixture_overrides(load_mixture(Path(env["MIXTURE"])), template if isinstance(template, dict) else None)
     return out
 
 
@@ -211,7 +220,7 @@ def composer_command(plan: NodePlan, yaml: Path, overrides: list[str], env: Mapp
         "-m",
         "test_case.training.foundry_train",
         str(yaml),
-        *config_overrides(plan, env),
+        *config_overrides(plan, env, yaml),
         *overrides,
     ]
 
@@ -224,7 +233,9 @@ def training_config(yaml: Path, plan: NodePlan, env: Mapping[str, str], override
     """The yaml with the launcher's and the user's overrides applied, as llm-foundry will see it."""
     from omegaconf import DictConfig, OmegaConf
 
-    merged = OmegaConf.merge(OmegaConf.load(yaml), OmegaConf.from_dotlist([*config_overrides(plan, env), *overrides]))
+    merged = OmegaConf.merge(
+        OmegaConf.load(yaml), OmegaConf.from_dotlist([*config_overrides(plan, env, yaml), *overrides])
+    )
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -299,9 +310,8 @@ def preflight(
     problems: list[str] = []
     tokenizer = str(OmegaConf.select(cfg, "tokenizer.name"))
     vocab_size = OmegaConf.select(cfg, "model.vocab_size")
-    for loader in ("train_loader", "eval_loader"):
-        dataset = OmegaConf.select(cfg, f"{loader}.dataset")
-        if dataset is None or dataset.get("remote"):
+    for loader, dataset in loader_datasets(cfg):
+        if dataset.get("remote"):
             continue
         local, split = cwd / str(dataset.local), str(dataset.split)
         if not (local / split / "index.json").is_file():
@@ -382,14 +392,35 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def train_dataset_facts(cfg: DictConfig, cwd: Path) -> DatasetFacts | None:
-    """What the preprocessing recorded about the training split (for the run header)."""
-    from omegaconf import OmegaConf
+def loader_datasets(cfg: DictConfig) -> list[tuple[str, Any]]:
+    """(name for messages, dataset config) of every dataset the run reads: the training set, or
+    each of its streams, and the eval set or each labelled eval loader."""
+    from omegaconf import ListConfig, OmegaConf
 
-    dataset = OmegaConf.select(cfg, "train_loader.dataset")
-    if dataset is None or dataset.get("remote"):
+    found: list[tuple[str, Any]] = []
+    train = OmegaConf.select(cfg, "train_loader.dataset")
+    if train is not None and train.get("streams"):
+        for name, stream in train.streams.items():
+            merged = OmegaConf.merge({"max_seq_len": train.get("max_seq_len")}, stream)
+            found.append((f"train_loader stream {name}", merged))
+    elif train is not None:
+        found.append(("train_loader", train))
+    evals = OmegaConf.select(cfg, "eval_loader") or OmegaConf.select(cfg, "eval_loaders")
+    for i, loader in enumerate(evals if isinstance(evals, ListConfig) else [evals] if evals else []):
+        if loader.get("dataset") is not None:
+            label = loader.get("label")
+            found.append(
+                (f"eval_loader {label}" if label else "eval_loader" if i == 0 else f"eval_loader {i}", loader.dataset)
+            )
+    return found
+
+
+def train_dataset_facts(cfg: DictConfig, cwd: Path) -> DatasetFacts | None:
+    """What the preprocessing recorded about the training split, or its first stream (for the run header)."""
+    datasets = [d for name, d in loader_datasets(cfg) if name.startswith("train_loader")]
+    if not datasets or datasets[0].get("remote"):
         return None
-    return dataset_facts(cwd / str(dataset.local) / str(dataset.split))
+    return dataset_facts(cwd / str(datasets[0].local) / str(datasets[0].split))
 
 
 def prepare_resume(cfg: DictConfig, cwd: Path) -> list[str]:
@@ -454,9 +485,20 @@ def run_header(
         llm_foundry=_version("llm-foundry"),
         streaming=_version("mosaicml-streaming"),
         overrides=" ".join(overrides) or "none",
+        mixture=_mixture_line(env),
         dataset_sample_tokens=data.sample_tokens if data else None,
         dataset_tokenizer=data.describe_tokenizer() if data else None,
     )
+
+
+def _mixture_line(env: Mapping[str, str]) -> str | None:
+    """The run header's ``mixture``: each stream's weight, the scheme, the batching and the file."""
+    if not env.get("MIXTURE"):
+        return None
+    try:
+        return load_mixture(Path(env["MIXTURE"])).describe()
+    except MixtureError as err:
+        return f"invalid: {err}"
 
 
 def print_run_header(
@@ -508,7 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "header":
         print_run_header(plan, args.model, env, args.overrides)
         return 0
-    cfg, problems = checked_config(yaml, plan, env, args.overrides)
+    try:
+        cfg, problems = checked_config(yaml, plan, env, args.overrides)
+    except MixtureError as err:
+        print(f"launch: error: {err}", file=sys.stderr)
+        return 2
     if cfg is not None and args.action != "plan":
         problems = preflight(yaml, plan, cfg, Path.cwd(), node_checks=args.action in ("node", "node-check"))
     where = f"node {plan.node_rank}: " if args.action in ("node", "node-check") else ""

@@ -1,0 +1,218 @@
+"""Mixture files (``MIXTURE=mix.yaml``): checked before anything starts, turned into llm-foundry's
+``train_loader.dataset.streams`` and one labelled eval loader per stream, recorded in the run header;
+and a real CPU run on a 70/30 two-domain mixture whose report gives each domain's eval loss."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zstandard
+from omegaconf import OmegaConf
+
+from preprocessing.cli import main as preprocess
+from test_case.report.log_parser import parse_log_file
+from test_case.report.metrics import summarise_run
+from test_case.training.launch import plan_node, training_config
+from test_case.training.mixture import MixtureError, load_mixture, mixture_overrides
+from tests.conftest import REPO_ROOT, preprocess_args
+
+DOMAINS = ("RedPajamaC4", "RedPajamaWikipedia")
+
+
+def write_domain_sample(sample: Path, folder: Path) -> None:
+    """The demo's C4 sample as SlimPajama-shaped zstd files, 30 % of the documents Wikipedia's."""
+    folder.mkdir(parents=True)
+    for split, prefix in (("train", "c4-train."), ("validation", "c4-validation.")):
+        texts = []
+        for path in sorted(sample.glob(f"{prefix}*.json.gz")):
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                texts += [json.loads(line)["text"] for line in fh]
+        lines = [
+            json.dumps({"text": t, "meta": {"redpajama_set_name": DOMAINS[1] if i % 10 < 3 else DOMAINS[0]}}) + "\n"
+            for i, t in enumerate(texts)
+        ]
+        (folder / split).mkdir()
+        data = zstandard.ZstdCompressor().compress("".join(lines).encode())
+        (folder / split / "chunk_0.jsonl.zst").write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def domain_data(demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT/train_small/<domain> and OUT/val_small/<domain>, preprocessed with --domain-field."""
+    sample, tokenizer = demo_assets
+    root = tmp_path_factory.mktemp("mixture")
+    write_domain_sample(sample, root / "jsonl")
+    for split, source in (("train_small", "train"), ("val_small", "validation")):
+        args = preprocess_args(
+            root / "jsonl" / source, root / "data", split, tokenizer, 128, "--eos-text", "<|endoftext|>"
+        )
+        assert preprocess([*args, "--domain-field", "meta.redpajama_set_name"]) == 0
+    return root / "data"
+
+
+def mixture_file(folder: Path, data: Path, text: str | None = None) -> Path:
+    path = folder / "mix.yaml"
+    path.write_text(
+        text
+        or f"""# 70 % C4, 30 % Wikipedia
+streams:
+  c4:
+    local: {data}/train_small/{DOMAINS[0]}
+    proportion: 0.7
+    eval: {data}/val_small/{DOMAINS[0]}
+  wikipedia:
+    local: {data}/train_small/{DOMAINS[1]}
+    proportion: 0.3
+    eval: {data}/val_small/{DOMAINS[1]}
+batching_method: random
+"""
+    )
+    return path
+
+
+def test_a_mixture_becomes_streams_and_one_labelled_eval_loader_per_stream(
+    domain_data: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    mix = load_mixture(mixture_file(tmp_path, domain_data))
+    assert [(s.name, s.scheme, s.weight) for s in mix.streams] == [
+        ("c4", "proportion", 0.7),
+        ("wikipedia", "proportion", 0.3),
+    ]
+    assert mix.shares() == pytest.approx({"c4": 0.7, "wikipedia": 0.3})
+    assert mix.describe() == f"c4=0.7 wikipedia=0.3 (proportion, random) from {tmp_path / 'mix.yaml'}"
+    env = {"MIXTURE": str(tmp_path / "mix.yaml"), "TOKENIZER": str(demo_assets[1])}
+    cfg = training_config(REPO_ROOT / "yamls" / "mpt-tiny-cpu.yaml", plan_node(env), env)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    streams = resolved["train_loader"]["dataset"]["streams"]
+    assert streams == {
+        "c4": {"local": str(domain_data / "train_small"), "split": DOMAINS[0], "proportion": 0.7},
+        "wikipedia": {"local": str(domain_data / "train_small"), "split": DOMAINS[1], "proportion": 0.3},
+    }
+    assert resolved["train_loader"]["dataset"]["batching_method"] == "random"
+    assert resolved["train_loader"]["dataset"]["split"] is None and resolved["train_loader"]["dataset"]["local"] is None
+    assert resolved["eval_loader"] is None
+    loaders = resolved["eval_loaders"]
+    assert [(e["label"], e["dataset"]["local"], e["dataset"]["split"]) for e in loaders] == [
+        ("c4", str(domain_data / "val_small"), DOMAINS[0]),
+        ("wikipedia", str(domain_data / "val_small"), DOMAINS[1]),
+    ]
+    assert loaders[0]["dataset"]["max_seq_len"] == 128 and loaders[0]["num_workers"] == 0  # the yaml's eval_loader
+    # the launch's own check reads every stream and eval loader
+    check = subprocess.run(
+        [sys.executable, "-m", "test_case.training.launch", "check", "mpt-tiny-cpu"],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | env,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    header = subprocess.run(
+        [sys.executable, "-m", "test_case.training.launch", "header", "mpt-tiny-cpu"],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | env,
+        capture_output=True,
+        text=True,
+    )
+    assert f"[run-header] mixture: {mix.describe()}" in header.stdout
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("streams: [a, b]\n", "needs a `streams:` mapping"),
+        ("streams:\n  a: {local: L, proportion: 0.5}\n  b: {local: L, repeat: 2}\n", "streams mix the schemes"),
+        ("streams:\n  a: {local: L, proportion: 0.5, choose: 10}\n", "give exactly one of proportion, repeat, choose"),
+        ("streams:\n  a: {local: L}\n", "give exactly one of proportion, repeat, choose (it has none)"),
+        ("streams:\n  a: {local: L, proportion: 0.3x}\n", "proportion '0.3x' is not a number"),
+        ("streams:\n  a: {local: L, proportion: -1}\n", "proportion -1 must be a positive number"),
+        ("streams:\n  a: {local: L, choose: 2.5}\n", "choose 2.5 is a count of samples"),
+        ("streams:\n  a: {local: L, proportoin: 0.5}\n", "unknown key 'proportoin' (did you mean 'proportion'?)"),
+        ("streams:\n  a: {local: L, proportion: 1}\nbatching: random\n", "unknown key 'batching' (did you mean"),
+        ("streams:\n  a: {local: L, proportion: 1}\nbatching_method: zigzag\n", "batching_method 'zigzag': one of"),
+        ("streams:\n  a: {local: nowhere, proportion: 1}\n", "local nowhere: no index.json in"),
+        ("streams:\n  a: {local: L, proportion: 1, eval: nowhere}\n", "eval nowhere: no index.json in"),
+        ("streams:\n  a: {local: L, proportion: 1\n", "line 3: not valid YAML (expected ',' or '}'"),
+    ],
+)
+def test_mixture_mistakes_are_one_line_errors_naming_the_file_and_stream(
+    domain_data: Path, tmp_path: Path, body: str, message: str
+) -> None:
+    path = mixture_file(
+        tmp_path, domain_data, body.replace("local: L", f"local: {domain_data}/train_small/{DOMAINS[0]}")
+    )
+    with pytest.raises(MixtureError) as err:
+        load_mixture(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_bad_mixture_stops_the_launch_before_anything_starts(domain_data: Path, tmp_path: Path) -> None:
+    path = mixture_file(tmp_path, domain_data, "streams:\n  a: {local: gone, proportion: 1}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"MIXTURE": str(path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "test_case.training.launch", "check", "mpt-tiny-cpu"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert f"launch: error: {path}: stream 'a': local gone: no index.json in {tmp_path / 'gone'}" in done.stderr
+    repeat = load_mixture(
+        mixture_file(
+            tmp_path, domain_data, f"streams:\n  a: {{local: {domain_data}/train_small/{DOMAINS[0]}, repeat: 2}}\n"
+        )
+    )
+    assert mixture_overrides(repeat, None)[0].endswith('"repeat":2.0}}') and len(mixture_overrides(repeat, None)) == 4
+
+
+@pytest.mark.slow
+def test_a_cpu_run_on_a_mixture_reports_the_eval_loss_of_each_domain(
+    domain_data: Path, demo_assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env |= {
+        "MIXTURE": str(mixture_file(tmp_path, domain_data)),
+        "TOKENIZER": str(demo_assets[1]),
+        "SAVE_ROOT": str(tmp_path / "ckpt"),
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    done = subprocess.run(
+        [
+            "bash",
+            "slurm-scripts/2.train-mpt-manual-distributed.sbatch",
+            "mpt-tiny-cpu",
+            "max_duration=6ba",
+            "eval_interval=6ba",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (log,) = (tmp_path / "logs").glob("mpt-train_local-*.out")
+    parsed = parse_log_file(log)
+    assert parsed.header.mixture is not None and parsed.header.mixture.startswith("c4=0.7 wikipedia=0.3 (proportion")
+    run = summarise_run(parsed)
+    assert set(run.eval_loss_by_domain) == {"c4", "wikipedia"}
+    assert all(2 < v < 12 for v in run.eval_loss_by_domain.values())
+    report = subprocess.run(
+        [sys.executable, "report.py", str(tmp_path / "logs"), "--out", str(tmp_path / "report")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "eval loss by domain" in report.stdout and "wikipedia" in report.stdout
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Eval loss by domain" in markdown and "| c4 |" in markdown
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(saved["runs"][0]["eval_loss_by_domain"]) == {"c4", "wikipedia"}
