@@ -236,9 +236,16 @@ def built(tmp_path_factory: pytest.TempPathFactory, demo_assets: tuple[Path, Pat
     shutil.rmtree(bundle.parent, ignore_errors=True)  # several GB
 
 
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``, removed after the test: a venv installed from the bundle takes 7 GB."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 @pytest.mark.slow
 def test_a_bundle_installs_and_runs_the_demo_preprocessing_and_preflight_with_no_network(
-    built: tuple[Path, str], tmp_path: Path
+    built: tuple[Path, str], scratch: Path
 ) -> None:
     bundle, printed = built
     manifest = read_manifest(bundle)
@@ -252,8 +259,8 @@ def test_a_bundle_installs_and_runs_the_demo_preprocessing_and_preflight_with_no
     with tarfile.open(bundle / "suite.tar") as suite:  # the repository itself, at HEAD
         assert {"mpt-slurm-bench/Makefile", "mpt-slurm-bench/slurm-scripts/env.sh"} <= set(suite.getnames())
 
-    repo = copy_of_the_repository(tmp_path / "repo")
-    venv, demo = tmp_path / "venv", tmp_path / "demo"
+    repo = copy_of_the_repository(scratch / "repo")
+    venv, demo = scratch / "venv", scratch / "demo"
     done = offline(
         f"""
 python3 - <<'EOF'
@@ -267,9 +274,9 @@ for host, port in (("151.101.0.223", 443), ("pypi.org", 443)):  # an address of 
 EOF
 make install BUNDLE={bundle} VENV={venv}
 make demo BUNDLE={bundle} VENV={venv} DEMO_DIR={demo}
-BUNDLE={bundle} VENV={venv} DATA_ROOT={tmp_path}/from-bundle SPLITS=val_small CONCAT_TOKENS=128 WORKERS=1 \\
+BUNDLE={bundle} VENV={venv} DATA_ROOT={scratch}/from-bundle SPLITS=val_small CONCAT_TOKENS=128 WORKERS=1 \\
   bash slurm-scripts/1.c4-preprocess.sbatch
-BUNDLE={bundle} VENV={venv} DATA_ROOT={demo}/data SAVE_ROOT={tmp_path}/ckpt LOG_DIR={tmp_path}/preflight \\
+BUNDLE={bundle} VENV={venv} DATA_ROOT={demo}/data SAVE_ROOT={scratch}/ckpt LOG_DIR={scratch}/preflight \\
   PREFLIGHT_ARGS="--max-bytes 65536" bash slurm-scripts/0.preflight.sbatch || echo "preflight exit $?"
 """,
         repo,
@@ -284,12 +291,12 @@ BUNDLE={bundle} VENV={venv} DATA_ROOT={demo}/data SAVE_ROOT={tmp_path}/ckpt LOG_
     assert "final loss" in done.stdout and "report.md" in done.stdout, out[-4000:]
     assert (repo / "logs").is_dir() and any((repo / "logs").glob("*.out"))
     # the preprocessing took the bundle's C4 files and tokenizer without being told
-    assert (tmp_path / "from-bundle" / "val_small" / "index.json").is_file()
-    written = json.loads((tmp_path / "from-bundle" / "val_small" / "dataset.json").read_text())
+    assert (scratch / "from-bundle" / "val_small" / "index.json").is_file()
+    written = json.loads((scratch / "from-bundle" / "val_small" / "dataset.json").read_text())
     assert written["options"]["tokenizer"] == f"{bundle}/tokenizers/tokenizer"
     assert [Path(path).parent for path, _ in written["inputs"]] == [bundle / "c4"]
     # the preflight loaded the bundle's tokenizer with the hub off
-    (report,) = (tmp_path / "preflight").glob("preflight_*.json")
+    (report,) = (scratch / "preflight").glob("preflight_*.json")
     ((_, node),) = json.loads(report.read_text())["nodes"].items()
     tokenizer_check = node["checks"]["tokenizer"]
     assert tokenizer_check["status"] == "pass", tokenizer_check
@@ -297,13 +304,13 @@ BUNDLE={bundle} VENV={venv} DATA_ROOT={demo}/data SAVE_ROOT={tmp_path}/ckpt LOG_
 
 
 @pytest.mark.slow
-def test_an_altered_wheel_is_refused_by_the_suite_and_by_pip(built: tuple[Path, str], tmp_path: Path) -> None:
+def test_an_altered_wheel_is_refused_by_the_suite_and_by_pip(built: tuple[Path, str], scratch: Path) -> None:
     bundle, _ = built
     wheel = min((bundle / "wheels").glob("*.whl"), key=lambda p: p.stat().st_size)
     original = wheel.read_bytes()
     try:
         wheel.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit of the last byte
-        venv = tmp_path / "venv"
+        venv = scratch / "venv"
         refused = offline(f"make install BUNDLE={bundle} VENV={venv}", REPO_ROOT, timeout=600)
         assert refused.returncode != 0
         assert f"{wheel}: sha256 " in refused.stderr and "the manifest says" in refused.stderr, refused.stderr
@@ -316,10 +323,10 @@ def test_an_altered_wheel_is_refused_by_the_suite_and_by_pip(built: tuple[Path, 
             for ln in (bundle / "requirements-cp311.txt").read_text().splitlines()
             if ln.lower().startswith(name + "==")
         )
-        (tmp_path / "one.txt").write_text(line + "\n")
+        (scratch / "one.txt").write_text(line + "\n")
         pip = offline(
-            f"python3 -m venv {tmp_path}/v2 && PIP_CONFIG_FILE=/dev/null {tmp_path}/v2/bin/pip install --no-index "
-            f"--find-links {bundle}/wheels --require-hashes -r {tmp_path}/one.txt",
+            f"python3 -m venv {scratch}/v2 && PIP_CONFIG_FILE=/dev/null {scratch}/v2/bin/pip install --no-index "
+            f"--find-links {bundle}/wheels --require-hashes -r {scratch}/one.txt",
             REPO_ROOT,
             timeout=600,
         )
