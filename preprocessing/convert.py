@@ -220,6 +220,15 @@ def _records(
             yield doc
 
 
+def _record_skipped(doc: SkippedDocument, stats: PartStats, strict: bool) -> None:
+    """List a record that was not converted (a whole file is not a document read); ``--strict``: stop."""
+    if strict:
+        raise StrictInputError(f"{record_location(asdict(doc))}: {doc.reason} (--strict)")
+    stats.skipped.append(asdict(doc))
+    if doc.document:
+        stats.documents_read += 1
+
+
 def convert_part(
     share: Share, split_dir: Path, options: ConvertOptions, counters: Any = None, tokenizer: Any = None
 ) -> PartStats:
@@ -261,11 +270,7 @@ def convert_part(
         batch: list[str] = []
         for doc in _documents(share, TextField(options.text_field)):
             if isinstance(doc, SkippedDocument):
-                if options.strict:
-                    raise StrictInputError(f"{record_location(asdict(doc))}: {doc.reason} (--strict)")
-                stats.skipped.append(asdict(doc))
-                if doc.document:
-                    stats.documents_read += 1
+                _record_skipped(doc, stats, options.strict)
                 continue
             stats.documents_read += 1
             batch.append(doc)
@@ -349,11 +354,7 @@ def convert_part_by_domain(
 
     for doc in _records(share, text_field, domain_field):
         if isinstance(doc, SkippedDocument):
-            if options.strict:
-                raise StrictInputError(f"{record_location(asdict(doc))}: {doc.reason} (--strict)")
-            stats.skipped.append(asdict(doc))
-            if doc.document:
-                stats.documents_read += 1
+            _record_skipped(doc, stats, options.strict)
             continue
         stats.documents_read += 1
         text, domain = doc

@@ -76,6 +76,17 @@ batching_method: random
     return path
 
 
+def launch(action: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m test_case.training.launch ACTION mpt-tiny-cpu`` outside Slurm, with ``env`` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "test_case.training.launch", action, "mpt-tiny-cpu"],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | env,
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_a_mixture_becomes_streams_and_one_labelled_eval_loader_per_stream(
     domain_data: Path, demo_assets: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -105,21 +116,9 @@ def test_a_mixture_becomes_streams_and_one_labelled_eval_loader_per_stream(
     ]
     assert loaders[0]["dataset"]["max_seq_len"] == 128 and loaders[0]["num_workers"] == 0  # the yaml's eval_loader
     # the launch's own check reads every stream and eval loader
-    check = subprocess.run(
-        [sys.executable, "-m", "test_case.training.launch", "check", "mpt-tiny-cpu"],
-        cwd=REPO_ROOT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | env,
-        capture_output=True,
-        text=True,
-    )
+    check = launch("check", env)
     assert check.returncode == 0, check.stderr
-    header = subprocess.run(
-        [sys.executable, "-m", "test_case.training.launch", "header", "mpt-tiny-cpu"],
-        cwd=REPO_ROOT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | env,
-        capture_output=True,
-        text=True,
-    )
+    header = launch("header", env)
     assert f"[run-header] mixture: {mix.describe()}" in header.stdout
 
 
@@ -154,14 +153,7 @@ def test_mixture_mistakes_are_one_line_errors_naming_the_file_and_stream(
 
 def test_a_bad_mixture_stops_the_launch_before_anything_starts(domain_data: Path, tmp_path: Path) -> None:
     path = mixture_file(tmp_path, domain_data, "streams:\n  a: {local: gone, proportion: 1}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"MIXTURE": str(path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "test_case.training.launch", "check", "mpt-tiny-cpu"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = launch("check", {"MIXTURE": str(path)})
     assert done.returncode == 2
     assert f"launch: error: {path}: stream 'a': local gone: no index.json in {tmp_path / 'gone'}" in done.stderr
     repeat = load_mixture(

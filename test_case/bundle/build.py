@@ -123,14 +123,20 @@ def image_tags() -> set[Tag]:
     )
 
 
-def wheels_for(pins: Sequence[Pin], wheels: Path, tags: set[Tag]) -> tuple[dict[Pin, list[Path]], list[Pin]]:
-    """Per pin, the wheels in ``wheels`` that install it under ``tags``; and the pins with none."""
-    found: dict[Pin, list[Path]] = {}
+def _wheels_by_release(wheels: Path, tags: set[Tag] | None = None) -> dict[tuple[str, Version], list[Path]]:
+    """The wheels in ``wheels`` by (name, version), only those carrying one of ``tags`` when given."""
     by_release: dict[tuple[str, Version], list[Path]] = {}
     for path in sorted(wheels.glob("*.whl")):
         name, version, _build, wheel_tags = parse_wheel_filename(path.name)
-        if wheel_tags & tags:
+        if tags is None or wheel_tags & tags:
             by_release.setdefault((str(name), version), []).append(path)
+    return by_release
+
+
+def wheels_for(pins: Sequence[Pin], wheels: Path, tags: set[Tag]) -> tuple[dict[Pin, list[Path]], list[Pin]]:
+    """Per pin, the wheels in ``wheels`` that install it under ``tags``; and the pins with none."""
+    found: dict[Pin, list[Path]] = {}
+    by_release = _wheels_by_release(wheels, tags)
     missing = []
     for pin in pins:
         if files := by_release.get((pin.name, pin.version)):
@@ -147,10 +153,7 @@ def release_files(pins: Iterable[Pin], wheels: Path) -> dict[Pin, list[Path]]:
     (bcrypt's ``manylinux_2_34`` wheel, fetched for this host, beats the ``manylinux_2_28`` one in a
     Python 3.12 with glibc 2.35): a requirement lists the hash of each, so any choice checks.
     """
-    by_release: dict[tuple[str, Version], list[Path]] = {}
-    for path in sorted(wheels.glob("*.whl")):
-        name, version, _build, _tags = parse_wheel_filename(path.name)
-        by_release.setdefault((str(name), version), []).append(path)
+    by_release = _wheels_by_release(wheels)
     return {pin: by_release.get((pin.name, pin.version), []) for pin in pins}
 
 
