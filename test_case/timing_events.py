@@ -1,7 +1,7 @@
 """Timing events: the contract between the training callback that times ranks and the report.
 
 Global rank 0 of every training run (`test_case.training.rank_timing`, on by default) prints one
-``[timing] {json}`` line per event into the job's log. Three records:
+``[timing] {json}`` line per event into the job's log. Four records:
 
 * `WallEvent`: a moment, or an interval (``began`` to ``time``), in Unix seconds on rank 0's clock:
   ``fit_start`` (training starts: model, data and checkpoint loaded; ``batch`` is the batch it
@@ -69,7 +69,19 @@ class RankTimes:
     ratio_to_median: float  # the slowest rank's compute time / the median of all ranks'
 
 
-TimingEvent = WallEvent | RankHosts | RankTimes
+@dataclass(frozen=True)
+class StreamDraws:
+    """Samples read from each stream of the train dataset, all ranks together, since ``since_batch``."""
+
+    kind: Literal["streams"]
+    batch: int  # batches done when it was printed
+    since_batch: int  # the batch this start resumed after (0 for a first start)
+    names: list[str]  # per stream, in the dataset's order
+    planned: list[float]  # per stream: its share of an epoch's samples as the dataset resolved them
+    drawn: list[int]  # per stream: samples the train loader read (its workers' prefetch included)
+
+
+TimingEvent = WallEvent | RankHosts | RankTimes | StreamDraws
 
 
 def slowest_rank(compute_s: list[float]) -> tuple[int, float]:
@@ -90,13 +102,15 @@ def line(event: TimingEvent) -> str:
 
 def _build(raw: dict[str, Any]) -> TimingEvent | None:
     kind = raw.get("kind")
-    cls: type[WallEvent] | type[RankHosts] | type[RankTimes]
+    cls: type[WallEvent] | type[RankHosts] | type[RankTimes] | type[StreamDraws]
     if kind in WALL_KINDS:
         cls = WallEvent
     elif kind == "hosts":
         cls = RankHosts
     elif kind == "ranks":
         cls = RankTimes
+    elif kind == "streams":
+        cls = StreamDraws
     else:
         return None
     known = {f.name for f in fields(cls)}
@@ -109,6 +123,15 @@ def _build(raw: dict[str, Any]) -> TimingEvent | None:
         return event if numbers and isinstance(event.began, int | float | type(None)) else None
     if isinstance(event, RankHosts):
         return event if isinstance(event.hosts, list) else None
+    if isinstance(event, StreamDraws):
+        names, planned, drawn = event.names, event.planned, event.drawn
+        if not (isinstance(names, list) and isinstance(planned, list) and isinstance(drawn, list)):
+            return None
+        counts = all(isinstance(v, int) and v >= 0 for v in drawn)
+        shares = all(isinstance(v, int | float) for v in planned)
+        same = len(names) == len(planned) == len(drawn)
+        batches = isinstance(event.batch, int) and isinstance(event.since_batch, int)
+        return event if same and counts and shares and batches else None
     ok = isinstance(event.compute_s, list) and all(isinstance(v, int | float) for v in event.compute_s)
     return event if ok and isinstance(event.batch, int) and 0 <= event.slowest_rank < len(event.compute_s) else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -61,3 +62,31 @@ def mds_root(demo_assets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFa
         args = preprocess_args(sample, root, split, tokenizer, 128, "--eos-text", "<|endoftext|>")
         assert main(args) == 0
     return root
+
+
+DOMAINS = ("RedPajamaC4", "RedPajamaWikipedia")  # two of SlimPajama's meta.redpajama_set_name values
+
+
+def write_domain_sample(sample: Path, folder: Path) -> None:
+    """The demo's C4 sample as SlimPajama-shaped files: ``train/chunk1/example_train_{0,1}.jsonl.zst``
+    and ``validation/chunk1/example_val_0.jsonl.zst``, records ``{"text", "meta": {"redpajama_set_name"}}``,
+    3 documents in 10 Wikipedia's, the others C4's."""
+    import gzip
+
+    import zstandard
+
+    for split, prefix, files in (("train", "c4-train.", 2), ("validation", "c4-validation.", 1)):
+        texts = []
+        for path in sorted(sample.glob(f"{prefix}*.json.gz")):
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                texts += [json.loads(line)["text"] for line in fh]
+        lines = [
+            json.dumps({"text": t, "meta": {"redpajama_set_name": DOMAINS[1] if i % 10 < 3 else DOMAINS[0]}}) + "\n"
+            for i, t in enumerate(texts)
+        ]
+        chunk = folder / split / "chunk1"
+        chunk.mkdir(parents=True)
+        short = "train" if split == "train" else "val"
+        for n in range(files):
+            data = zstandard.ZstdCompressor().compress("".join(lines[n::files]).encode())
+            (chunk / f"example_{short}_{n}.jsonl.zst").write_bytes(data)

@@ -4,7 +4,6 @@ and a real CPU run on a 70/30 two-domain mixture whose report gives each domain'
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -12,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import zstandard
 from omegaconf import OmegaConf
 
 from preprocessing.cli import main as preprocess
@@ -20,26 +18,7 @@ from test_case.report.log_parser import parse_log_file
 from test_case.report.metrics import summarise_run
 from test_case.training.launch import plan_node, training_config
 from test_case.training.mixture import MixtureError, load_mixture, mixture_overrides
-from tests.conftest import REPO_ROOT, preprocess_args
-
-DOMAINS = ("RedPajamaC4", "RedPajamaWikipedia")
-
-
-def write_domain_sample(sample: Path, folder: Path) -> None:
-    """The demo's C4 sample as SlimPajama-shaped zstd files, 30 % of the documents Wikipedia's."""
-    folder.mkdir(parents=True)
-    for split, prefix in (("train", "c4-train."), ("validation", "c4-validation.")):
-        texts = []
-        for path in sorted(sample.glob(f"{prefix}*.json.gz")):
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
-                texts += [json.loads(line)["text"] for line in fh]
-        lines = [
-            json.dumps({"text": t, "meta": {"redpajama_set_name": DOMAINS[1] if i % 10 < 3 else DOMAINS[0]}}) + "\n"
-            for i, t in enumerate(texts)
-        ]
-        (folder / split).mkdir()
-        data = zstandard.ZstdCompressor().compress("".join(lines).encode())
-        (folder / split / "chunk_0.jsonl.zst").write_bytes(data)
+from tests.conftest import DOMAINS, REPO_ROOT, preprocess_args, write_domain_sample
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +147,11 @@ def test_a_bad_mixture_stops_the_launch_before_anything_starts(domain_data: Path
 def test_a_cpu_run_on_a_mixture_reports_the_eval_loss_of_each_domain(
     domain_data: Path, demo_assets: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    """Two loader workers (each a forked process counting into its own row of shared memory)
+    prefetch two batches each: at most 4 batches of 16 more than the 6 trained are read. Over so
+    few samples on one node streaming's default shuffle (py1e) does not mix the streams well (the
+    first 160 samples are 55.6 % C4 here; 70.0 % over the epoch), so the drawn share is checked
+    against its own flag, not against 70 % (the 2-node proof: tests/test_mixture_slurm.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env |= {
         "MIXTURE": str(mixture_file(tmp_path, domain_data)),
@@ -182,6 +166,9 @@ def test_a_cpu_run_on_a_mixture_reports_the_eval_loss_of_each_domain(
             "mpt-tiny-cpu",
             "max_duration=6ba",
             "eval_interval=6ba",
+            "train_loader.num_workers=2",
+            "train_loader.prefetch_factor=2",
+            "train_loader.persistent_workers=true",
         ],
         cwd=REPO_ROOT,
         env=env,
@@ -196,6 +183,15 @@ def test_a_cpu_run_on_a_mixture_reports_the_eval_loss_of_each_domain(
     run = summarise_run(parsed)
     assert set(run.eval_loss_by_domain) == {"c4", "wikipedia"}
     assert all(2 < v < 12 for v in run.eval_loss_by_domain.values())
+    shares = {s.name: s for s in run.stream_shares}
+    assert set(shares) == {"c4", "wikipedia"}
+    assert shares["c4"].planned == pytest.approx(0.7, abs=0.01) and shares["wikipedia"].planned == pytest.approx(
+        0.3, abs=0.01
+    )
+    drawn = sum(s.drawn_samples for s in shares.values())
+    assert 6 * 16 <= drawn <= (6 + 2 * 2) * 16, drawn  # what the workers read: the trained batches and their prefetch
+    assert all(s.drawn_samples > 0 and s.batch == 6 and s.since_batch == 0 for s in shares.values()), shares
+    assert all(s.within_error == (abs(s.drawn - s.planned) <= 3 * s.sampling_error) for s in shares.values())
     report = subprocess.run(
         [sys.executable, "report.py", str(tmp_path / "logs"), "--out", str(tmp_path / "report")],
         cwd=REPO_ROOT,
@@ -204,7 +200,37 @@ def test_a_cpu_run_on_a_mixture_reports_the_eval_loss_of_each_domain(
     )
     assert report.returncode == 0, report.stderr
     assert "eval loss by domain" in report.stdout and "wikipedia" in report.stdout
+    assert "drawn by stream" in report.stdout and "3 sampling errors" in report.stdout
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "## Eval loss by domain" in markdown and "| c4 |" in markdown
+    assert "## Eval loss by domain" in markdown and "| c4 |" in markdown and "## Drawn by stream" in markdown
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert set(saved["runs"][0]["eval_loss_by_domain"]) == {"c4", "wikipedia"}
+    assert [s["name"] for s in saved["runs"][0]["stream_shares"]] == ["c4", "wikipedia"]
+
+
+def test_stream_draws_lines_read_back_and_give_each_streams_share_and_its_sampling_error(tmp_path: Path) -> None:
+    """The callback's ``[timing]`` line round-trips; the report's shares use the last one; a share
+    more than 3 binomial errors from the plan is flagged; damaged lines are not events."""
+    from test_case.timing_events import StreamDraws, line, parse_line
+
+    first = StreamDraws("streams", 20, 0, ["c4", "wikipedia"], [0.7, 0.3], [200, 120])
+    last = StreamDraws("streams", 40, 0, ["c4", "wikipedia"], [0.7, 0.3], [448, 192])
+    assert parse_line(line(last)) == last
+    for damaged in (
+        '[timing] {"kind":"streams","batch":4,"since_batch":0,"names":["a"],"planned":[1.0],"drawn":[1,2]}',
+        '[timing] {"kind":"streams","batch":4,"since_batch":0,"names":["a"],"planned":[1.0],"drawn":[-1]}',
+        '[timing] {"kind":"streams","batch":4,"since_batch":0,"names":"a","planned":[1.0],"drawn":[1]}',
+        '[timing] {"kind":"streams","batch":4,"names":["a"],"planned":[1.0],"drawn":[1]}',
+        line(last)[:-5],
+    ):
+        assert parse_line(damaged) is None, damaged
+    log = tmp_path / "run.out"
+    log.write_text(f"{line(first)}\n{line(last)}\n")
+    shares = summarise_run(parse_log_file(log)).stream_shares
+    assert [(s.name, s.drawn_samples, s.batch) for s in shares] == [("c4", 448, 40), ("wikipedia", 192, 40)]
+    assert shares[0].drawn == pytest.approx(0.7) and shares[0].sampling_error == pytest.approx((0.21 / 640) ** 0.5)
+    assert all(s.within_error for s in shares)
+    skewed = StreamDraws("streams", 40, 20, ["c4", "wikipedia"], [0.7, 0.3], [320, 320])
+    log.write_text(line(skewed) + "\n")
+    shares = summarise_run(parse_log_file(log)).stream_shares
+    assert not any(s.within_error for s in shares) and shares[0].since_batch == 20

@@ -26,6 +26,10 @@ Definitions (each printed figure comes from exactly one function here):
 * peak memory: the largest ``memory/peak_allocated_mem`` / ``memory/peak_reserved_mem`` (GB).
 * to train 1 T tokens at the measured rate: ``hours = 1e12 / tokens_per_sec / 3600`` and
   ``gpu_hours = hours * world_size``.
+* ``stream_shares`` (a mixture): from the last ``[timing]`` `StreamDraws` line (the last start's
+  counts), per stream ``drawn = samples / all samples``, against the dataset's planned share ``p``,
+  with the binomial sampling error ``sqrt(p * (1 - p) / all samples)``; ``within_error`` when
+  ``|drawn - p|`` is at most 3 of them (`stream_shares`).
 * ``stragglers``, ``node_compute``: `test_case.report.stragglers`; ``goodput``: `test_case.report.goodput`.
 """
 
@@ -45,8 +49,9 @@ from test_case.failure_lines import failure_cause
 from test_case.report.goodput import goodput
 from test_case.report.gpu_peaks import peak_tflops
 from test_case.report.log_parser import MetricBlock, ParsedLog, Value
-from test_case.report.records import JobWithoutTraining, RunSummary
+from test_case.report.records import JobWithoutTraining, RunSummary, StreamShare
 from test_case.report.stragglers import STRAGGLER_RATIO, stragglers
+from test_case.timing_events import StreamDraws
 
 LOSS_KEY = "loss/train/total"
 LOSS_KEYS = (LOSS_KEY, "loss/train", "metrics/train/LanguageCrossEntropy", "LanguageCrossEntropy")
@@ -202,6 +207,7 @@ def summarise_run(
     run.stragglers, run.node_compute = stragglers(parsed, straggler_threshold)
     run.straggler_threshold = straggler_threshold if run.node_compute else None
     run.goodput = goodput(parsed)
+    run.stream_shares = stream_shares(parsed)
     blocks = parsed.train_blocks
     if not blocks:
         run.warnings.append("no train metric blocks found")
@@ -415,6 +421,22 @@ def _time_to_1t_tokens(run: RunSummary) -> None:
         run.hours_to_1t_tokens = TOKENS_1T / run.tokens_per_sec / 3600
         if run.world_size and run.device != "cpu":
             run.gpu_hours_to_1t_tokens = run.hours_to_1t_tokens * run.world_size
+
+
+def stream_shares(parsed: ParsedLog) -> list[StreamShare]:
+    """Each stream's drawn share against its planned share, from the log's last `StreamDraws` event."""
+    draws = [e for _, e in parsed.timing_events if isinstance(e, StreamDraws)]
+    if not draws:
+        return []
+    last = draws[-1]
+    total = sum(last.drawn)
+    out = []
+    for name, planned, samples in zip(last.names, last.planned, last.drawn, strict=True):
+        drawn = samples / total if total else 0.0
+        error = math.sqrt(planned * (1 - planned) / total) if total else 0.0
+        within = total > 0 and abs(drawn - planned) <= 3 * error + 1e-12
+        out.append(StreamShare(name, planned, samples, drawn, error, within, last.since_batch, last.batch))
+    return out
 
 
 LABELLED_EVAL_LOSS = re.compile(r"^metrics/eval/(?P<label>.+)/LanguageCrossEntropy$")

@@ -85,6 +85,20 @@ class NodeCompute:
     straggler: bool  # holds a flagged rank
 
 
+@dataclass(frozen=True)
+class StreamShare:
+    """One stream of a mixture: the share of the samples training drew from it against the planned share."""
+
+    name: str
+    planned: float  # the dataset's share of an epoch's samples for this stream
+    drawn_samples: int  # samples the train loader read from it (all ranks; last start, see since_batch)
+    drawn: float  # drawn_samples over all streams' drawn samples
+    sampling_error: float  # the binomial standard error of ``drawn``: sqrt(planned * (1 - planned) / samples)
+    within_error: bool  # |drawn - planned| <= 3 sampling errors
+    since_batch: int  # the batches counted are since_batch + 1 to batch
+    batch: int
+
+
 @dataclass
 class VerdictJob:
     """One training job of an acceptance sweep, as the verdict judged it (`test_case.report.verdict`)."""
@@ -221,6 +235,8 @@ class RunSummary:
     eval: dict[str, float] = field(default_factory=dict)
     # the last eval loss of each labelled eval loader (one per stream of a mixture, by its name)
     eval_loss_by_domain: dict[str, float] = field(default_factory=dict)
+    # the samples drawn from each stream of a mixture against its planned share (test_case.report.metrics)
+    stream_shares: list[StreamShare] = field(default_factory=list)
     baseline: BaselineVerdict | None = None
     stragglers: list[Straggler] = field(
         default_factory=list
@@ -240,7 +256,7 @@ class RunSummary:
                 continue
             if isinstance(value, BaselineVerdict | Goodput):
                 value = value.to_dict()
-            elif f.name in ("stragglers", "node_compute"):
+            elif f.name in ("stragglers", "node_compute", "stream_shares"):
                 value = [asdict(v) for v in value]
             elif isinstance(value, list | dict):
                 value = value.copy()

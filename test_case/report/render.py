@@ -243,6 +243,47 @@ def _domain_eval_lines(runs: list[RunSummary]) -> list[str]:
     ]
 
 
+def _stream_share_lines(runs: list[RunSummary]) -> list[str]:
+    lines = []
+    for r in runs:
+        if not r.stream_shares:
+            continue
+        first = r.stream_shares[0]
+        total = sum(s.drawn_samples for s in r.stream_shares)
+        shares = ", ".join(
+            f"{s.name} {100 * s.drawn:.1f}% (planned {100 * s.planned:.1f}% +- {100 * s.sampling_error:.1f})"
+            for s in r.stream_shares
+        )
+        verdict = "within" if all(s.within_error for s in r.stream_shares) else "NOT within"
+        lines.append(
+            f"drawn by stream {r.name}: {shares} of {total:,} samples in batches "
+            f"{first.since_batch + 1}-{first.batch}: {verdict} 3 sampling errors"
+        )
+    return lines
+
+
+def _stream_share_markdown(runs: list[RunSummary]) -> list[str]:
+    """One row per run and stream of a mixture: the share drawn against the share planned."""
+    rows = [(r.name, s) for r in runs for s in r.stream_shares]
+    if not rows:
+        return []
+    parts = [
+        "## Drawn by stream",
+        "",
+        "Samples the train loader read from each stream (all ranks, the last start), against the share the "
+        "dataset planned; the error is the binomial standard error of the drawn share.",
+        "",
+        "| run | stream | samples | drawn | planned | sampling error | within 3 errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    parts += [
+        f"| {name} | {s.name} | {s.drawn_samples:,} | {100 * s.drawn:.1f}% | {100 * s.planned:.1f}% | "
+        f"{100 * s.sampling_error:.1f}% | {'yes' if s.within_error else 'no'} |"
+        for name, s in rows
+    ]
+    return [*parts, ""]
+
+
 def _domain_eval_markdown(runs: list[RunSummary]) -> list[str]:
     """One row per run and labelled eval loader (a mixture's streams): its last eval loss."""
     rows = [(r.name, d, v) for r in runs for d, v in sorted(r.eval_loss_by_domain.items())]
@@ -350,7 +391,13 @@ def format_table(
     preflight verdicts, the acceptance verdict."""
     parts = [_table(COLUMNS, runs)] if runs else []
     extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _restart_lines(runs)
-    extra += _straggler_lines(runs) + _goodput_lines(runs) + _domain_eval_lines(runs) + _notes(runs)
+    extra += (
+        _straggler_lines(runs)
+        + _goodput_lines(runs)
+        + _domain_eval_lines(runs)
+        + _stream_share_lines(runs)
+        + _notes(runs)
+    )
     extra += _preflight_console(preflights) + _verdict_lines(verdict)
     return "".join(parts) + "".join(line + "\n" for line in extra)
 
@@ -418,6 +465,7 @@ def format_markdown(
         parts += ["## Restarts", "", *[f"- {line}" for line in restarts], ""]
     parts += _timing_markdown(runs)
     parts += _domain_eval_markdown(runs)
+    parts += _stream_share_markdown(runs)
     if preflights:
         parts += _preflight_markdown(preflights)
     parts += ["## How each figure is computed", "", DEFINITIONS]

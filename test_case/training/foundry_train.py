@@ -14,7 +14,9 @@ When the launcher sets ``SUITE_HEARTBEAT_DIR``, each rank also starts its heartb
 (`test_case.training.heartbeat`), which names a rank that stops in a hung run.
 
 Every run also gets the ``rank_timing`` callback (`test_case.training.rank_timing`) unless its yaml
-or an override switches it off (``callbacks.rank_timing.enabled=false``): `with_rank_timing`.
+or an override switches it off (``callbacks.rank_timing.enabled=false``): `with_rank_timing`; every
+run whose train dataset has ``streams`` (a mixture) also gets ``stream_draws``
+(`test_case.training.stream_draws`), which counts the samples drawn from each stream.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from composer.utils import dist
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
-from test_case.training import rank_timing
+from test_case.training import rank_timing, stream_draws
 from test_case.training.heartbeat import DIR_ENV, start_heartbeat
 
 _broadcast_signal_file_name = dist.get_node_signal_file_name
@@ -45,6 +47,17 @@ def with_rank_timing(cfg: DictConfig) -> DictConfig:
     if rank_timing.NAME in callbacks:
         return cfg
     merged = om.merge(cfg, {"callbacks": {rank_timing.NAME: {}}})
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def with_stream_draws(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``callbacks.stream_draws`` added where its train dataset has streams and it is not set."""
+    callbacks = cfg.get("callbacks") or {}
+    streams = om.select(cfg, "train_loader.dataset.streams", default=None)
+    if not streams or stream_draws.NAME in callbacks:
+        return cfg
+    merged = om.merge(cfg, {"callbacks": {stream_draws.NAME: {"names": [str(name) for name in streams]}}})
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -71,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from llmfoundry.command_utils import train
 
     rank_timing.register()
-    train(with_rank_timing(load_config(args[0], args[1:])))
+    stream_draws.register()
+    train(with_stream_draws(with_rank_timing(load_config(args[0], args[1:]))))
     return 0
 
 
