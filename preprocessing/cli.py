@@ -23,7 +23,6 @@ from preprocessing.convert import (
     Share,
     claim_output,
     fingerprint,
-    load_tokenizer,
     merge_parts,
     plan_shares,
     read_part,
@@ -38,6 +37,7 @@ from preprocessing.inputs import (
     resolve_input_files,
     splittable,
 )
+from preprocessing.tokenizer import load_tokenizer, vocab_size
 from preprocessing.validate import ValidationError, validate_split
 from preprocessing.writer_lock import STALE_AFTER_S, SplitBusy, SplitLock, SplitLost
 
@@ -264,11 +264,12 @@ def _convert_and_merge(
         print(f"{PROG}: this task's parts are complete; {_who_finishes(waiting, workers, lock)}")
         return 0
     s = merge_parts(split_dir, shares, options)
+    vocab = vocab_size(tokenizer)
     try:
-        checked = validate_split(args.out_root, args.split, s, args.concat_tokens, len(tokenizer))
+        checked = validate_split(args.out_root, args.split, s, args.concat_tokens, vocab)
         for domain in s.get("domains", {}).values():  # each domain is a dataset of its own too
             domain_summary = json.loads((split_dir / domain["folder"] / "summary.json").read_text())
-            validate_split(split_dir, domain["folder"], domain_summary, args.concat_tokens, len(tokenizer))
+            validate_split(split_dir, domain["folder"], domain_summary, args.concat_tokens, vocab)
     except ValidationError as err:
         print(f"{PROG}: error: validation failed: {err}", file=sys.stderr)
         return 1
@@ -279,8 +280,8 @@ def _convert_and_merge(
         f"{s['tokens_per_s'] or 0:,.0f} tokens/s"
     )
     print(
-        f"{PROG}: validated {split_dir}/index.json with streaming: {len(shares)} parts, {s['samples']:,} samples "
-        f"({checked:,} read back), max token id {s['max_token_id']} < vocabulary {len(tokenizer)}"
+        f"{PROG}: validated {split_dir}/index.json (shards read back): {len(shares)} parts, {s['samples']:,} samples "
+        f"({checked:,} read back), max token id {s['max_token_id']} < vocabulary {vocab}"
     )
     for name, domain in s.get("domains", {}).items():
         print(

@@ -3,7 +3,7 @@
 Layout (llm-foundry's ``text`` loader reads it with ``local=OUT_ROOT, split=SPLIT``)::
 
     OUT_ROOT/SPLIT/dataset.json                what this folder holds: options, inputs, part count
-    OUT_ROOT/SPLIT/part-00003-of-00008/        one MDSWriter per part: shard.*.mds(.zstd), index.json
+    OUT_ROOT/SPLIT/part-00003-of-00008/        one MDS writer per part: shard.*.mds(.zstd), index.json
     OUT_ROOT/SPLIT/part-00003-of-00008/.complete.json   the part's stats (it is finished)
     OUT_ROOT/SPLIT/index.json                  merged index, written only when every part is complete
     OUT_ROOT/SPLIT/summary.json                documents, tokens, samples, skipped lines, timing
@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import re
 import shutil
@@ -49,9 +50,10 @@ from preprocessing.inputs import (
     record_location,
     splittable,
 )
+from preprocessing.mds import TokenShardWriter, merge_indexes
 from preprocessing.progress import Progress
+from preprocessing.tokenizer import load_tokenizer, special_ids, token_ids, untruncated
 
-COLUMNS = {"tokens": "ndarray:int32"}
 TOKENIZE_BATCH = 256
 COMPLETE = ".complete.json"
 FINGERPRINT = "dataset.json"
@@ -121,38 +123,6 @@ class Share:
     def files(self) -> list[str]:
         """The sources as text: ``path`` or ``path[start:end]`` for a byte range."""
         return [p if (s, e) == (0, -1) else f"{p}[{s}:{e}]" for p, s, e in self.sources]
-
-
-def load_tokenizer(name_or_dir: str) -> Any:
-    """Load a Hugging Face tokenizer (a local folder, or a hub name when online)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name_or_dir)
-
-
-def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """``tokenizer(texts, truncation=False, padding=False)["input_ids"]``; for a fast tokenizer read
-    straight from its Rust backend (what that call runs), without building a BatchEncoding.
-    Call `untruncated` on the tokenizer first."""
-    if getattr(tokenizer, "is_fast", False):
-        return [encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=True)]
-    return list(tokenizer(texts, truncation=False, padding=False)["input_ids"])
-
-
-def untruncated(tokenizer: Any) -> Any:
-    """The tokenizer with truncation and padding off in its backend, as ``truncation=False,
-    padding=False`` set them for each call."""
-    if getattr(tokenizer, "is_fast", False):
-        tokenizer.backend_tokenizer.no_truncation()
-        tokenizer.backend_tokenizer.no_padding()
-    return tokenizer
-
-
-def special_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a BOS/EOS text, without the tokenizer adding its own specials."""
-    if not text:
-        return []
-    return list(tokenizer(text, truncation=False, padding=False, add_special_tokens=False)["input_ids"])
 
 
 def count_documents(source: Source, limit: int) -> int:
@@ -236,8 +206,6 @@ def convert_part(
     ``options.tokenizer`` already loaded (a forked worker inherits the parent's)."""
     if options.domain_field:
         return convert_part_by_domain(share, split_dir, options, counters, tokenizer)
-    from streaming import MDSWriter
-
     start = time.perf_counter()
     out_dir = split_dir / share.name
     for leftover in split_dir.glob(f".{share.name}.writing-*"):
@@ -251,7 +219,7 @@ def convert_part(
         options.wrap,
     )
     stats = PartStats(part=share.name, files=share.files)
-    with MDSWriter(out=str(work_dir), columns=COLUMNS, compression=options.compression) as writer:
+    with TokenShardWriter(work_dir, options.compression) as writer:
 
         def flush(batch: list[str]) -> None:
             if not batch:
@@ -259,7 +227,7 @@ def convert_part(
             docs = token_ids(tokenizer, batch)
             stats.max_token_id = max([stats.max_token_id, *(max(ids) for ids in docs if ids)])
             for sample in concat.add_batch(docs):
-                writer.write({"tokens": sample})
+                writer.write(sample)
                 stats.samples += 1
             stats.documents_written += len(batch)
             batch.clear()
@@ -313,15 +281,13 @@ def _remove_leftovers(split_dir: Path, part: str) -> None:
 def convert_part_by_domain(
     share: Share, split_dir: Path, options: ConvertOptions, counters: Any = None, tokenizer: Any = None
 ) -> PartStats:
-    """`convert_part` with ``--domain-field``: one MDSWriter, and one concatenation, per domain.
+    """`convert_part` with ``--domain-field``: one MDS writer, and one concatenation, per domain.
 
     Each domain's part is written in ``split_dir/<domain>/.<part>.writing-PID/`` and renamed to
     ``split_dir/<domain>/<part>/``; then the part's ``.complete.json`` appears in
     ``split_dir/<part>/``, last: a part is complete only once every domain of it is in place, and a
     rerun redoes an unfinished part from scratch in every domain (`_remove_leftovers`).
     """
-    from streaming import MDSWriter
-
     start = time.perf_counter()
     pid = os.getpid()
     _remove_leftovers(split_dir, share.name)
@@ -344,7 +310,7 @@ def convert_part_by_domain(
         docs = token_ids(tokenizer, batch)
         figures["max_token_id"] = max([figures["max_token_id"], *(max(ids) for ids in docs if ids)])
         for sample in concats[domain].add_batch(docs):
-            writers[domain].write({"tokens": sample})
+            writers[domain].write(sample)
             figures["samples"] += 1
         figures["documents_written"] += len(batch)
         batch.clear()
@@ -366,11 +332,7 @@ def convert_part_by_domain(
                     f"domains {taken[0]!r} and {domain!r} would share the folder {folder}: "
                     "their names differ only in characters a folder name cannot hold"
                 )
-            writers[domain] = MDSWriter(
-                out=str(split_dir / folder / f".{share.name}.writing-{pid}"),
-                columns=COLUMNS,
-                compression=options.compression,
-            )
+            writers[domain] = TokenShardWriter(split_dir / folder / f".{share.name}.writing-{pid}", options.compression)
             concats[domain] = TokenConcatenator(options.concat_tokens, bos, eos, options.wrap)
             batches[domain] = []
             stats.domains[domain] = {
@@ -415,8 +377,6 @@ def convert_part_by_domain(
 
 def merge_domains(split_dir: Path, shares: list[Share], options: ConvertOptions) -> dict[str, Any]:
     """With ``--domain-field``: each domain's index and summary, then the split's (all domains)."""
-    from streaming.base.util import merge_index
-
     stats = [p for p in (read_part(split_dir, s.name) for s in shares) if p is not None]
     assert len(stats) == len(shares)
     folders: dict[str, str] = {}
@@ -428,9 +388,7 @@ def merge_domains(split_dir: Path, shares: list[Share], options: ConvertOptions)
     for domain, folder in sorted(folders.items()):
         domain_dir = split_dir / folder
         having = [p for p in stats if domain in p.domains]
-        with tempfile.TemporaryDirectory(dir=domain_dir, prefix=".merge-") as tmp:
-            merge_index([str((domain_dir / p.part / "index.json").resolve()) for p in having], tmp, keep_local=True)
-            os.replace(Path(tmp) / "index.json", domain_dir / "index.json")
+        merge_indexes([domain_dir / p.part / "index.json" for p in having], domain_dir)
         for shard in json.loads((domain_dir / "index.json").read_text())["shards"]:
             for key in ("raw_data", "zip_data"):
                 if shard.get(key):
@@ -552,18 +510,13 @@ def tokenizer_identity(name_or_dir: str) -> dict[str, str | None]:
 
 def merge_parts(split_dir: Path, shares: list[Share], options: ConvertOptions) -> dict[str, Any]:
     """Merge the part indexes into ``index.json`` (atomically) and write ``summary.json``."""
-    from streaming.base.util import merge_index
-
     if options.domain_field:
         return merge_domains(split_dir, shares, options)
     parts = [read_part(split_dir, s.name) for s in shares]
     assert all(p is not None for p in parts)
     stats = [p for p in parts if p is not None]
-    with tempfile.TemporaryDirectory(dir=split_dir, prefix=".merge-") as tmp:
-        indexes = [str((split_dir / p.part / "index.json").resolve()) for p in stats]
-        merge_index(indexes, tmp, keep_local=True, download_timeout=60)
-        # the merged basenames are "part-.../shard..." relative to the index: valid in split_dir too
-        os.replace(Path(tmp) / "index.json", split_dir / "index.json")
+    # the merged basenames are "part-.../shard..." relative to the split's index
+    merge_indexes([split_dir / p.part / "index.json" for p in stats], split_dir)
     summary = _split_summary(split_dir, stats, options)
     _write_atomic(split_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -604,15 +557,12 @@ def run_parts(
 ) -> list[str]:
     """Convert the given shares, one process each, showing progress; return error messages.
 
-    Workers are forked once the parent has imported streaming and transformers and loaded the
-    tokenizer (pass it as ``tokenizer``), so none of them pays those again (seconds each). Nothing
+    Workers are forked once the parent has loaded the tokenizer (pass it as ``tokenizer``), so none
+    of them pays that again (with ``AutoTokenizer``, seconds: `preprocessing.tokenizer`). Nothing
     here starts a thread before the fork; the progress bar (tqdm runs a monitor thread) is created
     after it. ``on_tick`` is called twice a second while they run (the lock's heartbeat); when it
     raises, the workers are killed and the error passes on.
     """
-    import streaming  # noqa: F401  (imported before the fork, inherited by every worker)
-    import transformers  # noqa: F401
-
     ctx = mp.get_context("fork")
     total = shares[0].total if shares else 0
     counters = ctx.Array("q", 2 * total, lock=False)
@@ -627,7 +577,8 @@ def run_parts(
             progress.update(sum(counters[0::2]), sum(counters[1::2]))
             if on_tick is not None:
                 on_tick()
-            time.sleep(0.5)
+            # back at once when a worker ends, else in half a second (the bar, the lock's heartbeat)
+            mp_connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=0.5)
     except BaseException:
         for proc in procs:
             proc.kill()

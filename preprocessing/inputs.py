@@ -314,7 +314,7 @@ def _parquet_documents(
         if parquet.metadata.num_rows == 0:
             yield SkippedDocument(name, 0, "empty file: no documents", document=False)
             return
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, columns=columns):
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, columns=columns, use_threads=False):
             values = [batch.column(i).to_pylist() for i in range(len(columns))]
             for record in zip(*values, strict=True):
                 row += 1

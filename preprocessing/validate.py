@@ -1,23 +1,30 @@
-"""Validation of a merged split: it opens with streaming and holds what the summary says.
+"""Validation of a merged split: its index and shards hold what the summary says.
 
-Checks, after the merge (`validate_split`):
+Checks, after the merge (`validate_split`), reading the shards as streaming's MDS reader does
+(`preprocessing.mds.read_shard`: the file sizes in the index, the decompressed size, the sample
+count and the column encoding of each shard read):
 
-* ``streaming.StreamingDataset`` opens the merged ``index.json`` and its length equals the
-  summary's sample count (read through a temporary cache, so the dataset folder gets no
-  decompressed copies of its shards);
+* the samples of the merged ``index.json`` add up to the summary's sample count;
 * every sample of up to `CHECKED_SHARDS` shards (all of them for a small split; otherwise the
   first, the last and evenly spaced ones between) has shape ``(concat_tokens,)``, dtype int32 and
   ids in ``[0, vocab)``: reading 156 B tokens back would cost a second conversion's worth of I/O;
 * the largest token id seen while converting (every token, recorded by the workers) is below the
   tokenizer's vocabulary size.
+
+That streaming's own ``StreamingDataset`` reads the same samples is tested (tests/test_mds.py,
+tests/test_preprocessing.py), and training reads every split with it: importing streaming here
+would cost seconds (torch) on every run.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from preprocessing.mds import read_shard
 
 CHECKED_SHARDS = 8
 
@@ -35,36 +42,27 @@ def checked_shards(n_shards: int, limit: int = CHECKED_SHARDS) -> list[int]:
 
 def validate_split(out_root: Path, split: str, summary: dict[str, Any], concat_tokens: int, vocab_size: int) -> int:
     """Run the checks above; return the number of samples read back."""
-    import numpy as np
-    from streaming import StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
-
     if summary["max_token_id"] >= vocab_size:
         raise ValidationError(f"token id {summary['max_token_id']} is not below the vocabulary size {vocab_size}")
-    shards = json.loads((out_root / split / "index.json").read_text())["shards"]
+    folder = out_root / split
+    shards = json.loads((folder / "index.json").read_text())["shards"]
     starts = [0]
     for shard in shards:
         starts.append(starts[-1] + shard["samples"])
-    clean_stale_shared_memory()
-    with tempfile.TemporaryDirectory(prefix="mds-validate-") as cache:
-        dataset = StreamingDataset(
-            remote=str(out_root.resolve()), local=cache, split=split, shuffle=False, batch_size=1
+    if starts[-1] != summary["samples"]:
+        raise ValidationError(
+            f"{folder}: the index lists {starts[-1]} samples, the conversion wrote {summary['samples']}"
         )
-        n = len(dataset)
-        if n != summary["samples"] or n != starts[-1]:
-            raise ValidationError(
-                f"{out_root / split}: streaming reads {n} samples, the index lists {starts[-1]}, "
-                f"the conversion wrote {summary['samples']}"
-            )
-        checked = 0
-        for s in checked_shards(len(shards)):
-            for i in range(starts[s], starts[s + 1]):
-                tokens = dataset[i]["tokens"]
-                if tokens.shape != (concat_tokens,) or tokens.dtype != np.int32:
-                    raise ValidationError(
-                        f"sample {i}: {tokens.shape} {tokens.dtype}, expected ({concat_tokens},) int32"
-                    )
-                if tokens.min() < 0 or tokens.max() >= vocab_size:
-                    raise ValidationError(f"sample {i}: token id outside [0, {vocab_size})")
-                checked += 1
+    checked = 0
+    for s in checked_shards(len(shards)):
+        try:
+            samples = read_shard(folder, shards[s])
+        except (OSError, ValueError, IndexError) as err:
+            raise ValidationError(f"{folder}: shard {s}: {err}") from err
+        for i, tokens in enumerate(samples, start=starts[s]):
+            if tokens.shape != (concat_tokens,) or tokens.dtype != np.int32:
+                raise ValidationError(f"sample {i}: {tokens.shape} {tokens.dtype}, expected ({concat_tokens},) int32")
+            if tokens.min() < 0 or tokens.max() >= vocab_size:
+                raise ValidationError(f"sample {i}: token id outside [0, {vocab_size})")
+            checked += 1
     return checked

@@ -11,7 +11,7 @@ import pytest
 
 from preprocessing.cli import main
 from preprocessing.concat import TokenConcatenator
-from preprocessing.convert import token_ids, untruncated
+from preprocessing.tokenizer import token_ids, untruncated
 from tests.conftest import preprocess_args
 
 
