@@ -433,9 +433,13 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _part_main(share: Share, split_dir: Path, options: ConvertOptions, counters: Any, tokenizer: Any) -> None:
-    """Worker process: convert, or leave the error message for the parent and exit non-zero."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+def _part_main(
+    share: Share, split_dir: Path, options: ConvertOptions, counters: Any, tokenizer: Any, threads: int
+) -> None:
+    """Worker process: convert, or leave the error message for the parent and exit non-zero.
+    ``threads``: the Rust tokenizer's threads in this process (its pool starts here, after the fork)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true" if threads > 1 else "false")
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     try:
         convert_part(share, split_dir, options, counters, tokenizer)
     except StrictInputError as err:
@@ -554,8 +558,10 @@ def run_parts(
     total_docs: int | None = None,
     tokenizer: Any = None,
     on_tick: Callable[[], None] | None = None,
+    threads: int = 1,
 ) -> list[str]:
-    """Convert the given shares, one process each, showing progress; return error messages.
+    """Convert the given shares, one process each (its tokenizer on ``threads`` threads), showing
+    progress; return error messages.
 
     Workers are forked once the parent has loaded the tokenizer (pass it as ``tokenizer``), so none
     of them pays that again (with ``AutoTokenizer``, seconds: `preprocessing.tokenizer`). Nothing
@@ -567,7 +573,8 @@ def run_parts(
     total = shares[0].total if shares else 0
     counters = ctx.Array("q", 2 * total, lock=False)
     procs = [
-        ctx.Process(target=_part_main, args=(s, split_dir, options, counters, tokenizer), name=s.name) for s in shares
+        ctx.Process(target=_part_main, args=(s, split_dir, options, counters, tokenizer, threads), name=s.name)
+        for s in shares
     ]
     for proc in procs:
         proc.start()

@@ -200,7 +200,7 @@ def test_command_defaults_are_the_batch_scripts_and_fit_the_gpu_yamls(monkeypatc
     args = build_parser().parse_args(["--out-root", "o", "--split", "train_small"])
     assert (args.tokenizer, args.concat_tokens, args.eos_text) == ("EleutherAI/gpt-neox-20b", 2048, "<|endoftext|>")
     monkeypatch.setenv("SLURM_CPUS_ON_NODE", "7")
-    assert default_workers() == 7
+    assert default_workers() == 3  # one per 2 CPUs (THREADS_PER_WORKER)
     script = (REPO_ROOT / "slurm-scripts" / "1.c4-preprocess.sbatch").read_text().splitlines()
     code = [line for line in script if not line.lstrip().startswith("#")]
     assert not [line for line in code if "gpt-neox" in line or "2048" in line or "endoftext" in line]
