@@ -52,7 +52,7 @@ from preprocessing.inputs import (
 )
 from preprocessing.mds import TokenShardWriter, merge_indexes
 from preprocessing.progress import Progress
-from preprocessing.tokenizer import load_tokenizer, special_ids, token_ids, untruncated
+from preprocessing.tokenizer import load_tokenizer, special_ids, tokenized_ahead, untruncated
 
 TOKENIZE_BATCH = 256
 COMPLETE = ".complete.json"
@@ -219,22 +219,8 @@ def convert_part(
         options.wrap,
     )
     stats = PartStats(part=share.name, files=share.files)
-    with TokenShardWriter(work_dir, options.compression) as writer:
 
-        def flush(batch: list[str]) -> None:
-            if not batch:
-                return
-            docs = token_ids(tokenizer, batch)
-            stats.max_token_id = max([stats.max_token_id, *(max(ids) for ids in docs if ids)])
-            for sample in concat.add_batch(docs):
-                writer.write(sample)
-                stats.samples += 1
-            stats.documents_written += len(batch)
-            batch.clear()
-            if counters is not None:
-                counters[2 * share.index] = stats.documents_read
-                counters[2 * share.index + 1] = concat.tokens_in
-
+    def batches() -> Iterator[tuple[None, list[str]]]:
         batch: list[str] = []
         for doc in _documents(share, TextField(options.text_field)):
             if isinstance(doc, SkippedDocument):
@@ -243,8 +229,21 @@ def convert_part(
             stats.documents_read += 1
             batch.append(doc)
             if len(batch) >= TOKENIZE_BATCH:
-                flush(batch)
-        flush(batch)
+                yield None, batch
+                batch = []  # a new list: the one yielded is being tokenized
+        if batch:
+            yield None, batch
+
+    with TokenShardWriter(work_dir, options.compression) as writer:
+        for _, batch, docs in tokenized_ahead(tokenizer, batches()):
+            stats.max_token_id = max([stats.max_token_id, *(max(ids) for ids in docs if ids)])
+            for sample in concat.add_batch(docs):
+                writer.write(sample)
+                stats.samples += 1
+            stats.documents_written += len(batch)
+            if counters is not None:
+                counters[2 * share.index] = stats.documents_read
+                counters[2 * share.index + 1] = concat.tokens_in
         concat.finish()
     stats.tokens, stats.tokens_dropped = concat.tokens_in, concat.tokens_dropped
     stats.elapsed_s = round(time.perf_counter() - start, 3)
@@ -300,54 +299,56 @@ def convert_part_by_domain(
     stats = PartStats(part=share.name, files=share.files)
     writers: dict[str, Any] = {}
     concats: dict[str, TokenConcatenator] = {}
-    batches: dict[str, list[str]] = {}
+    pending: dict[str, list[str]] = {}
 
-    def flush(domain: str) -> None:
-        batch = batches[domain]
-        if not batch:
-            return
+    def batches() -> Iterator[tuple[str, list[str]]]:
+        for doc in _records(share, text_field, domain_field):
+            if isinstance(doc, SkippedDocument):
+                _record_skipped(doc, stats, options.strict)
+                continue
+            stats.documents_read += 1
+            text, domain = doc
+            if domain not in writers:
+                folder = domain_folder(domain)
+                taken = [d for d, f in stats.domains.items() if f["folder"] == folder]
+                if taken:
+                    raise StrictInputError(
+                        f"domains {taken[0]!r} and {domain!r} would share the folder {folder}: "
+                        "their names differ only in characters a folder name cannot hold"
+                    )
+                writers[domain] = TokenShardWriter(
+                    split_dir / folder / f".{share.name}.writing-{pid}", options.compression
+                )
+                concats[domain] = TokenConcatenator(options.concat_tokens, bos, eos, options.wrap)
+                pending[domain] = []
+                stats.domains[domain] = {
+                    "folder": folder,
+                    "documents_written": 0,
+                    "tokens": 0,
+                    "samples": 0,
+                    "tokens_dropped": 0,
+                    "max_token_id": -1,
+                }
+            pending[domain].append(text)
+            if len(pending[domain]) >= TOKENIZE_BATCH:
+                yield domain, pending[domain]
+                pending[domain] = []  # a new list: the one yielded is being tokenized
+        for domain in sorted(writers):
+            if pending[domain]:
+                yield domain, pending[domain]
+                pending[domain] = []
+
+    for domain, batch, docs in tokenized_ahead(tokenizer, batches()):
         figures = stats.domains[domain]
-        docs = token_ids(tokenizer, batch)
         figures["max_token_id"] = max([figures["max_token_id"], *(max(ids) for ids in docs if ids)])
         for sample in concats[domain].add_batch(docs):
             writers[domain].write(sample)
             figures["samples"] += 1
         figures["documents_written"] += len(batch)
-        batch.clear()
         if counters is not None:
             counters[2 * share.index] = stats.documents_read
             counters[2 * share.index + 1] = sum(c.tokens_in for c in concats.values())
-
-    for doc in _records(share, text_field, domain_field):
-        if isinstance(doc, SkippedDocument):
-            _record_skipped(doc, stats, options.strict)
-            continue
-        stats.documents_read += 1
-        text, domain = doc
-        if domain not in writers:
-            folder = domain_folder(domain)
-            taken = [d for d, f in stats.domains.items() if f["folder"] == folder]
-            if taken:
-                raise StrictInputError(
-                    f"domains {taken[0]!r} and {domain!r} would share the folder {folder}: "
-                    "their names differ only in characters a folder name cannot hold"
-                )
-            writers[domain] = TokenShardWriter(split_dir / folder / f".{share.name}.writing-{pid}", options.compression)
-            concats[domain] = TokenConcatenator(options.concat_tokens, bos, eos, options.wrap)
-            batches[domain] = []
-            stats.domains[domain] = {
-                "folder": folder,
-                "documents_written": 0,
-                "tokens": 0,
-                "samples": 0,
-                "tokens_dropped": 0,
-                "max_token_id": -1,
-            }
-        batches[domain].append(text)
-        if len(batches[domain]) >= TOKENIZE_BATCH:
-            flush(domain)
     for domain in sorted(writers):
-        flush(domain)
         concats[domain].finish()
         writers[domain].finish()
         figures = stats.domains[domain]

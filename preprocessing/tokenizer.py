@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+K = TypeVar("K")
 
 PLAIN_CLASSES = ("PreTrainedTokenizer", "GPT2Tokenizer", "GPTNeoXTokenizer")
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -156,6 +159,25 @@ def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [encoding.ids for encoding in encode(texts, add_special_tokens=True)]
     return list(tokenizer(texts, truncation=False, padding=False)["input_ids"])
+
+
+def tokenized_ahead(
+    tokenizer: Any, batches: Iterable[tuple[K, list[str]]]
+) -> Iterator[tuple[K, list[str], list[list[int]]]]:
+    """``(key, texts, token_ids(texts))`` for each batch, in order, the next batch tokenizing in a
+    thread while the caller handles this one and reads the one after (the Rust tokenizer releases
+    the GIL). A batch must not be changed once yielded by ``batches``."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+        pending: tuple[K, list[str], Future[list[list[int]]]] | None = None
+        for key, texts in batches:
+            future = pool.submit(token_ids, tokenizer, texts)
+            if pending is not None:
+                yield pending[0], pending[1], pending[2].result()
+            pending = (key, texts, future)
+        if pending is not None:
+            yield pending[0], pending[1], pending[2].result()
 
 
 def special_ids(tokenizer: Any, text: str) -> list[int]:
