@@ -152,7 +152,7 @@ def test_preprocessing_job_shares_the_work_between_two_nodes(workspace: Workspac
             f"{task}: preprocessing: 2 file(s) -> {workspace.data}/train_small: task {task} of 2, 1 part(s) of 2" in log
         )
     # a task that finds every part complete merges (atomically): one or both tasks, per split
-    assert all(f"{split}/index.json with streaming: 2 parts" in log for split in ("train_small", "val_small"))
+    assert all(f"{split}/index.json (shards read back): 2 parts" in log for split in ("train_small", "val_small"))
     for split in ("train_small", "val_small"):
         summary = json.loads((workspace.data / split / "summary.json").read_text())
         assert summary["parts"] == 2
