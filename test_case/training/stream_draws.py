@@ -28,6 +28,7 @@ from typing import Any
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
+from torch.utils.data import get_worker_info
 
 from test_case.timing_events import StreamDraws as StreamDrawsEvent
 from test_case.timing_events import line
@@ -60,8 +61,6 @@ class DrawCounter:
 
     def count(self, sample_id: int) -> None:
         """Count one sample for its stream, in the row of the process that reads it."""
-        from torch.utils.data import get_worker_info
-
         info = get_worker_info()
         row = 0 if info is None else 1 + info.id % (self.rows - 1)
         shard, _ = self.spanner[int(sample_id)]
