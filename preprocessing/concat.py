@@ -25,11 +25,14 @@ class TokenConcatenator:
         self._buffer: list[int] = []
         self.tokens_in = 0
         self.tokens_dropped = 0
+        self.max_token_id = -1  # the largest id added, BOS and EOS included: what the samples can hold
 
     def add(self, ids: Sequence[int]) -> Iterator[NDArray[np.int32]]:
         """Add one document's ids; yield every sample that became complete."""
         piece = self.bos + list(ids) + self.eos
         self.tokens_in += len(piece)
+        if piece:
+            self.max_token_id = max(self.max_token_id, *piece)
         self._buffer.extend(piece)
         while len(self._buffer) >= self.length:
             sample = self._buffer[: self.length]
@@ -53,6 +56,8 @@ class TokenConcatenator:
             itertools.chain.from_iterable(itertools.chain(self.bos, ids, self.eos) for ids in docs), dtype=np.int32
         )
         self.tokens_in += len(joined)
+        if len(joined):
+            self.max_token_id = max(self.max_token_id, int(joined.max()))
         tokens = np.concatenate([np.asarray(self._buffer, dtype=np.int32), joined])
         whole = len(tokens) // self.length * self.length
         self._buffer = tokens[whole:].tolist()

@@ -236,7 +236,6 @@ def convert_part(
 
     with TokenShardWriter(work_dir, options.compression) as writer:
         for _, batch, docs in tokenized_ahead(tokenizer, batches()):
-            stats.max_token_id = max([stats.max_token_id, *(max(ids) for ids in docs if ids)])
             for sample in concat.add_batch(docs):
                 writer.write(sample)
                 stats.samples += 1
@@ -246,6 +245,7 @@ def convert_part(
                 counters[2 * share.index + 1] = concat.tokens_in
         concat.finish()
     stats.tokens, stats.tokens_dropped = concat.tokens_in, concat.tokens_dropped
+    stats.max_token_id = concat.max_token_id
     stats.elapsed_s = round(time.perf_counter() - start, 3)
     _write_atomic(work_dir / COMPLETE, json.dumps(asdict(stats)) + "\n")
     if (out_dir / COMPLETE).exists():  # completed meanwhile by a run that took this one's folder over
@@ -340,7 +340,6 @@ def convert_part_by_domain(
 
     for domain, batch, docs in tokenized_ahead(tokenizer, batches()):
         figures = stats.domains[domain]
-        figures["max_token_id"] = max([figures["max_token_id"], *(max(ids) for ids in docs if ids)])
         for sample in concats[domain].add_batch(docs):
             writers[domain].write(sample)
             figures["samples"] += 1
@@ -353,6 +352,7 @@ def convert_part_by_domain(
         writers[domain].finish()
         figures = stats.domains[domain]
         figures["tokens"], figures["tokens_dropped"] = concats[domain].tokens_in, concats[domain].tokens_dropped
+        figures["max_token_id"] = concats[domain].max_token_id
     stats.documents_written = sum(f["documents_written"] for f in stats.domains.values())
     stats.tokens = sum(f["tokens"] for f in stats.domains.values())
     stats.samples = sum(f["samples"] for f in stats.domains.values())

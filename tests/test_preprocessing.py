@@ -87,6 +87,11 @@ def test_concatenator_counts_every_token() -> None:
     samples = [s.tolist() for docs in ([[1, 2, 3]], [], [[4], [5, 6, 7, 8, 10]]) for s in batched.add_batch(docs)]
     assert samples == [[9, 1, 2, 3], [0, 9, 4, 0], [9, 5, 6, 7]]
     assert batched.finish() == 3 and batched.tokens_in == 15 and batched.tokens_dropped == 3
+    # the largest id the samples can hold, the specials included (10 is in the dropped remainder)
+    assert concat.max_token_id == batched.max_token_id == 10
+    specials = TokenConcatenator(4, bos=[99], eos=[0], wrap=False)
+    assert [s.tolist() for s in specials.add_batch([[1, 2, 3, 4, 5]])] == [[99, 1, 2, 3]]
+    assert specials.max_token_id == 99 and TokenConcatenator(4).max_token_id == -1
 
 
 def _write_lines(path: Path, lines: list[bytes]) -> None:
