@@ -15,6 +15,7 @@ from outside as whole processes (start-up and shutdown included):
 * ceiling: load the same tokenizer (``tokenizers.Tokenizer.from_file``), read the JSONL's texts,
   tokenize them with every core (``encode_batch_fast`` of 1,024 texts, the Rust threads on all
   cores; the fastest call of the library, as ours uses), exit: what any converter must at least do;
+  once before the first repeat and once after each;
 * llm-foundry: ``convert_dataset_json`` on the JSONL (its HF datasets cache emptied first), in
   the first ``--llm-foundry-repeats`` repeats (default 1: it takes minutes at 180 MB);
   ``convert_dataset_hf`` reads only the hub's ``allenai/c4`` and ``the_pile``, not local files, so
@@ -23,14 +24,15 @@ from outside as whole processes (start-up and shutdown included):
 Then start-up plus shutdown: ours on a one-document input, whole process, median of 5.
 
 Prints per size the median tokens/s of each, ``ours / ceiling`` (target >= 90 %; also the median
-of each repeat's own ratio, ours against the ceiling run beside it, which this noisy machine's
-drift between repeats does not move) and ``ours / llm-foundry`` (target > 1), the start-up (target
-< 2 s), and the peak RSS of ours.
+of each repeat's own ratio, ours against the mean of the ceiling runs just before and just after
+it, which this noisy machine's drift along the run does not move) and ``ours / llm-foundry``
+(target > 1), the start-up (target < 2 s), and the peak RSS of ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -135,15 +137,30 @@ def startup(work: Path, tokenizer: Path, env: dict[str, str]) -> float:
     return statistics.median(times)
 
 
+def ceiling(path: Path, tokenizer: Path, work: Path, env: dict[str, str]) -> tuple[float, int]:
+    """Seconds and tokens of one whole run of the tokenizer ceiling (`CEILING`) on ``path``."""
+    out = work / "ceiling.out"
+    seconds, _ = timed([sys.executable, "-c", CEILING, str(path), str(tokenizer), str(out)], env)
+    return seconds, int(out.read_text())
+
+
 def run_size(mb: float, repeats: int, foundry_repeats: int, work: Path, tokenizer: Path, env: dict[str, str]) -> None:
     """All measurements at one input size, ``repeats`` times (llm-foundry ``foundry_repeats``), then
-    the medians and ratios."""
+    the medians and ratios.
+
+    The ceiling runs before the first repeat and after every repeat, so each repeat of ours sits
+    between two ceiling runs; its paired ratio is against their mean, which cancels a drift of the
+    machine's speed along the run (seen here: 5.5 s for the same ceiling early in a session, 5.9 s
+    an hour later)."""
     inputs = make_inputs(work / f"{mb:g}mb", mb)
     runs: dict[str, list[float]] = {
         name: [] for name in [*(f"ours {fmt}" for fmt in FORMATS), "ceiling", "llm-foundry"]
     }
     rss: list[float] = []
     tokens = 0
+    c_seconds, c_tokens = ceiling(inputs["jsonl"], tokenizer, work, env)
+    runs["ceiling"].append(c_tokens / c_seconds)
+    print(f"{mb:g} MB: ceiling {c_seconds:.1f} s ({c_tokens:,} tokens)", flush=True)
     for i in range(repeats):
         line = []
         for fmt in FORMATS:
@@ -151,25 +168,20 @@ def run_size(mb: float, repeats: int, foundry_repeats: int, work: Path, tokenize
             runs[f"ours {fmt}"].append(tokens / seconds)
             rss.append(peak)
             line.append(f"ours {fmt} {seconds:.1f} s ({peak:.0f} MB)")
-        out = work / "ceiling.out"
-        c_seconds, _ = timed([sys.executable, "-c", CEILING, str(inputs["jsonl"]), str(tokenizer), str(out)], env)
-        c_tokens = int(out.read_text())
+        c_seconds, c_tokens = ceiling(inputs["jsonl"], tokenizer, work, env)
         runs["ceiling"].append(c_tokens / c_seconds)
-        if i >= foundry_repeats:
-            print(f"{mb:g} MB repeat {i + 1}: {', '.join(line)}, ceiling {c_seconds:.1f} s", flush=True)
-            continue
-        lf_env = dict(env, HF_DATASETS_CACHE=str(work / "hf-cache"))
-        shutil.rmtree(work / "hf-cache", ignore_errors=True)
-        shutil.rmtree(work / "llmfoundry", ignore_errors=True)
-        lf_seconds, lf_rss = timed(
-            [sys.executable, "-c", LLMFOUNDRY, str(inputs["jsonl"]), str(work / "llmfoundry"), str(tokenizer)], lf_env
-        )
-        runs["llm-foundry"].append(tokens / lf_seconds)
-        print(
-            f"{mb:g} MB repeat {i + 1}: {', '.join(line)}, ceiling {c_seconds:.1f} s ({c_tokens:,} tokens), "
-            f"llm-foundry {lf_seconds:.1f} s ({lf_rss:.0f} MB)",
-            flush=True,
-        )
+        line.append(f"ceiling {c_seconds:.1f} s")
+        if i < foundry_repeats:
+            lf_env = dict(env, HF_DATASETS_CACHE=str(work / "hf-cache"))
+            shutil.rmtree(work / "hf-cache", ignore_errors=True)
+            shutil.rmtree(work / "llmfoundry", ignore_errors=True)
+            lf_seconds, lf_rss = timed(
+                [sys.executable, "-c", LLMFOUNDRY, str(inputs["jsonl"]), str(work / "llmfoundry"), str(tokenizer)],
+                lf_env,
+            )
+            runs["llm-foundry"].append(tokens / lf_seconds)
+            line.append(f"llm-foundry {lf_seconds:.1f} s ({lf_rss:.0f} MB)")
+        print(f"{mb:g} MB repeat {i + 1}: {', '.join(line)}", flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(
         f"{mb:g} MB: {tokens:,} tokens with one EOS per document (2048-token samples, GPT-2 BPE, zstd, "
@@ -180,7 +192,8 @@ def run_size(mb: float, repeats: int, foundry_repeats: int, work: Path, tokenize
         print(f"  {name:16s} {value:>12,.0f} tokens/s (median of {runs_of})")
     for fmt in FORMATS:
         ratio = med[f"ours {fmt}"] / med["ceiling"]
-        paired = statistics.median(a / b for a, b in zip(runs[f"ours {fmt}"], runs["ceiling"], strict=True))
+        beside = [(a + b) / 2 for a, b in itertools.pairwise(runs["ceiling"])]  # the runs before and after
+        paired = statistics.median(a / b for a, b in zip(runs[f"ours {fmt}"], beside, strict=True))
         print(
             f"  ours {fmt} / ceiling = {100 * ratio:.0f}% of the medians, {100 * paired:.0f}% median of the "
             f"repeats' own (target >= 90%); / llm-foundry = {med[f'ours {fmt}'] / med['llm-foundry']:.2f}x "
