@@ -190,9 +190,9 @@ def run_size(mb: float, repeats: int, foundry_repeats: int, work: Path, tokenize
     for name, value in med.items():
         runs_of = len(runs[name])
         print(f"  {name:16s} {value:>12,.0f} tokens/s (median of {runs_of})")
+    beside = [(a + b) / 2 for a, b in itertools.pairwise(runs["ceiling"])]  # the runs around each repeat
     for fmt in FORMATS:
         ratio = med[f"ours {fmt}"] / med["ceiling"]
-        beside = [(a + b) / 2 for a, b in itertools.pairwise(runs["ceiling"])]  # the runs before and after
         paired = statistics.median(a / b for a, b in zip(runs[f"ours {fmt}"], beside, strict=True))
         print(
             f"  ours {fmt} / ceiling = {100 * ratio:.0f}% of the medians, {100 * paired:.0f}% median of the "
