@@ -35,10 +35,12 @@ import argparse
 import itertools
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.timing import timed
@@ -50,8 +52,15 @@ from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[2] + "/tokenizer.json")
 tok.no_truncation()
 tok.no_padding()
+texts = []
 with open(sys.argv[1], encoding="utf-8") as fh:
-    texts = [json.loads(line)["text"] for line in fh]
+    for line in fh:  # the odd records are skipped, as any converter must
+        try:
+            text = json.loads(line).get("text")
+        except ValueError:
+            continue
+        if isinstance(text, str):
+            texts.append(text)
 n = 0
 for i in range(0, len(texts), 1024):
     n += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i:i + 1024]))
@@ -70,42 +79,100 @@ FORMATS = ("jsonl", "jsonl.zst", "parquet")
 FILES = 8  # files of the zstd and Parquet inputs
 
 
+ODD_EVERY = 500  # one line in this many is odd: one of ODD_LINES in turn
+ODD_LINES = ('{"text": "cut off', '{"text": null}', '{"text": ""}', '{"url": "no text"}', '{"text": 42}')
+
+
+def varied_records(mb: float) -> Iterator[str]:
+    """JSON lines of C4-shaped records, about ``mb`` MB, each one different, and odd lines among them.
+
+    Each record is one of the demo sample's documents (Python's stdlib docstrings) with its
+    paragraphs in a seeded random order, one word in 20 replaced by a random word of the whole
+    sample's vocabulary and one in 50 by a number or an identifier (as web text has: prices, dates,
+    ids), and one document in 20 with non-ASCII words (accents, CJK, emoji): so no two records
+    repeat, zstd cannot shrink the input to nothing and the tokenizer's word cache is not always
+    hot. One line in `ODD_EVERY` is odd (one of `ODD_LINES`, broken
+    JSON, a record without a usable text, an empty text), which the converter skips and lists (or,
+    the empty one, writes as its EOS alone) and the ceiling skips."""
+    from test_case.demo.c4_sample import TIMESTAMP, stdlib_documents
+
+    rng = random.Random(1234)
+    docs = [(m, t.split("\n\n")) for m, t in stdlib_documents()]
+    vocab = sorted({w for _, paragraphs in docs for p in paragraphs for w in p.split()})
+    foreign = ["café", "naïve", "Zürich", "日本語", "数据集", "модель", "🙂", "🚀", "ﬁnance", "São"]
+    written, n = 0.0, 0
+    while written < mb * 1e6:
+        n += 1
+        if n % ODD_EVERY == 0:
+            line = ODD_LINES[(n // ODD_EVERY) % len(ODD_LINES)]
+            written += len(line) + 1
+            yield line
+            continue
+        module, paragraphs = docs[n % len(docs)]
+        order = rng.sample(paragraphs, len(paragraphs))
+        words = "\n\n".join(order).split(" ")
+        for _ in range(len(words) // 20):
+            words[rng.randrange(len(words))] = rng.choice(vocab)
+        for _ in range(len(words) // 50):
+            words[rng.randrange(len(words))] = rng.choice([str(rng.randrange(10**6)), f"{rng.getrandbits(32):08x}"])
+        if n % 20 == 0:
+            for _ in range(max(1, len(words) // 30)):
+                words[rng.randrange(len(words))] = rng.choice(foreign)
+        record = {
+            "text": " ".join(words),
+            "timestamp": TIMESTAMP,
+            "url": f"https://docs.python.org/3/library/{module}.html",
+        }
+        line = json.dumps(record)
+        written += len(line) + 1
+        yield line
+
+
 def make_inputs(folder: Path, mb: float) -> dict[str, Path]:
-    """The same C4 records as one JSONL file (``mb`` MB), and as zstd JSONL and Parquet folders of
-    `FILES` files each (as corpora ship: SlimPajama in thousands of ``.jsonl.zst`` chunks)."""
+    """The same records (`varied_records`) as one JSONL file (``mb`` MB), and as zstd JSONL and
+    Parquet folders of `FILES` files each (as corpora ship: SlimPajama in thousands of
+    ``.jsonl.zst`` chunks); Parquet holds the records that have a text column (null and empty
+    texts included, broken JSON lines not). ``clean``: the JSONL less its odd lines, for
+    llm-foundry's converter, which stops at the first."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import zstandard
 
-    from test_case.demo.c4_sample import TIMESTAMP, stdlib_documents
-
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"jsonl": folder / "c4-like.jsonl", "jsonl.zst": folder / "zstd", "parquet": folder / "parquet"}
+    paths = {
+        "jsonl": folder / "c4-like.jsonl",
+        "jsonl.zst": folder / "zstd",
+        "parquet": folder / "parquet",
+        "clean": folder / "c4-like.clean.jsonl",
+    }
     if all(p.exists() for p in paths.values()):
         return paths
-    records = [
-        {"text": t, "timestamp": TIMESTAMP, "url": f"https://docs.python.org/3/library/{m}.html"}
-        for m, t in stdlib_documents()
-    ]
-    lines = [json.dumps(r) + "\n" for r in records]
-    count = 0
-    with paths["jsonl"].open("w", encoding="utf-8") as fh:
-        while fh.tell() < mb * 1e6:
-            fh.writelines(lines)
-            count += len(lines)
-    paths["jsonl.zst"].mkdir()
-    paths["parquet"].mkdir()
-    for n in range(FILES):  # file n holds records [n * count // FILES, (n + 1) * count // FILES)
-        block = [records[i % len(records)] for i in range(n * count // FILES, (n + 1) * count // FILES)]
+    lines = list(varied_records(mb))
+    paths["jsonl"].write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    clean = [line for line in lines if line not in ODD_LINES]
+    paths["clean"].write_text("".join(line + "\n" for line in clean), encoding="utf-8")
+    paths["jsonl.zst"].mkdir(exist_ok=True)
+    paths["parquet"].mkdir(exist_ok=True)
+    for n in range(FILES):  # file n holds lines [n * count // FILES, (n + 1) * count // FILES)
+        block = lines[n * len(lines) // FILES : (n + 1) * len(lines) // FILES]
         with (
             (paths["jsonl.zst"] / f"chunk_{n}.jsonl.zst").open("wb") as raw,
             zstandard.ZstdCompressor().stream_writer(raw) as out,
         ):
-            out.write("".join(json.dumps(r) + "\n" for r in block).encode())
-        pq.write_table(pa.Table.from_pylist(block), paths["parquet"] / f"part-{n:05d}.parquet")
+            out.write("".join(line + "\n" for line in block).encode())
+        rows = []
+        for line in block:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if "text" in record and (record["text"] is None or isinstance(record["text"], str)):
+                rows.append({"text": record["text"], "timestamp": record.get("timestamp"), "url": record.get("url")})
+        pq.write_table(pa.Table.from_pylist(rows), paths["parquet"] / f"part-{n:05d}.parquet")
     size = {k: sum(f.stat().st_size for f in p.iterdir()) / 1e6 for k, p in paths.items() if p.is_dir()}
+    odd = len(lines) - len(clean)
     print(
-        f"input: {paths['jsonl']} ({paths['jsonl'].stat().st_size / 1e6:.1f} MB, {count:,} documents); "
+        f"input: {paths['jsonl']} ({paths['jsonl'].stat().st_size / 1e6:.1f} MB, {len(lines):,} lines, {odd} odd); "
         f"the same in {FILES} .jsonl.zst files ({size['jsonl.zst']:.1f} MB) and {FILES} Parquet files "
         f"({size['parquet']:.1f} MB)"
     )
@@ -176,7 +243,7 @@ def run_size(mb: float, repeats: int, foundry_repeats: int, work: Path, tokenize
             shutil.rmtree(work / "hf-cache", ignore_errors=True)
             shutil.rmtree(work / "llmfoundry", ignore_errors=True)
             lf_seconds, lf_rss = timed(
-                [sys.executable, "-c", LLMFOUNDRY, str(inputs["jsonl"]), str(work / "llmfoundry"), str(tokenizer)],
+                [sys.executable, "-c", LLMFOUNDRY, str(inputs["clean"]), str(work / "llmfoundry"), str(tokenizer)],
                 lf_env,
             )
             runs["llm-foundry"].append(tokens / lf_seconds)
