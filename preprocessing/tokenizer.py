@@ -161,23 +161,34 @@ def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return list(tokenizer(texts, truncation=False, padding=False)["input_ids"])
 
 
+IN_FLIGHT = 2  # batches tokenizing at once (`tokenized_ahead`)
+
+
 def tokenized_ahead(
-    tokenizer: Any, batches: Iterable[tuple[K, list[str]]]
+    tokenizer: Any, batches: Iterable[tuple[K, list[str]]], in_flight: int = IN_FLIGHT
 ) -> Iterator[tuple[K, list[str], list[list[int]]]]:
-    """``(key, texts, token_ids(texts))`` for each batch, in order, the next batch tokenizing in a
-    thread while the caller handles this one and reads the one after (the Rust tokenizer releases
-    the GIL). A batch must not be changed once yielded by ``batches``."""
+    """``(key, texts, token_ids(texts))`` for each batch, in order, while the next ``in_flight``
+    batches tokenize in threads as the caller handles this one and reads the one after (the Rust
+    tokenizer releases the GIL). A batch must not be changed once yielded by ``batches``.
+
+    Two in flight rather than one: the tokenizer's threads then always have a batch to work on,
+    while one thread turns the last batch's encodings into Python lists (under the GIL) and while
+    the slowest document of a batch keeps one of them busy; measured on 2 cores (README,
+    "Preprocessing"), the converter's wall time went from 94 % to 97 % of the ceiling's (medians of
+    4 runs, side by side)."""
+    from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
-        pending: tuple[K, list[str], Future[list[list[int]]]] | None = None
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="tokenize") as pool:
+        pending: deque[tuple[K, list[str], Future[list[list[int]]]]] = deque()
         for key, texts in batches:
-            future = pool.submit(token_ids, tokenizer, texts)
-            if pending is not None:
-                yield pending[0], pending[1], pending[2].result()
-            pending = (key, texts, future)
-        if pending is not None:
-            yield pending[0], pending[1], pending[2].result()
+            pending.append((key, texts, pool.submit(token_ids, tokenizer, texts)))
+            if len(pending) > in_flight:
+                done = pending.popleft()
+                yield done[0], done[1], done[2].result()
+        while pending:
+            done = pending.popleft()
+            yield done[0], done[1], done[2].result()
 
 
 def special_ids(tokenizer: Any, text: str) -> list[int]:

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from preprocessing.tokenizer import load_tokenizer, special_ids, token_ids, untruncated, vocab_size, why_not_plain
+from preprocessing.tokenizer import (
+    load_tokenizer,
+    special_ids,
+    token_ids,
+    tokenized_ahead,
+    untruncated,
+    vocab_size,
+    why_not_plain,
+)
 
 TEXTS = [
     "Hello world",
@@ -81,3 +90,26 @@ def test_what_transformers_would_change_loads_with_transformers(
         assert token_ids(ours, ["a"])[0][0] == ours.bos_token_id  # what the plain file would not add
     if "pad_token" in config:
         assert vocab_size(ours) == vocab_size(load_tokenizer(str(demo_assets[1]))) + 1
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_batches_tokenized_ahead_come_back_in_order_and_read_no_further_than_in_flight(
+    gpt2: Path, in_flight: int
+) -> None:
+    tokenizer = untruncated(load_tokenizer(str(gpt2)))
+    # a long batch first and short ones after: finishing order differs from submission order
+    batches = [[("long text " * 4000) + str(i)] * 8 if i % 3 == 0 else [f"short {i}"] for i in range(10)]
+    read: list[int] = []
+
+    def source() -> Iterator[tuple[int, list[str]]]:
+        for i, batch in enumerate(batches):
+            read.append(i)
+            yield i, batch
+
+    seen = []
+    for key, texts, ids in tokenized_ahead(tokenizer, source(), in_flight=in_flight):
+        assert len(read) <= key + in_flight + 1  # this batch and at most in_flight behind it
+        assert texts is batches[key]
+        assert ids == token_ids(tokenizer, texts)
+        seen.append(key)
+    assert seen == list(range(len(batches)))
