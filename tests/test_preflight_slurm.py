@@ -119,7 +119,11 @@ def test_a_node_with_its_dev_shm_nearly_full_is_named(cluster: LocalSlurmCluster
     with cluster.shm_filled("node2", 900):
         run = run_preflight(cluster, settings)
     assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
-    (failure,) = run.report["failures"]
+    failures = run.report["failures"]
+    # node2 and only node2 is named, for its /dev/shm; on 2 busy cores, filling it can also leave
+    # node2's matmul a few % behind its peers' at that moment, which the report then names too
+    assert {f["node"] for f in failures} == {"node2"}, failures
+    (failure,) = [f for f in failures if f["check"] == "shm_free"]
     assert (failure["node"], failure["check"], failure["expected"]) == ("node2", "shm_free", ">= 0.5")
     assert failure["measured"] < 0.15 and "/dev/shm" in failure["action"]
     assert run.report["nodes"]["node1"]["status"] == "pass" and run.report["nodes"]["node3"]["status"] == "pass"
