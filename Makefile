@@ -31,12 +31,14 @@ $(error BUNDLE=$(INSTALL_FROM) holds no bundle.json: point BUNDLE at the folder 
 endif
 endif
 
-.PHONY: help install demo test check lint lock clean image sqsh base-digest bundle
+.PHONY: help install demo test check test-slurm lint lock clean image sqsh base-digest bundle
 
 help:
 	@echo "make demo   preprocess a C4 sample, train a tiny MPT on the CPU, print the report"
 	@echo "make test   lint (ruff, mypy, shellcheck, hadolint, yamls) and the full test suite, local Slurm included"
 	@echo "make check  lint and the tests not marked slow: the quick tier (under a minute)"
+	@echo "make test-slurm  the Slurm modules alone, on a cluster started by 'python -m tests.local_slurm up' if one runs"
+	@echo "             (any area: .venv/bin/python -m pytest -m 'training and not slurm'; README, Development)"
 	@echo "make lock   re-resolve constraints.txt (Python 3.11) and constraints-py312.txt (the image) from pyproject.toml"
 	@echo "make image  docker build the container; make sqsh: enroot import it to $(SQSH)"
 	@echo "make bundle BUNDLE=DIR  everything for an air-gapped cluster; make install BUNDLE=DIR there"
@@ -74,6 +76,12 @@ test: lint
 
 check: lint
 	TEST_TIER=check "$(PY)" -m pytest -q -m "not slow"
+
+# No lint: the quick loop while working on the Slurm side. A cluster already running from
+# `python -m tests.local_slurm up` (same slurm.conf) is reused and left running; otherwise one is
+# started and stopped.
+test-slurm: install
+	"$(PY)" -m pytest -m slurm
 
 # On a connected machine. TOKENIZER=DIR adds a local tokenizer (the default with the bundle), HUB=0
 # fetches nothing from the Hugging Face hub, C4_INPUT=DIR or C4_FILES=N adds C4 files, IMAGE_WHEELS=1

@@ -1,12 +1,18 @@
-"""Shared fixtures: offline environment, the demo's C4 sample and tokenizer, an MDS dataset built from them."""
+"""Shared fixtures and the suite's plumbing: offline environment, the demo's C4 sample and tokenizer,
+an MDS dataset built from them, the one local Slurm cluster of a session, each module's area marker,
+and the per-test durations every run records (tests/durations.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.durations import Recorder, durations_file
+from tests.local_slurm import LocalSlurmCluster, session_cluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
@@ -17,6 +23,77 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 # `make check` (TEST_TIER=check) is the quick tier: the tests not marked slow, with fewer
 # hypothesis examples; `make test` runs everything with the full number.
 QUICK_TIER = os.environ.get("TEST_TIER") == "check"
+
+
+# Each test module's areas, as pytest markers: `pytest -m preprocessing` runs what a change to
+# preprocessing/ can break (README "Development" has the "changed X, run Y" table). Every module is
+# listed: a new one that is not stops the collection. `slow` and `slurm` stay in the modules.
+AREAS: dict[str, tuple[str, ...]] = {
+    "test_acceptance": ("acceptance", "report"),
+    "test_acceptance_slurm": ("acceptance", "report"),
+    "test_bundle": ("bundle",),
+    "test_checkpoints": ("training",),
+    "test_container": ("container",),
+    "test_demo_assets": ("preprocessing",),
+    "test_durations": ("tooling",),
+    "test_fault_tolerance_slurm": ("training", "report"),
+    "test_habits": ("tooling",),
+    "test_launch": ("training",),
+    "test_local_slurm": ("tooling",),
+    "test_log_parser": ("report",),
+    "test_log_reading_paths": ("report",),
+    "test_mds": ("preprocessing",),
+    "test_metrics_and_report": ("report",),
+    "test_mixture": ("training", "preprocessing"),
+    "test_mixture_slurm": ("training", "preprocessing", "report"),
+    "test_preflight": ("preflight",),
+    "test_preflight_slurm": ("preflight",),
+    "test_preprocessing": ("preprocessing",),
+    "test_preprocessing_domains": ("preprocessing",),
+    "test_preprocessing_formats": ("preprocessing",),
+    "test_preprocessing_resume": ("preprocessing",),
+    "test_preprocessing_tokenizer": ("preprocessing",),
+    "test_rank_timing": ("training", "report"),
+    "test_restarts": ("training", "report"),
+    "test_slurm_integration": ("training", "preprocessing", "report"),
+    "test_training_local": ("training", "report"),
+    "test_writer_lock": ("preprocessing",),
+    "test_yamls": ("training",),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every run records its tests' durations (tests/durations.py)."""
+    if not config.pluginmanager.has_plugin("durations"):
+        config.pluginmanager.register(Recorder(durations_file()), "durations")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its module's areas (`AREAS`)."""
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        if module not in AREAS:
+            raise pytest.UsageError(f"tests/conftest.py: {module} has no entry in AREAS: add its areas there")
+        for area in AREAS[module]:
+            item.add_marker(area)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[LocalSlurmCluster]:
+    """The session's one local Slurm cluster (tests/local_slurm.py): 5 nodes, partitions ``debug``
+    (node1-2, the default), ``three`` (node1-3) and ``all``; reused, and left running, when
+    ``python -m tests.local_slurm up`` started it."""
+    yield from session_cluster()
+
+
+@pytest.fixture(scope="module")
+def cluster(slurm_cluster: LocalSlurmCluster) -> Iterator[LocalSlurmCluster]:
+    """The session's cluster for one Slurm module: no job left and every node idle before the module
+    and after it (a fault a module did not undo fails here, not in the next module)."""
+    slurm_cluster.settle()
+    yield slurm_cluster
+    slurm_cluster.settle()
 
 
 def examples(full: int) -> int:

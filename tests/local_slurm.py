@@ -1,17 +1,29 @@
 """A real Slurm cluster on this one machine, for the integration tests (and for trying the scripts).
 
 Debian's ``slurm-wlm`` (slurmctld + slurmd) and ``munge``, installed when missing, started by hand
-(no systemd): one controller and N emulated nodes ``node1..nodeN``. Each ``slurmd -N nodeK`` runs
-in its own UTS and mount namespace (``unshare -u -m``) with hostname ``nodeK`` and a hosts file that
-names every node, and its own ``/dev/shm`` (real nodes never share one; streaming keys its shared
-memory by name there), so jobs see a real multi-node allocation (``SLURM_JOB_NODELIST=node[1-2]``,
-``SLURM_NODEID``, ``hostname``) while all nodes share this machine's network stack and cores.
+(no systemd): one controller and N emulated nodes ``node1..nodeN`` (5 by default, the most any test
+needs), in three partitions (`PARTITIONS`): ``debug``, the default, ``node[1-2]`` (what a 2-node
+test submits to); ``three``, ``node[1-3]`` (the preflight's 3 nodes; a 2-node crash loop that can
+spare one node and no more); ``all``, every node (a 2-node job that loses a node three times and
+moves on each time). Idle emulated nodes cost next to nothing: they share this machine's cores.
+Each ``slurmd -N nodeK`` runs in its own UTS and mount namespace (``unshare -u -m``) with hostname
+``nodeK`` and a hosts file that names every node, and its own ``/dev/shm`` (real nodes never share
+one; streaming keys its shared memory by name there), so jobs see a real multi-node allocation
+(``SLURM_JOB_NODELIST=node[1-2]``, ``SLURM_NODEID``, ``hostname``) while all nodes share this
+machine's network stack and cores.
 
 Every daemon this module starts is recorded by PID in ``WORKDIR/pids.json`` and ended by PID on
 `LocalSlurmCluster.stop` after all jobs are cancelled and their ``slurmstepd`` processes are gone.
-`LocalSlurmCluster.start` is idempotent: a cluster already running from the same folder is reused.
+Only this cluster's step daemons are waited for or killed: those whose environment holds this
+cluster's ``SLURM_CONF`` (slurmd passes its own environment on), never another cluster's or a real
+node's. `LocalSlurmCluster.start` is idempotent: a cluster already running from the same folder with
+the same slurm.conf is reused.
 
-    python -m tests.local_slurm up [--nodes 2] [--workdir DIR]   # prints: export SLURM_CONF=...
+The test session starts one cluster and shares it between every Slurm module (`session_cluster`;
+`LocalSlurmCluster.settle` between modules); a cluster already started by hand with ``up`` is reused
+and left running, which is what ``make test-slurm`` relies on.
+
+    python -m tests.local_slurm up [--nodes 3] [--workdir DIR]   # prints: export SLURM_CONF=...
     python -m tests.local_slurm down [--workdir DIR]
 """
 
@@ -35,6 +47,7 @@ PACKAGES = ("slurm-wlm", "munge")
 DEFAULT_WORKDIR = Path("/tmp/mpt-suite-slurm")
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # cgroup v1, writable on these machines
 CTLD_PORT = 16817
+PARTITIONS = {"debug": 2, "three": 3}  # name: its nodes, node1 on (``debug`` is the default); ``all`` has every node
 NODE_PORT_BASE = 17000
 FINAL_STATES = {
     "COMPLETED",
@@ -69,12 +82,17 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _processes_named(name: str) -> list[int]:
+def _processes_named(name: str, environ: str | None = None) -> list[int]:
+    """PIDs of live processes whose command name is ``name`` (and, when given, whose environment
+    holds the entry ``environ``, e.g. ``SLURM_CONF=/tmp/x/slurm.conf``)."""
     pids = []
+    wanted = None if environ is None else environ.encode()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if (proc / "comm").read_text().strip() == name and pid_alive(int(proc.name)):
+                if (proc / "comm").read_text().strip() != name or not pid_alive(int(proc.name)):
+                    continue
+                if wanted is None or wanted in (proc / "environ").read_bytes().split(b"\0"):
                     pids.append(int(proc.name))
             except OSError:
                 continue
@@ -106,9 +124,12 @@ class LocalSlurmCluster:
     """A controller and ``nodes`` emulated nodes whose state lives under ``workdir``."""
 
     workdir: Path = DEFAULT_WORKDIR
-    nodes: int = 2
+    nodes: int = 5
     cpus_per_node: int = 1
-    slurmd_timeout: int = 60  # s without an answer from a node's slurmd before Slurm marks it down
+    # s without an answer from a node's slurmd before Slurm marks it down. 10 s lets the killed-slurmd
+    # test see its node marked down about 30 s after the kill; a slurmd throttled to a fifth of a core
+    # (the preflight's and the acceptance's slow node) still answers every ping well inside it.
+    slurmd_timeout: int = 10
 
     @property
     def conf(self) -> Path:
@@ -140,16 +161,29 @@ class LocalSlurmCluster:
         self._pids_file().write_text(json.dumps(pids))
 
     def running(self) -> bool:
-        """True when the controller and every node daemon recorded here are alive."""
+        """True when the controller and every node daemon recorded here are alive, started from the
+        slurm.conf this object would write."""
         pids = self._pids()
         wanted = ["slurmctld", *self.node_names]
-        return all(name in pids and pid_alive(pids[name]) for name in wanted)
+        try:
+            same = self.conf.read_text() == self.config_text()
+        except OSError:
+            return False
+        return same and all(name in pids and pid_alive(pids[name]) for name in wanted)
 
     def write_config(self) -> None:
         """slurm.conf and the hosts file the nodes see."""
         w = self.workdir
         for sub in ("state", "log", "spool"):
             (w / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(self.config_text())
+        hosts = Path("/etc/hosts").read_text()
+        extra = "".join(f"127.0.1.{i} {name}\n" for i, name in enumerate(self.node_names, start=1))
+        (w / "hosts").write_text(hosts.rstrip("\n") + "\n" + extra)
+
+    def config_text(self) -> str:
+        """The slurm.conf of this cluster."""
+        w = self.workdir
         host = socket.gethostname().split(".")[0]
         lines = [
             "ClusterName=mptsuite",
@@ -186,11 +220,10 @@ class LocalSlurmCluster:
                 f"NodeName={name} NodeHostname={name} NodeAddr=127.0.1.{i} Port={NODE_PORT_BASE + i} "
                 f"CPUs={self.cpus_per_node} RealMemory=2000 State=UNKNOWN"
             )
-        lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
-        self.conf.write_text("\n".join(lines) + "\n")
-        hosts = Path("/etc/hosts").read_text()
-        extra = "".join(f"127.0.1.{i} {name}\n" for i, name in enumerate(self.node_names, start=1))
-        (w / "hosts").write_text(hosts.rstrip("\n") + "\n" + extra)
+        for name, nodes in self.partitions().items():
+            default = " Default=YES" if name == "debug" else ""
+            lines.append(f"PartitionName={name} Nodes={','.join(nodes)}{default} MaxTime=INFINITE State=UP")
+        return "\n".join(lines) + "\n"
 
     def _start_munge(self) -> None:
         if Path("/run/munge/munge.socket.2").exists() and _processes_named("munged"):
@@ -227,12 +260,15 @@ class LocalSlurmCluster:
             time.sleep(0.5)
         raise SlurmError(message)
 
-    def _nodes_idle(self) -> bool:
+    def _nodes_idle(self, only_idle: bool = False) -> bool:
+        """Every node up: idle, mixed or allocated (``only_idle``: idle)."""
         try:
             out = _run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, timeout=10)
         except (SlurmError, subprocess.TimeoutExpired):
             return False
         states = dict(line.split() for line in out.splitlines() if line.strip())
+        if only_idle:  # and responding ("idle*" is a node whose slurmd does not answer)
+            return all(states.get(n) == "idle" for n in self.node_names)
         return all(states.get(n, "").rstrip("*") in {"idle", "mix", "alloc"} for n in self.node_names)
 
     def start(self, timeout: float = 60) -> LocalSlurmCluster:
@@ -264,15 +300,24 @@ class LocalSlurmCluster:
         )
         self._spawn(name, ["unshare", "-u", "-m", "sh", "-c", inner])
 
+    def partitions(self) -> dict[str, list[str]]:
+        """Each partition's nodes (`PARTITIONS`, cut to the cluster's size)."""
+        return {name: self.node_names[:size] for name, size in PARTITIONS.items()} | {"all": self.node_names}
+
     def node_state(self, name: str) -> str:
         """``sinfo``'s long state of ``name`` (``idle``, ``allocated``, ``down*``, ...)."""
-        return _run(["sinfo", "-h", "-N", "-n", name, "-o", "%T"], env=self.env, timeout=10).strip()
+        out = _run(["sinfo", "-h", "-N", "-n", name, "-o", "%T"], env=self.env, timeout=10)
+        return out.split()[0] if out.split() else ""  # a line per partition the node is in
 
-    def stop(self, timeout: float = 60) -> None:
-        """Cancel jobs, wait for their step daemons, end every daemon started here; leave nothing."""
+    def step_daemons(self) -> list[int]:
+        """PIDs of this cluster's ``slurmstepd`` processes: those started by its slurmds, whose
+        environment holds its ``SLURM_CONF`` (never another cluster's, or a real node's)."""
+        return _processes_named("slurmstepd", environ=f"SLURM_CONF={self.conf}")
+
+    def end_jobs(self, timeout: float = 60) -> None:
+        """Cancel every job, wait up to ``timeout`` s for this cluster's step daemons to end, then
+        SIGKILL those left (by PID)."""
         pids = self._pids()
-        if not pids:
-            return
         if "slurmctld" in pids and pid_alive(pids["slurmctld"]):
             subprocess.run(
                 ["scancel", "--full", "--quiet", "--state=RUNNING"],
@@ -285,10 +330,34 @@ class LocalSlurmCluster:
                 ["scancel", "--quiet", "--state=PENDING"], env=self.env, capture_output=True, check=False, timeout=30
             )
             deadline = time.monotonic() + timeout
-            while _processes_named("slurmstepd") and time.monotonic() < deadline:
+            while self.step_daemons() and time.monotonic() < deadline:
                 time.sleep(0.5)
-        for stepd in _processes_named("slurmstepd"):
-            os.kill(stepd, signal.SIGKILL)
+        for stepd in self.step_daemons():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stepd, signal.SIGKILL)
+
+    def settle(self, timeout: float = 120) -> None:
+        """Between two test modules: no job left (cancelled, step daemons gone), every node idle.
+        Raises `SlurmError` naming the nodes that are not (a fault a test did not undo)."""
+        self.end_jobs()
+        deadline = time.monotonic() + timeout
+        while True:
+            out = subprocess.run(
+                ["squeue", "-h", "-o", "%i %T"], env=self.env, capture_output=True, text=True, check=False, timeout=30
+            ).stdout.strip()
+            if not out and self._nodes_idle(only_idle=True):
+                return
+            if time.monotonic() > deadline:
+                states = _run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env, timeout=10).split()
+                raise SlurmError(f"the cluster did not settle in {timeout:.0f} s: jobs {out!r}, nodes {states}")
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 60) -> None:
+        """Cancel jobs, wait for their step daemons, end every daemon started here; leave nothing."""
+        pids = self._pids()
+        if not pids:
+            return
+        self.end_jobs(timeout)
         order = [n for n in pids if n.startswith("node")] + ["slurmctld", "munged"]
         for name in order:
             pid = pids.get(name)
@@ -322,20 +391,49 @@ class LocalSlurmCluster:
         return out.stdout.strip().split(";")[0]
 
     @contextlib.contextmanager
-    def cpu_quota(self, node: str, fraction: float) -> Iterator[None]:
+    def cpu_quota(self, node: str, fraction: float, running_too: bool = False) -> Iterator[None]:
         """``node``'s slurmd (and every job step it starts from now on) limited to ``fraction`` of a
-        core (a cgroup v1 ``cpu`` group of its own); everything in it is moved back after."""
+        core (a cgroup v1 ``cpu`` group of its own); everything in it is moved back after.
+
+        ``running_too``: the processes already running on the node (its namespace's: the job steps
+        and ranks) too, so that a job is throttled after its start-up and not during it."""
         group = CPU_CGROUP / f"mpt-suite-test-{node}-{os.getpid()}"
         group.mkdir()
         try:
             (group / "cpu.cfs_period_us").write_text("100000")
             (group / "cpu.cfs_quota_us").write_text(str(int(100000 * fraction)))
-            (group / "cgroup.procs").write_text(str(self._pids()[node]))
+            slurmd = self._pids()[node]
+            for pid in self.node_processes(node) if running_too else [slurmd]:
+                with contextlib.suppress(OSError):  # one that ended meanwhile
+                    (group / "cgroup.procs").write_text(str(pid))
             yield
         finally:
             for left in (group / "cgroup.procs").read_text().split():  # slurmd, and anything still running
-                (CPU_CGROUP / "cgroup.procs").write_text(left)
+                with contextlib.suppress(OSError):
+                    (CPU_CGROUP / "cgroup.procs").write_text(left)
             group.rmdir()
+
+    def node_of(self, pid: int) -> str:
+        """The emulated node process ``pid`` runs on: the node whose slurmd shares its UTS namespace."""
+        ns = os.readlink(f"/proc/{pid}/ns/uts")
+        pids = self._pids()
+        for name in self.node_names:
+            with contextlib.suppress(OSError, KeyError):
+                if os.readlink(f"/proc/{pids[name]}/ns/uts") == ns:
+                    return name
+        raise SlurmError(f"process {pid} runs on no node of this cluster")
+
+    def node_processes(self, node: str) -> list[int]:
+        """PIDs of every process on ``node``: its slurmd and all that share its UTS namespace (the
+        job steps it started and their processes), by the namespace's identity, not by name."""
+        own = os.readlink(f"/proc/{self._pids()[node]}/ns/uts")
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(proc / "ns" / "uts") == own and pid_alive(int(proc.name)):
+                        pids.append(int(proc.name))
+        return pids
 
     @contextlib.contextmanager
     def shm_filled(self, node: str, megabytes: int) -> Iterator[None]:
@@ -409,32 +507,42 @@ def rank_pid(job: str, rank: int, timeout: float = 120, restart: int | None = No
     raise SlurmError(f"no rank {rank} of job {job} after {timeout} s")
 
 
-def module_cluster(workdir: Path, nodes: int, **options: int) -> Iterator[LocalSlurmCluster]:
-    """A cluster for one test module (its ``scope="module"`` fixture yields from this): started,
-    then stopped, checking that no daemon and no ``slurmstepd`` outlived it. Skips without root."""
+def session_cluster(workdir: Path = DEFAULT_WORKDIR) -> Iterator[LocalSlurmCluster]:
+    """The one cluster of a test session (its ``scope="session"`` fixture yields from this).
+
+    A cluster already running in ``workdir`` with the same slurm.conf (``python -m tests.local_slurm
+    up``) is reused and left running; otherwise one is started, then stopped at the end, checking that
+    no daemon and none of its ``slurmstepd`` outlived it. Skips without root."""
     import pytest
 
     if os.geteuid() != 0:
         pytest.skip("starting a local Slurm cluster needs root (slurmd, munged, unshare); CI runs as root")
-    cluster = LocalSlurmCluster(workdir=workdir, nodes=nodes, **options).start()
+    cluster = LocalSlurmCluster(workdir=workdir)
+    reused = cluster.running() and cluster._nodes_idle()
+    cluster.start()
     pids = dict(cluster._pids())
     yield cluster
+    if reused:
+        cluster.end_jobs()
+        return
     cluster.stop()
     assert not any(pid_alive(p) for p in pids.values()), "a daemon outlived stop()"
-    assert not _processes_named("slurmstepd")
+    assert not cluster.step_daemons(), "a slurmstepd of the cluster outlived stop()"
 
 
 def main(argv: list[str] | None = None) -> int:
     """``up`` / ``down`` for trying the sbatch scripts by hand."""
     parser = argparse.ArgumentParser(prog="python -m tests.local_slurm")
     parser.add_argument("action", choices=["up", "down"])
-    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--nodes", type=int, default=LocalSlurmCluster.nodes, help="the tests' shape by default")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     args = parser.parse_args(argv)
     cluster = LocalSlurmCluster(args.workdir, args.nodes)
     if args.action == "up":
         cluster.start()
         print(f"export SLURM_CONF={cluster.conf}")
+        parts = "; ".join(f"{name} {','.join(nodes)}" for name, nodes in cluster.partitions().items())
+        print(f"# partitions (debug is the default): {parts}")
     else:
         cluster.stop()
     return 0

@@ -1,9 +1,11 @@
-"""Acceptance sweeps end to end on a 2-node local Slurm cluster (tests/local_slurm.py).
+"""Acceptance sweeps end to end on the 2-node default partition of the local Slurm cluster
+(tests/local_slurm.py).
 
 ``slurm-scripts/3.acceptance.sh`` submits the tiny model over 1 and 2 nodes, and ``report.py``
 judges the sweep from its manifest: a healthy cluster PASSes with every job accounted for; with
-node2 given a quarter of a core (and no preflight) the sweep FAILs naming node2; with node2's
-``/dev/shm`` nearly full the preflight fails, Slurm cancels every training job, and the verdict
+node2 given a quarter of a core once the 2-node job trains (and no preflight) the sweep FAILs
+naming node2, and the 2-node run's own rank timing names node2 as its straggler (the per-node
+table); with node2's ``/dev/shm`` nearly full the preflight fails, Slurm cancels every training job, and the verdict
 says why. The emulated nodes share this machine's two cores, so a 2-node run gets less of a core
 per rank than the 1-node run: the sweeps pass ``--scaling-threshold 0.5`` (the default, 0.90, is
 for real nodes), and each rank runs one thread (``OMP_NUM_THREADS=1``).
@@ -11,18 +13,23 @@ for real nodes), and each rank runs one thread (``OMP_NUM_THREADS=1``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from test_case.acceptance.manifest import SweepManifest
+from test_case.report.log_parser import parse_log_file
+from test_case.report.metrics import summarise_run
+from test_case.report.stragglers import STRAGGLER_RATIO
+from test_case.timing_events import RankTimes
 from tests.conftest import REPO_ROOT
-from tests.local_slurm import LocalSlurmCluster, module_cluster
+from tests.local_slurm import LocalSlurmCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -35,11 +42,6 @@ OVERRIDES = [
     "--override",
     "save_interval=1000ba",
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
-    yield from module_cluster(tmp_path_factory.mktemp("slurm"), nodes=2)
 
 
 @pytest.fixture
@@ -58,10 +60,26 @@ def settings(mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path) -> 
     }
 
 
+def throttled_once_training(
+    cluster: LocalSlurmCluster, logs: Path, manifest: SweepManifest, node: str, fraction: float
+) -> contextlib.AbstractContextManager[None]:
+    """Wait for the sweep's 2-node job to train its first batch, then give ``node`` (its processes
+    already running too) ``fraction`` of a core: a node slowed from the start would also stretch
+    the job's start-up by minutes, which proves nothing more."""
+    (job,) = [j for j in manifest.train_jobs if j.nodes == 2]
+    deadline = time.monotonic() + 600
+    while not any("0: [batch=1/" in log.read_text() for log in logs.glob(f"*_{job.job_id}.out")):
+        assert time.monotonic() < deadline, f"job {job.job_id} trained no batch in 600 s"
+        assert cluster.job_info(job.job_id)["JobState"] in ("PENDING", "RUNNING"), cluster.job_info(job.job_id)
+        time.sleep(0.2)
+    return cluster.cpu_quota(node, fraction, running_too=True)
+
+
 def sweep(
-    cluster: LocalSlurmCluster, settings: dict[str, str], *args: str
+    cluster: LocalSlurmCluster, settings: dict[str, str], *args: str, slow_node: tuple[str, float] | None = None
 ) -> tuple[SweepManifest, dict[str, Any], str]:
-    """Submit a sweep with the script, wait for every job, report: (manifest, report.json, report's stdout)."""
+    """Submit a sweep with the script, wait for every job, report: (manifest, report.json, report's
+    stdout). ``slow_node``: (node, fraction of a core) it gets once the 2-node job trains."""
     env = {**cluster.env, **settings}
     out = subprocess.run(
         ["bash", "slurm-scripts/3.acceptance.sh", *SWEEP, *OVERRIDES, *args],
@@ -76,8 +94,11 @@ def sweep(
     logs = Path(settings["LOG_DIR"])
     (path,) = logs.glob("acceptance_*.json")
     manifest = SweepManifest.read(path)
-    for job in manifest.jobs:
-        cluster.wait(job.job_id, timeout=900)
+    with contextlib.ExitStack() as stack:
+        if slow_node is not None:
+            stack.enter_context(throttled_once_training(cluster, logs, manifest, *slow_node))
+        for job in manifest.jobs:
+            cluster.wait(job.job_id, timeout=900)
     report = subprocess.run(
         [sys.executable, "report.py", str(logs), "--out", str(logs / "report")],
         cwd=REPO_ROOT,
@@ -115,12 +136,26 @@ def test_a_healthy_sweep_passes_with_every_job_accounted_for(
 
 
 def test_a_sweep_with_a_slow_node_fails_naming_it(cluster: LocalSlurmCluster, settings: dict[str, str]) -> None:
-    with cluster.cpu_quota("node2", 0.25):
-        _, doc, stdout = sweep(cluster, settings, "--no-preflight", "--override", "dist_timeout=300")
+    manifest, doc, stdout = sweep(cluster, settings, "--no-preflight", slow_node=("node2", 0.25))
     verdict = doc["verdict"]
     assert verdict["status"] == "FAIL" and verdict["nodes"].get("node2") == "straggler", verdict
     assert any("straggler rank 1 on node2" in r and "--exclude=node2" in r for r in verdict["reasons"])
     assert "FAIL: " in stdout and "node2" in stdout
+
+    # the run's own rank timing names node2, the report's per-node table and the callback's lines alike
+    (two_nodes,) = [j for j in manifest.train_jobs if j.nodes == 2]
+    (log,) = Path(settings["LOG_DIR"]).glob(f"*_{two_nodes.job_id}.out")
+    parsed = parse_log_file(log)
+    summary = summarise_run(parsed)
+    print(f"node2 at a quarter of a core: per-node compute (threshold {STRAGGLER_RATIO}x the median rank):")
+    for n in summary.node_compute:
+        print(f"  {n.node}: {n.median_compute_s:.4f} s/batch, {n.ratio_to_median:.2f}x, straggler={n.straggler}")
+    (straggler,) = summary.stragglers
+    assert (straggler.node, straggler.rank) == ("node2", 1)
+    assert straggler.ratio_to_median > STRAGGLER_RATIO
+    assert summary.node_compute[0].node == "node2" and summary.node_compute[0].straggler
+    windows = [e for _, e in parsed.timing_events if isinstance(e, RankTimes)]
+    assert windows and all(w.slowest_node == "node2" for w in windows)
 
 
 def test_a_sweep_whose_preflight_fails_trains_nothing_and_says_why(

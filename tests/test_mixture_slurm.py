@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,12 @@ from test_case.report.log_parser import parse_log_file
 from test_case.report.metrics import summarise_run
 from test_case.timing_events import StreamDraws
 from tests.conftest import DOMAINS, REPO_ROOT, write_domain_sample
-from tests.local_slurm import LocalSlurmCluster, module_cluster
+from tests.local_slurm import LocalSlurmCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 BATCHES = 24  # of 16 samples: 384 drawn, a sampling error of 2.3 points on 70/30
 GLOBAL_BATCH = 16  # mpt-tiny-cpu's global_train_batch_size
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
-    yield from module_cluster(tmp_path_factory.mktemp("slurm"), nodes=2)
 
 
 def sbatch_and_wait(

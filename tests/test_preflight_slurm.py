@@ -1,29 +1,23 @@
-"""`0.preflight.sbatch` on a real 3-node Slurm cluster (tests/local_slurm.py): a healthy run passes
-with measured figures for every node; a node given a fifth of a core for real (cgroup v1
-``cpu.cfs_quota_us`` on its slurmd, which its job steps inherit) is named; a node whose own
-``/dev/shm`` is nearly full is named with the reason."""
+"""`0.preflight.sbatch` on the 3 nodes of the local Slurm cluster's partition ``three``
+(tests/local_slurm.py): a healthy run passes with measured figures for every node; a node given a
+fifth of a core for real (cgroup v1 ``cpu.cfs_quota_us`` on its slurmd, which its job steps inherit)
+is named; a node whose own ``/dev/shm`` is nearly full is named with the reason."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.local_slurm import LocalSlurmCluster, module_cluster
+from tests.local_slurm import LocalSlurmCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SCRIPT = "slurm-scripts/0.preflight.sbatch"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
-    yield from module_cluster(tmp_path_factory.mktemp("slurm"), nodes=3)
 
 
 @dataclass
@@ -55,7 +49,8 @@ def settings(
 
 def run_preflight(cluster: LocalSlurmCluster, settings: dict[str, str]) -> Preflight:
     logs = Path(settings["LOG_DIR"])
-    job = cluster.sbatch([f"--output={logs}/%x_%j.out", "--nodes=3", SCRIPT], cwd=REPO_ROOT, env=settings)
+    args = [f"--output={logs}/%x_%j.out", "--partition=three", "--nodes=3", SCRIPT]
+    job = cluster.sbatch(args, cwd=REPO_ROOT, env=settings)
     info = cluster.wait(job, timeout=300)
     log = (logs / f"preflight_{job}.out").read_text()
     path = logs / f"preflight_{job}.json"
@@ -75,7 +70,7 @@ def test_a_healthy_cluster_passes_with_measured_figures_for_every_node(
     assert (run.info["JobState"], run.info["ExitCode"]) == ("COMPLETED", "0:0"), run.log[-4000:]
     doc = run.report
     assert doc["status"] == "pass" and doc["failures"] == []
-    assert sorted(doc["nodes"]) == cluster.node_names
+    assert sorted(doc["nodes"]) == cluster.partitions()["three"]
     for host, node in doc["nodes"].items():
         checks = node["checks"]
         assert node["status"] == "pass", (host, checks)

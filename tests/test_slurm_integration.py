@@ -1,9 +1,10 @@
 """Both sbatch scripts on a real 2-node Slurm cluster started by the test (see tests/local_slurm.py).
 
-Preprocessing runs once; the tiny MPT then trains on both nodes three times with the same config:
-uninterrupted, requeued with ``scontrol requeue`` after its first checkpoint, and sent the
-time-limit warning (USR1) that makes the script requeue itself. The interrupted runs must resume
-from their checkpoint and end exactly where the uninterrupted run ends. A killed rank, a job stopped
+Preprocessing runs once; the tiny MPT then trains on both nodes twice with the same config:
+uninterrupted, and interrupted twice (requeued with ``scontrol requeue`` after its first checkpoint,
+then, after a checkpoint of its second start, sent the time-limit warning (USR1) that makes the
+script requeue itself). Each start must resume from its checkpoint and the run must end exactly
+where the uninterrupted run ends. A killed rank, a job stopped
 by its check step and a typo make the failed and never-started runs the report must show; a second
 preprocessing job into a folder that one is writing, submitted from another directory, is refused.
 """
@@ -18,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +29,12 @@ from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import LOSS_KEY
 from test_case.training.launch import expand_hostlist
 from tests.conftest import REPO_ROOT
-from tests.local_slurm import LocalSlurmCluster, module_cluster, rank_pid
+from tests.local_slurm import LocalSlurmCluster, rank_pid
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 TRAIN = "slurm-scripts/2.train-mpt-manual-distributed.sbatch"
 OVERRIDES = ["max_duration=60ba", "save_interval=10ba"]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmCluster]:
-    yield from module_cluster(tmp_path_factory.mktemp("slurm"), nodes=2)
 
 
 def test_expand_hostlist_agrees_with_scontrol(cluster: LocalSlurmCluster, tmp_path: Path) -> None:
@@ -117,8 +112,9 @@ def finish(cluster: LocalSlurmCluster, ws: Workspace, job: str) -> TrainRun:
     return TrainRun(job, info, log, text, parse_log_file(log))
 
 
-def wait_for_checkpoint(ws: Workspace, job: str, timeout: float = 300) -> Path:
-    """The first checkpoint Composer finished saving: the one ``latest-rank0.pt`` points to.
+def wait_for_checkpoint(ws: Workspace, job: str, timeout: float = 300, after: int = 0) -> Path:
+    """The first checkpoint Composer finished saving after batch ``after``: the one ``latest-rank0.pt``
+    points to.
 
     The job is then interrupted at once, often while the next checkpoint is being written: the
     restart must cope with that (test_case.training.checkpoints; tests/test_checkpoints.py makes each case).
@@ -127,10 +123,10 @@ def wait_for_checkpoint(ws: Workspace, job: str, timeout: float = 300) -> Path:
     latest = folder / "latest-rank0.pt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if latest.is_symlink():
-            return folder / os.readlink(latest)
+        if latest.is_symlink() and checkpoint_batch(path := folder / os.readlink(latest)) > after:
+            return path
         time.sleep(0.2)
-    raise AssertionError(f"no checkpoint in {folder} after {timeout} s")
+    raise AssertionError(f"no checkpoint after batch {after} in {folder} after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -198,52 +194,54 @@ def test_report_reads_the_two_node_log(uninterrupted: TrainRun, tmp_path: Path) 
     assert run["final_train_loss"] == uninterrupted.parsed.train_blocks[-1].metrics[LOSS_KEY]
 
 
-def assert_resumed_like(run: TrainRun, reference: TrainRun, first_checkpoint: Path) -> None:
-    assert run.info["Restarts"] == "1"
-    starts = [line for line in run.text.splitlines() if "[run-header] restart_count:" in line]
-    assert [s.rsplit(":", 1)[1].strip() for s in starts] == ["0", "1"]
-    second_start = run.text.index(starts[1])
-    resumed = parse_log_file_text(run.text[second_start:])
-    saved_at = int(first_checkpoint.name.split("-ba")[1].split("-")[0])
-    assert resumed.train_blocks[0].step > saved_at  # continued after a checkpoint, not from batch 1
-    assert resumed.train_blocks[-1].step == resumed.train_blocks[-1].total == 60
-    final = run.parsed.train_blocks[-1].metrics[LOSS_KEY]
-    assert final == reference.parsed.train_blocks[-1].metrics[LOSS_KEY]
-    # each start ends with its line: the first stopped by Slurm's SIGTERM, the second done
-    ends = re.findall(rf"^\[\S+\] job {run.job_id} end: (exit code .*) after \d+ s$", run.text, re.MULTILINE)
-    assert ends == ["exit code 143 (stopped by SIGTERM)", "exit code 0"], ends
-
-
 def parse_log_file_text(text: str) -> ParsedLog:
     from test_case.report.log_parser import parse_composer_log
 
     return parse_composer_log(text.splitlines())
 
 
+def checkpoint_batch(path: Path) -> int:
+    """``ep0-ba10-rank0.pt`` -> 10."""
+    return int(path.name.split("-ba")[1].split("-")[0])
+
+
 @pytest.fixture(scope="module")
-def requeued(cluster: LocalSlurmCluster, workspace: Workspace) -> tuple[TrainRun, Path]:
-    """A run requeued with ``scontrol requeue`` after its first checkpoint, and that checkpoint."""
+def requeued(cluster: LocalSlurmCluster, workspace: Workspace) -> tuple[TrainRun, list[Path]]:
+    """One run interrupted twice, each time after a checkpoint of the start it interrupts: requeued
+    with ``scontrol requeue`` (an admin, a preemption), then sent the time-limit warning that makes
+    the script requeue itself (what ``--signal=B:USR1@120`` delivers before the time limit: USR1 to
+    the batch shell only). The run, and the checkpoint each interruption came after."""
     job = submit_training(cluster, workspace)
     first = wait_for_checkpoint(workspace, job)
     subprocess.run(["scontrol", "requeue", job], env=cluster.env, check=True, capture_output=True)
-    return finish(cluster, workspace, job), first
-
-
-def test_requeue_resumes_from_checkpoint(requeued: tuple[TrainRun, Path], uninterrupted: TrainRun) -> None:
-    run, first = requeued
-    assert_resumed_like(run, uninterrupted, first)
-
-
-def test_time_limit_signal_makes_the_job_requeue_itself(
-    cluster: LocalSlurmCluster, workspace: Workspace, uninterrupted: TrainRun
-) -> None:
-    job = submit_training(cluster, workspace)
-    first = wait_for_checkpoint(workspace, job)
-    # What --signal=B:USR1@120 delivers before the time limit: USR1 to the batch shell only.
+    rank_pid(job, rank=0, timeout=300, restart=1)  # start 1 is up; the ranks are still importing
+    second = wait_for_checkpoint(workspace, job, after=checkpoint_batch(wait_for_checkpoint(workspace, job)))
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster.env, check=True, capture_output=True)
-    run = finish(cluster, workspace, job)
-    assert f"time limit near: requeueing job {job}" in run.text
-    assert_resumed_like(run, uninterrupted, first)
+    return finish(cluster, workspace, job), [first, second]
+
+
+def test_requeue_and_the_time_limit_signal_resume_from_the_checkpoint(
+    requeued: tuple[TrainRun, list[Path]], uninterrupted: TrainRun
+) -> None:
+    run, saved = requeued
+    assert run.info["Restarts"] == "2"
+    starts = [line for line in run.text.splitlines() if "[run-header] restart_count:" in line]
+    assert [s.rsplit(":", 1)[1].strip() for s in starts] == ["0", "1", "2"]
+    assert f"time limit near: requeueing job {run.job_id}" in run.text
+    assert run.text.count("time limit near: requeueing job") == 1  # the second interruption, not the first
+    assert run.text.index(starts[1]) < run.text.index("time limit near: requeueing job") < run.text.index(starts[2])
+    for n, checkpoint in enumerate(saved, start=1):
+        following = run.text.index(starts[n + 1]) if n + 1 < len(starts) else len(run.text)
+        resumed = parse_log_file_text(run.text[run.text.index(starts[n]) : following])
+        assert resumed.train_blocks[0].step > checkpoint_batch(checkpoint)  # after a checkpoint, not from batch 1
+        print(f"start {n} resumed at batch {resumed.train_blocks[0].step} (checkpoint {checkpoint.name} before it)")
+    last = parse_log_file_text(run.text[run.text.index(starts[2]) :]).train_blocks[-1]
+    assert last.step == last.total == 60
+    final = run.parsed.train_blocks[-1].metrics[LOSS_KEY]
+    assert final == uninterrupted.parsed.train_blocks[-1].metrics[LOSS_KEY]
+    # each start ends with its line: the first two stopped by Slurm's SIGTERM, the last one done
+    ends = re.findall(rf"^\[\S+\] job {run.job_id} end: (exit code .*) after \d+ s$", run.text, re.MULTILINE)
+    assert ends == ["exit code 143 (stopped by SIGTERM)"] * 2 + ["exit code 0"], ends
 
 
 def wait_for_batch(log: Path, batch: int, timeout: float = 300) -> None:
@@ -297,7 +295,7 @@ def test_a_typo_in_an_override_stops_the_job_once_with_exit_code_2(mistyped: Tra
 
 def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     uninterrupted: TrainRun,
-    requeued: tuple[TrainRun, Path],
+    requeued: tuple[TrainRun, list[Path]],
     killed_rank: TrainRun,
     never_started: tuple[str, dict[str, str]],
     mistyped: TrainRun,
@@ -317,7 +315,7 @@ def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     doc = json.loads((tmp_path / "report.json").read_text())
     runs = {r["job_id"]: r for r in doc["runs"]}
     assert runs[uninterrupted.job_id]["status"] == "completed"
-    assert (runs[requeued[0].job_id]["status"], runs[requeued[0].job_id]["restarts"]) == ("completed", 1)
+    assert (runs[requeued[0].job_id]["status"], runs[requeued[0].job_id]["restarts"]) == ("completed", 2)
     failed = runs[killed_rank.job_id]
     assert failed["status"] == "failed" and failed["last_batch"] < 60, failed
     # the killed rank is the cause, not its peer's "Connection reset by peer" printed before it
