@@ -82,6 +82,22 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+# what a recorded PID runs: slurmd after ``unshare`` and ``sh`` exec it; munged under ``runuser``
+DAEMON_PROGRAMS = {
+    "slurmctld": {"slurmctld"},
+    "node": {"unshare", "sh", "slurmd"},
+    "munged": {"runuser", "munged"},
+}
+
+
+def _runs(pid: int, programs: set[str]) -> bool:
+    """True when ``pid`` is alive and its command name is one of ``programs``."""
+    try:
+        return pid_alive(pid) and Path(f"/proc/{pid}/comm").read_text().strip() in programs
+    except OSError:
+        return False
+
+
 def _processes_named(name: str, environ: str | None = None) -> list[int]:
     """PIDs of live processes whose command name is ``name`` (and, when given, whose environment
     holds the entry ``environ``, e.g. ``SLURM_CONF=/tmp/x/slurm.conf``)."""
@@ -150,10 +166,13 @@ class LocalSlurmCluster:
         return self.workdir / "pids.json"
 
     def _pids(self) -> dict[str, int]:
+        """The daemons recorded in ``pids.json`` that still run the program they were started as: a
+        file left by a run that crashed may name PIDs the system has since given to others."""
         try:
-            return {k: int(v) for k, v in json.loads(self._pids_file().read_text()).items()}
+            recorded = {k: int(v) for k, v in json.loads(self._pids_file().read_text()).items()}
         except (OSError, ValueError):
             return {}
+        return {name: pid for name, pid in recorded.items() if _runs(pid, DAEMON_PROGRAMS[name.rstrip("0123456789")])}
 
     def _save_pid(self, name: str, pid: int) -> None:
         pids = self._pids()

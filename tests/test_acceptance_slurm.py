@@ -144,6 +144,7 @@ def test_a_sweep_with_a_slow_node_fails_naming_it(cluster: LocalSlurmCluster, se
 
     # the run's own rank timing names node2, the report's per-node table and the callback's lines alike
     (two_nodes,) = [j for j in manifest.train_jobs if j.nodes == 2]
+    assert {r["job_id"]: r["status"] for r in doc["runs"]}[two_nodes.job_id] == "completed"
     (log,) = Path(settings["LOG_DIR"]).glob(f"*_{two_nodes.job_id}.out")
     parsed = parse_log_file(log)
     summary = summarise_run(parsed)
