@@ -3,7 +3,7 @@
 
 ``slurm-scripts/3.acceptance.sh`` submits the tiny model over 1 and 2 nodes, and ``report.py``
 judges the sweep from its manifest: a healthy cluster PASSes with every job accounted for; with
-node2 given a quarter of a core once the 2-node job trains (and no preflight) the sweep FAILs
+node2 given a quarter of a core once the 2-node job trains (a sweep of that job alone, no preflight) the sweep FAILs
 naming node2, and the 2-node run's own rank timing names node2 as its straggler (the per-node
 table); with node2's ``/dev/shm`` nearly full the preflight fails, Slurm cancels every training job, and the verdict
 says why. The emulated nodes share this machine's two cores, so a 2-node run gets less of a core
@@ -33,7 +33,8 @@ from tests.local_slurm import LocalSlurmCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-SWEEP = ["--models", "mpt-tiny-cpu", "--nodes", "1,2", "--scaling-threshold", "0.5"]
+SWEEP = ["--models", "mpt-tiny-cpu", "--scaling-threshold", "0.5"]
+BOTH = ["--nodes", "1,2"]  # the slow-node sweep runs the 2-node job alone: its straggler needs no 1-node run
 OVERRIDES = [
     "--override",
     "max_duration=30ba",
@@ -118,7 +119,7 @@ def sweep(
 def test_a_healthy_sweep_passes_with_every_job_accounted_for(
     cluster: LocalSlurmCluster, settings: dict[str, str]
 ) -> None:
-    manifest, doc, stdout = sweep(cluster, settings)
+    manifest, doc, stdout = sweep(cluster, settings, *BOTH)
     verdict = doc["verdict"]
     assert verdict["status"] == "PASS", verdict["reasons"]
     assert manifest.preflight_job_id is not None and verdict["nodes"] == {"node1": "pass", "node2": "pass"}
@@ -136,7 +137,8 @@ def test_a_healthy_sweep_passes_with_every_job_accounted_for(
 
 
 def test_a_sweep_with_a_slow_node_fails_naming_it(cluster: LocalSlurmCluster, settings: dict[str, str]) -> None:
-    manifest, doc, stdout = sweep(cluster, settings, "--no-preflight", slow_node=("node2", 0.25))
+    manifest, doc, stdout = sweep(cluster, settings, "--nodes", "2", "--no-preflight", slow_node=("node2", 0.25))
+    assert [j.nodes for j in manifest.train_jobs] == [2]
     verdict = doc["verdict"]
     assert verdict["status"] == "FAIL" and verdict["nodes"].get("node2") == "straggler", verdict
     assert any("straggler rank 1 on node2" in r and "--exclude=node2" in r for r in verdict["reasons"])
@@ -163,7 +165,7 @@ def test_a_sweep_whose_preflight_fails_trains_nothing_and_says_why(
     cluster: LocalSlurmCluster, settings: dict[str, str]
 ) -> None:
     with cluster.shm_filled("node2", 900):  # of the node's own 1 GiB /dev/shm
-        manifest, doc, _ = sweep(cluster, settings)
+        manifest, doc, _ = sweep(cluster, settings, *BOTH)
     verdict = doc["verdict"]
     assert verdict["status"] == "FAIL" and verdict["nodes"]["node2"] == "fail", verdict
     assert any(r.startswith("preflight: node2: shm_free:") for r in verdict["reasons"])
