@@ -50,7 +50,7 @@ def test_python_pins_in_the_image_come_from_the_project_lock() -> None:
 
 
 def test_what_the_sbatch_scripts_run_in_the_container_is_checked_at_build_time() -> None:
-    smoke = RUN_STEPS[-1]
+    (smoke,) = [step for step in RUN_STEPS if step.startswith("python --version")]
     scripts = "".join(p.read_text() for p in (REPO_ROOT / "slurm-scripts").glob("*.sbatch"))
     modules = set(re.findall(r"\bpython -m ([\w.]+)", scripts))
     assert modules == {
@@ -67,6 +67,78 @@ def test_what_the_sbatch_scripts_run_in_the_container_is_checked_at_build_time()
     assert launched[launched.index("-m") + 1] == "test_case.training.foundry_train" and "llmfoundry --help" in smoke
     assert "python report.py --help" in smoke and "test -x /opt/nccl-tests/build/all_reduce_perf" in smoke
     assert 'PATH="/opt/nccl-tests/build:${PATH}"' in DOCKERFILE
+
+
+# Releases of github.com/NVIDIA/nccl-tests and their commits (lightweight tags), read from the
+# upstream repository on 2026-12-05. b188a15 is its "Initial commit" of 2017-08-08, whose Makefile
+# builds for compute_30, which CUDA 12's nvcc rejects.
+NCCL_TESTS_RELEASES = {
+    "v2.19.6": "a0b82b2260cf5152b9f8c061bbf7eaf0ba096432",
+    "v2.19.5": "5bcd45d2ee8365e37895e118c9d11b0ebc15aa69",
+    "v2.19.4": "358ca293f16b1248fead83353520d5768fee07c8",
+    "v2.13.13": "cb6a46fdd677783eec470e3df09aa138891bfebf",
+}
+
+
+def dockerfile_arg(name: str) -> str:
+    (value,) = re.findall(rf'^ARG {name}="?(.*?)"?$', DOCKERFILE, re.M)
+    return value
+
+
+def test_nccl_tests_is_a_release_built_for_a100_h100_and_b200() -> None:
+    version, commit = dockerfile_arg("NCCL_TESTS_VERSION"), dockerfile_arg("NCCL_TESTS_COMMIT")
+    assert NCCL_TESTS_RELEASES.get(version) == commit, (version, commit)
+    (build,) = [step for step in RUN_STEPS if "nccl-tests.git" in step]
+    assert '--branch "${NCCL_TESTS_VERSION}"' in build
+    assert 'test "$(git -C /opt/nccl-tests rev-parse HEAD)" = "${NCCL_TESTS_COMMIT}"' in build
+    assert 'NVCC_GENCODE="${NCCL_TESTS_GENCODE}"' in build
+    archs = set(re.findall(r"code=sm_(\d+)", dockerfile_arg("NCCL_TESTS_GENCODE")))
+    assert archs == {"80", "90", "100"}  # A100, H100/H200, B200/GB200; CUDA 12.8 builds all three
+
+
+# What the base image holds and sets (mosaicml/composer docker/Dockerfile, the pytorch stage the
+# llm-foundry 2.7.0_cu128_aws image is built on; nvidia/cuda's default PATH): the image config's
+# PATH, and where each Python is. /composer-python reaches PATH only through /etc/profile (BASH_ENV).
+BASE_ENV_PATH = (
+    "/opt/amazon/openmpi/bin/:/opt/amazon/efa/bin:/usr/local/nvidia/bin:/usr/local/cuda/bin:"
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+BASE_PYTHONS = {
+    "/composer-python/python": "3.12",
+    "/composer-python/python3": "3.12",
+    "/usr/bin/python3.12": "3.12",
+    "/usr/bin/python3": "3.10",  # Ubuntu 22.04's own, without the image's packages
+}
+
+
+def image_env_path(dockerfile: str) -> str:
+    """The PATH of the built image's config: the base's, then each ``ENV PATH=`` of the Dockerfile
+    in order (Docker expands ``${PATH}`` at build time). This is the whole PATH a pyxis task gets."""
+    path = BASE_ENV_PATH
+    for value in re.findall(r'^ENV PATH="([^"]*)"', dockerfile, re.M):
+        path = value.replace("${PATH}", path)
+    return path
+
+
+def which(command: str, path: str) -> str | None:
+    return next(
+        (f"{d.rstrip('/')}/{command}" for d in path.split(":") if f"{d.rstrip('/')}/{command}" in BASE_PYTHONS), None
+    )
+
+
+def test_python_is_found_the_way_pyxis_starts_a_task() -> None:
+    """pyxis execs the srun command with no shell and the image's Env only (enroot writes the
+    config's Env to /etc/environment; no /etc/profile, no BASH_ENV), so `python` must be on that PATH."""
+    path = image_env_path(DOCKERFILE)
+    assert which("python", path) == "/composer-python/python", path
+    assert BASE_PYTHONS[which("python3", path) or ""] == "3.12"  # not Ubuntu's 3.10
+    assert path.startswith("/opt/nccl-tests/build:")  # all_reduce_perf too
+    # the recipe before this fix: no python at all under pyxis, python3 Ubuntu's
+    before = re.sub(r'^ENV PATH="/composer-python:\$\{PATH\}"\n', "", DOCKERFILE, flags=re.M)
+    assert before != DOCKERFILE and which("python", image_env_path(before)) is None
+    # the build checks it the same way: a RUN in exec form has no shell, only the image's Env
+    (exec_form,) = re.findall(r"^RUN \[(.*)\]$", DOCKERFILE, re.M)
+    assert exec_form.startswith('"python", "-c", "import sys, composer, llmfoundry, preprocessing, test_case;')
 
 
 def test_the_imported_image_lands_where_the_scripts_look() -> None:
