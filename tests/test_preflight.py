@@ -14,6 +14,7 @@ import pytest
 from test_case.preflight.cli import parse_all_reduce_perf
 from test_case.preflight.expectations import load
 from test_case.preflight.fabric import bus_factor, node_pairs
+from test_case.preflight.nccl_tests import NcclTestsError
 from test_case.preflight.node_checks import parse_health
 from test_case.preflight.records import Check, NodePart, PreflightReport, Value, write_part
 from test_case.preflight.verdict import build_report
@@ -40,19 +41,16 @@ def test_gpu_health_from_nvidia_smi_csv() -> None:
 
 
 def test_nccl_tests_table_is_parsed() -> None:
-    text = """# nThread 1 nGpus 8 minBytes 1048576 maxBytes 4294967296 step: 4(factor) warmup iters: 5 iters: 20
-#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw   busbw #wrong
-#        (B)    (elements)                               (us)  (GB/s)  (GB/s)            (us)  (GB/s)  (GB/s)
-     1048576        262144     float     sum      -1    52.10   20.13   35.22      0    51.80   20.24   35.42      0
-  1073741824     268435456     float     sum      -1   4620.3  232.40  406.70      0   4611.0  232.87  407.52      0
-  4294967296    1073741824     float     sum      -1    18034  238.16  416.78      0    18040  238.08  416.64      0
-# Out of bounds values : 0 OK
-# Avg bus bandwidth    : 286.2
-"""
+    """all_reduce_perf's out-of-place figures, from a published 8x H100 run (../shared/gpu-outputs)."""
+    text = (
+        REPO_ROOT.parent / "shared" / "gpu-outputs" / "nccl-tests_all_reduce_perf_h100x8_single-node.txt"
+    ).read_text()
     curve = parse_all_reduce_perf(text, "within gpu-1", 8)
-    assert [p.bytes for p in curve.points] == [1 << 20, 1 << 30, 1 << 32]
-    assert curve.points[-1].busbw_gbps == 416.78 and curve.points[-1].time_s == pytest.approx(0.018034)
-    assert curve.peak_busbw_gbps == 416.78
+    assert len(curve.points) == 32 and curve.points[0].bytes == 8 and curve.points[-1].bytes == 16 << 30
+    assert curve.points[-1].busbw_gbps == 479.90 and curve.points[-1].time_s == pytest.approx(0.062648)
+    assert curve.peak_busbw_gbps == 480.16  # out of place at 8 GiB
+    with pytest.raises(NcclTestsError, match="all_reduce_perf within gpu-1: no results table"):
+        parse_all_reduce_perf("Failed: NCCL error common.cu:1010 'unhandled system error'\n", "within gpu-1", 8)
 
 
 def test_bus_bandwidth_factors_and_node_pairs() -> None:

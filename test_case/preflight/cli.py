@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 from test_case.preflight import node_checks
 from test_case.preflight.expectations import load
 from test_case.preflight.fabric import run_worker
+from test_case.preflight.nccl_tests import NcclTestsError, read_nccl_tests
 from test_case.preflight.records import (
     Bandwidth,
     BandwidthPoint,
@@ -148,24 +148,28 @@ def node(args: argparse.Namespace) -> int:
     return 0
 
 
-NCCL_TESTS_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+\w+\s+\w+\s+-?\d+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+\S+")
-
-
 def parse_all_reduce_perf(text: str, scope: str, ranks: int) -> Bandwidth:
-    """nccl-tests' table: size, count, type, redop, root, then out-of-place time (us), algbw, busbw (GB/s)."""
+    """nccl-tests' out-of-place figures per message size (the table read by `nccl_tests`)."""
+    run = read_nccl_tests(text, f"all_reduce_perf {scope}")
     points = [
-        BandwidthPoint(int(m[1]), float(m[3]) / 1e6, float(m[4]), float(m[5]))
-        for m in map(NCCL_TESTS_ROW.match, text.splitlines())
-        if m
+        BandwidthPoint(r.size_bytes, r.out_of_place.time_us / 1e6, r.out_of_place.algbw_gbs, r.out_of_place.busbw_gbs)
+        for r in run.results
     ]
     return Bandwidth("all_reduce_perf", scope, ranks, "nccl-tests", points)
 
 
 def nccl_tests(gpus: int, host: str) -> Bandwidth:
-    """nccl-tests' all_reduce_perf on this node's GPUs (one process, -g GPUS)."""
+    """nccl-tests' all_reduce_perf on this node's GPUs (one process, -g GPUS); no points when it failed."""
     cmd = ["all_reduce_perf", "-b", "1M", "-e", "4G", "-f", "4", "-g", str(gpus)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    return parse_all_reduce_perf(out.stdout, f"within {host}", gpus)
+    try:
+        return parse_all_reduce_perf(out.stdout, f"within {host}", gpus)
+    except NcclTestsError as err:
+        last = " | ".join((out.stdout + out.stderr).strip().splitlines()[-3:])
+        print(
+            f"{PROG}: {host}: all_reduce_perf gave no figures (exit code {out.returncode}): {err}; last lines: {last}"
+        )
+        return Bandwidth("all_reduce_perf", f"within {host}", gpus, "nccl-tests", [])
 
 
 def summary_lines(report: PreflightReport) -> list[str]:
