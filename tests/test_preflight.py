@@ -15,12 +15,17 @@ from test_case.preflight.cli import parse_all_reduce_perf
 from test_case.preflight.expectations import load
 from test_case.preflight.fabric import bus_factor, node_pairs
 from test_case.preflight.nccl_tests import NcclTestsError
-from test_case.preflight.node_checks import parse_health
+from test_case.preflight.node_checks import HEALTH_FIELDS, health_checks, parse_health
 from test_case.preflight.records import Check, NodePart, PreflightReport, Value, write_part
 from test_case.preflight.verdict import build_report
+from test_case.training import launch
 from tests.conftest import REPO_ROOT
 
 SCRIPT = "slurm-scripts/0.preflight.sbatch"
+
+
+def health_rows(lines: list[str]) -> list[dict[str, str]]:
+    return [dict(zip(HEALTH_FIELDS, (c.strip() for c in line.split(",")), strict=True)) for line in lines]
 
 
 def test_gpu_health_from_nvidia_smi_csv() -> None:
@@ -30,14 +35,99 @@ def test_gpu_health_from_nvidia_smi_csv() -> None:
         "2, NVIDIA H100 80GB HBM3, [N/A], [N/A], [N/A], Enabled",
     ]
     throttle = ["0x0000000000000000", "0x0000000000000048", "0x0000000000000004"]
-    checks = parse_health(lines, throttle)
+    checks = parse_health(health_rows(lines), throttle)
     assert all(c.status == "pass" for k, c in checks.items() if k.startswith("gpu0.")) and len(checks) > 4
     assert checks["gpu1.ecc_uncorrected"].status == "fail" and checks["gpu1.ecc_uncorrected"].measured == 3
     assert checks["gpu1.remap_pending"].status == "fail" and "reboot" in checks["gpu1.remap_pending"].action
     assert checks["gpu1.persistence"].status == "fail"
     assert checks["gpu1.throttle"].measured == "HW slowdown, HW thermal slowdown"
-    assert "gpu2.ecc_uncorrected" not in checks  # not reported: not judged
+    # [N/A]: not judged, but shown as not checked (it used to vanish)
+    skipped = checks["gpu2.ecc_uncorrected"]
+    assert skipped.status == "skip" and skipped.detail.endswith("not checked: nvidia-smi reports [N/A]")
+    assert (
+        checks["gpu2.remap_failed"].status == "skip"
+        and "nvidia-smi -q -d ROW_REMAPPER" in checks["gpu2.remap_failed"].action
+    )
     assert checks["gpu2.throttle"].status == "pass"  # 0x4: applications clocks setting, harmless
+
+
+# A driver that rejects one field answers the whole query with one line and no rows; the line is
+# the one recorded in ../shared/gpu-outputs/nvidia-smi_query-gpu_invalid-field_error.txt (driver 470).
+FAKE_SMI = r"""#!/usr/bin/env bash
+# nvidia-smi as a test stands it on PATH: $SMI_MODE says how it behaves
+case "${SMI_MODE:-ok}" in
+  hang) sleep 30 ;;
+  broken) echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."; exit 9 ;;
+esac
+query="${1#--query-gpu=}"
+IFS=, read -r -a fields <<<"$query"
+for f in "${fields[@]}"; do
+  if [[ ",${SMI_REJECT:-}," == *",$f,"* ]]; then echo "Field \"$f\" is not a valid field to query."; exit 2; fi
+done
+for gpu in 0 1; do
+  row=()
+  for f in "${fields[@]}"; do
+    case "$f" in
+      index) row+=("$gpu") ;; name) row+=("NVIDIA H100 80GB HBM3") ;;
+      ecc.errors.uncorrected.volatile.total) row+=("$(( gpu * 2 ))") ;;
+      remapped_rows.*) row+=("No") ;; persistence_mode) row+=("Enabled") ;;
+      clocks_event_reasons.active) row+=("0x0000000000000000") ;; *) row+=("[N/A]") ;;
+    esac
+  done
+  (IFS=,; echo "${row[*]}")
+done
+"""
+
+
+@pytest.fixture
+def fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text(FAKE_SMI)
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ['PATH']}")
+    return tool
+
+
+def test_a_field_the_driver_rejects_loses_only_its_own_checks(fake_smi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded = (
+        REPO_ROOT.parent / "shared" / "gpu-outputs" / "nvidia-smi_query-gpu_invalid-field_error.txt"
+    ).read_text()
+    monkeypatch.setenv("SMI_REJECT", "compute_cap")
+    refused = subprocess.run([str(fake_smi), "--query-gpu=compute_cap", "--format=csv"], capture_output=True, text=True)
+    assert refused.stdout == recorded  # the stand-in says what the real one said
+
+    monkeypatch.setenv("SMI_REJECT", "remapped_rows.pending,remapped_rows.failure")
+    checks = health_checks()
+    assert checks["gpu1.ecc_uncorrected"].status == "fail" and checks["gpu1.ecc_uncorrected"].measured == 2
+    assert checks["gpu0.ecc_uncorrected"].status == "pass" and checks["gpu0.persistence"].status == "pass"
+    assert checks["gpu0.throttle"].status == "pass"
+    pending = checks["gpu0.remap_pending"]
+    assert pending.status == "skip" and pending.detail == (
+        "row remapping (nvidia-smi -q -d ROW_REMAPPER): not checked: nvidia-smi: "
+        'exit code 2: Field "remapped_rows.pending" is not a valid field to query.'
+    )
+    # before: one call for every field, and nothing at all when it failed
+    monkeypatch.setenv("SMI_REJECT", "")
+    assert len(health_checks()) == len(checks)
+
+
+def test_nvidia_smi_that_hangs_or_fails_fails_the_node(fake_smi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "SMI_TIMEOUT_S", 1)
+    monkeypatch.setenv("SMI_MODE", "hang")
+    (check,) = health_checks().values()
+    assert (check.status, check.measured) == ("fail", "no answer in 1 s")
+    assert check.action.startswith(
+        "a wedged GPU or driver (look for Xid 79 or 119 in dmesg): reboot the node, or drain"
+    )
+    monkeypatch.setenv("SMI_MODE", "broken")
+    (check,) = health_checks().values()
+    assert check.status == "fail" and check.measured == (
+        "exit code 9: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+    )
+    assert launch.smi_query("-L").problem == check.measured
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi: a CPU node, no GPU checks
+    assert health_checks() == {} and launch.smi_query("-L").missing
 
 
 def test_nccl_tests_table_is_parsed() -> None:

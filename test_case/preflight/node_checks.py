@@ -9,13 +9,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
 from test_case.preflight.expectations import Expectations
 from test_case.preflight.records import Check, Value
-from test_case.training.launch import count_gpus, nvidia_smi
+from test_case.training.launch import SmiOutput, count_gpus, nvidia_smi, smi_query
 
 Checks = dict[str, Check]
 DRAIN = (
@@ -87,16 +87,78 @@ def gpu_checks(env: Mapping[str, str]) -> tuple[Checks, list[str]]:
     return {"gpu_count": check}, names
 
 
-def parse_health(lines: list[str], throttle: list[str]) -> Checks:
-    """GPU health checks from ``nvidia-smi --query-gpu=HEALTH_FIELDS`` (and the throttle reasons)."""
-    checks: Checks = {}
-    for i, line in enumerate(lines):
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) < len(HEALTH_FIELDS):
+def query_gpus(fields: Sequence[str]) -> tuple[list[dict[str, str]], dict[str, str], SmiOutput]:
+    """``nvidia-smi --query-gpu=FIELDS``: one dict per GPU, the fields not read (with why), and the
+    first call's outcome. When the driver rejects the call (one field it does not know fails them
+    all), each field is asked alone, so that only the unknown one is lost, and said so."""
+    first = smi_query(f"--query-gpu={','.join(fields)}", "--format=csv,noheader")
+    if first.problem is None:
+        cells = (line.split(",") for line in first.lines if line)
+        return [dict(zip(fields, (c.strip() for c in row), strict=False)) for row in cells], {}, first
+    if first.hung or first.missing:
+        return [], {f: first.problem for f in fields}, first
+    rows: list[dict[str, str]] = []
+    unread: dict[str, str] = {}
+    for field in fields:
+        one = smi_query(f"--query-gpu={field}", "--format=csv,noheader")
+        if one.problem is not None:
+            unread[field] = one.problem
             continue
-        index, _name, ecc, pending, failure, persistence = cells[: len(HEALTH_FIELDS)]
-        gpu = f"gpu{index}"
-        if ecc.isdigit():
+        values = [line.strip() for line in one.lines if line.strip()]
+        rows += [{} for _ in range(len(values) - len(rows))]
+        for row, value in zip(rows, values, strict=False):
+            row[field] = value
+    return rows, unread, first
+
+
+# what each health field checks, for the line of a check it could not make
+HEALTH_WHAT = {
+    "ecc.errors.uncorrected.volatile.total": (
+        "ecc_uncorrected",
+        "volatile uncorrectable ECC errors",
+        "nvidia-smi -q -d ECC",
+    ),
+    "remapped_rows.pending": (
+        "remap_pending",
+        "row remapping (nvidia-smi -q -d ROW_REMAPPER)",
+        "nvidia-smi -q -d ROW_REMAPPER",
+    ),
+    "remapped_rows.failure": (
+        "remap_failed",
+        "row remapping (nvidia-smi -q -d ROW_REMAPPER)",
+        "nvidia-smi -q -d ROW_REMAPPER",
+    ),
+    "persistence_mode": ("persistence", "persistence mode", "nvidia-smi -q"),
+}
+
+
+def not_checked(field: str, why: str) -> Check:
+    """A health check nvidia-smi gave no value for: shown as skipped, with why and how to look."""
+    _, what, look = HEALTH_WHAT[field]
+    return Check("skip", None, None, "", f"{what}: not checked: {why}", f"look with `{look}` on the node")
+
+
+def parse_health(rows: list[dict[str, str]], throttle: list[str], unread: Mapping[str, str] | None = None) -> Checks:
+    """GPU health checks from ``nvidia-smi --query-gpu=HEALTH_FIELDS`` rows (and the throttle reasons);
+    a field nvidia-smi did not read (``unread``) or reported as ``[N/A]`` is a skipped check, not none."""
+    checks: Checks = {}
+    unread = unread or {}
+    for i, row in enumerate(rows):
+        gpu = f"gpu{row.get('index', i)}"
+
+        def value(field: str, gpu: str = gpu, row: dict[str, str] = row) -> str | None:
+            """The field's value, or None after recording the skipped check."""
+            if field in unread:
+                checks[f"{gpu}.{HEALTH_WHAT[field][0]}"] = not_checked(field, f"nvidia-smi: {unread[field]}")
+                return None
+            raw = row.get(field, "")
+            if raw in ("", "[N/A]", "N/A", "[Not Supported]"):
+                checks[f"{gpu}.{HEALTH_WHAT[field][0]}"] = not_checked(field, f"nvidia-smi reports {raw or 'nothing'}")
+                return None
+            return raw
+
+        ecc = value("ecc.errors.uncorrected.volatile.total")
+        if ecc is not None and ecc.isdigit():
             checks[f"{gpu}.ecc_uncorrected"] = Check(
                 "pass" if int(ecc) == 0 else "fail",
                 int(ecc),
@@ -105,23 +167,22 @@ def parse_health(lines: list[str], throttle: list[str]) -> Checks:
                 "volatile uncorrectable ECC errors",
                 "reset the GPU (nvidia-smi -r) or reboot, then rerun the preflight; if they return, " + DRAIN,
             )
-        for field, value in (("remap_pending", pending), ("remap_failed", failure)):
-            if value.lower() in ("yes", "no"):
-                bad = value.lower() == "yes"
-                checks[f"{gpu}.{field}"] = Check(
+        for field in ("remapped_rows.pending", "remapped_rows.failure"):
+            remap = value(field)
+            if remap is not None and remap.lower() in ("yes", "no"):
+                bad = remap.lower() == "yes"
+                pending = field == "remapped_rows.pending"
+                checks[f"{gpu}.{HEALTH_WHAT[field][0]}"] = Check(
                     "fail" if bad else "pass",
-                    value,
+                    remap,
                     "No",
                     "",
                     "row remapping (nvidia-smi -q -d ROW_REMAPPER)",
-                    (
-                        "reboot to apply the pending remap"
-                        if field == "remap_pending"
-                        else "the GPU needs replacing: " + DRAIN
-                    )
+                    ("reboot to apply the pending remap" if pending else "the GPU needs replacing: " + DRAIN)
                     if bad
                     else "",
                 )
+        persistence = value("persistence_mode")
         if persistence in ("Enabled", "Disabled"):
             checks[f"{gpu}.persistence"] = Check(
                 "pass" if persistence == "Enabled" else "fail",
@@ -147,14 +208,30 @@ def parse_health(lines: list[str], throttle: list[str]) -> Checks:
 
 
 def health_checks() -> Checks:
-    """ECC, row remapping, persistence mode and throttle reasons of every GPU (none without nvidia-smi)."""
-    lines = nvidia_smi(f"--query-gpu={','.join(HEALTH_FIELDS)}", "--format=csv,noheader")
+    """ECC, row remapping, persistence mode and throttle reasons of every GPU (none without nvidia-smi).
+    nvidia-smi that hangs or fails fails the node; a field its driver rejects is a skipped check."""
+    rows, unread, first = query_gpus(HEALTH_FIELDS)
+    if first.missing:
+        return {}  # no GPU tool: a CPU node, or gpu_checks names the GPUs Slurm gave and nvidia-smi did not list
+    if first.hung or (not rows and first.problem is not None):
+        return {
+            "nvidia_smi": Check(
+                "fail",
+                first.problem,
+                "an answer",
+                "",
+                f"nvidia-smi --query-gpu={','.join(HEALTH_FIELDS)}",
+                ("a wedged GPU or driver (look for Xid 79 or 119 in dmesg): " if first.hung else "")
+                + "reboot the node, or "
+                + DRAIN,
+            )
+        }
     throttle: list[str] = []
     for field in THROTTLE_FIELDS:
         throttle = nvidia_smi(f"--query-gpu={field}", "--format=csv,noheader")
         if throttle:
             break
-    return parse_health(lines, throttle)
+    return parse_health(rows, throttle, unread)
 
 
 def efa_checks(env: Mapping[str, str], gpus: int) -> Checks:

@@ -99,15 +99,41 @@ def master_port(job_id: str | None) -> int:
     raise LaunchError(f"no free port in {PORT_BASE}-{PORT_BASE + PORT_SPAN - 1}; set MASTER_PORT")
 
 
-def nvidia_smi(*args: str) -> list[str]:
-    """Lines ``nvidia-smi ARGS`` prints; none without the tool, or when it fails or hangs."""
+SMI_TIMEOUT_S = 30  # nvidia-smi answers in about a second; no answer in 30 s is a wedged GPU or driver
+
+
+@dataclass(frozen=True)
+class SmiOutput:
+    """What one ``nvidia-smi`` call gave: its lines, or why there are none."""
+
+    lines: list[str]
+    problem: str | None = None  # "not found", "exit code N: <its first line>", "no answer in 30 s"
+    hung: bool = False
+
+    @property
+    def missing(self) -> bool:
+        return self.problem == "not found"
+
+
+def smi_query(*args: str) -> SmiOutput:
+    """Run ``nvidia-smi ARGS`` (from PATH) and keep apart a missing tool, a failure and a hang."""
     if not shutil.which("nvidia-smi"):
-        return []
+        return SmiOutput([], "not found")
     try:
-        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return out.stdout.splitlines() if out.returncode == 0 else []
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=SMI_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return SmiOutput([], f"no answer in {SMI_TIMEOUT_S} s", hung=True)
+    except OSError as err:
+        return SmiOutput([], f"could not run: {err}")
+    if out.returncode != 0:
+        said = (out.stdout + out.stderr).strip().splitlines()
+        return SmiOutput([], f"exit code {out.returncode}: {said[0].strip() if said else 'nothing printed'}")
+    return SmiOutput(out.stdout.splitlines())
+
+
+def nvidia_smi(*args: str) -> list[str]:
+    """Lines ``nvidia-smi ARGS`` prints; none without the tool, or when it fails or hangs (`smi_query` says which)."""
+    return smi_query(*args).lines
 
 
 def count_gpus(env: Mapping[str, str]) -> int:
