@@ -140,6 +140,10 @@ def test_the_verdict_names_the_straggler_the_restart_and_the_job_that_never_ran(
     jobs = {j.job_id: j for j in verdict.jobs}
     assert jobs["3"].stragglers == ["node2"] and jobs["4"].restarts == 1 and jobs["99"].status == "never ran"
     assert jobs["3"].baseline == "no-match"  # a CPU run: no published row, not judged on it
+    # ... and the verdict says so on a line of its own, never a silent pass
+    assert "job 3 (mpt-tiny-cpu on 2 node(s)): throughput not compared: no row for gpu=cpu model=mpt-tiny-cpu" in (
+        " ".join(verdict.notes)
+    )
 
     # the report finds the manifest beside the logs, prints the verdict and exits 4
     manifest.write(tmp_path)
@@ -149,3 +153,5 @@ def test_the_verdict_names_the_straggler_the_restart_and_the_job_that_never_ran(
     assert {j["job_id"] for j in doc["verdict"]["jobs"]} == {"3", "4", "99"}
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "## Acceptance verdict" in markdown and "Sweep 3: **FAIL**" in markdown
+    assert "- note: job 3 (mpt-tiny-cpu on 2 node(s)): throughput not compared: no row for gpu=cpu" in markdown
+    assert doc["verdict"]["notes"] == verdict.notes

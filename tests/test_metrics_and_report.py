@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from test_case.report.compare import DEFAULT_BASELINE, compare_to_baseline, load_baseline
 from test_case.report.log_parser import parse_composer_log
 from test_case.report.metrics import steady_state_window, summarise_run
 from tests.conftest import REPO_ROOT
@@ -225,6 +226,52 @@ def test_scaling_and_baseline_gate(tmp_path: Path) -> None:
         == 0
     )
     assert run_report(str(tmp_path), "--baseline", "--out", str(tmp_path / "r3")).returncode == 0  # shipped CSV
+
+
+def seven_b_log(microbatch: int, checkpointing: bool, mp_mode: str, samples_per_sec: float = 41.0) -> list[str]:
+    """An 8-GPU H100 run of MPT-7B with the configuration given, as llm-foundry dumps it."""
+    lines = [line.replace("mpt-125m", "mpt-7b") for line in gpu_log(8, samples_per_sec)]
+    lines = [line for line in lines if "activation_checkpointing" not in line]
+    at = lines.index("global_train_batch_size: 256")
+    return [
+        *lines[:at],
+        f"device_train_microbatch_size: {microbatch}",
+        "fsdp_config:",
+        "  sharding_strategy: FULL_SHARD",
+        f"  mixed_precision: {mp_mode}",
+        f"  activation_checkpointing: {str(checkpointing).lower()}",
+        *lines[at:],
+    ]
+
+
+def test_the_baseline_gate_compares_only_the_published_configuration() -> None:
+    rows = load_baseline(DEFAULT_BASELINE)
+    (published,) = [r for r in rows if (r.gpu, r.model, r.n_gpus, r.seq_len) == ("h100-80gb", "mpt-7b", 8, 2048)]
+    # llm-foundry's sweep: 7B on 8 H100, microbatch 6, no activation checkpointing, MP DEFAULT, 46.44 % MFU
+    assert (published.microbatch, published.activation_checkpointing, published.mp_mode) == (6, False, "DEFAULT")
+    assert (published.mfu_pct, published.tokens_per_sec_per_gpu, published.sharding_strategy) == (
+        46.44,
+        10643,
+        "FULL_SHARD",
+    )
+    assert len(rows) == 216 and {r.gpu for r in rows} == {"h100-80gb", "a100-80gb", "a100-40gb"}
+
+    ours = summarise_run(parse_composer_log(seven_b_log(8, True, "PURE")))  # yamls/mpt-7b.yaml's setup
+    assert (ours.microbatch, ours.activation_checkpointing, ours.fsdp_mixed_precision) == (8, True, "PURE")
+    verdict = compare_to_baseline(ours, rows, 0.10)
+    assert verdict.status == "no-match" and verdict.ratio is None
+    assert verdict.reason == (
+        "no comparable row: the published mpt-7b on 8 h100-80gb ran precision amp_bf16, microbatch 6, "
+        "activation checkpointing off, FSDP sharding FULL_SHARD, FSDP mixed precision DEFAULT; this run "
+        "differs: microbatch 6 published, 8 here; activation checkpointing off published, on here; "
+        "FSDP mixed precision DEFAULT published, PURE here"
+    )
+    # the published configuration is compared: 41 samples/s x 2048 / 8 GPUs = 10,496 tokens/s per GPU
+    same = summarise_run(parse_composer_log(seven_b_log(6, False, "DEFAULT")))
+    verdict = compare_to_baseline(same, rows, 0.10)
+    assert verdict.status == "ok" and verdict.ratio == pytest.approx(10496 / 10643)
+    slow = summarise_run(parse_composer_log(seven_b_log(6, False, "DEFAULT", samples_per_sec=30.0)))
+    assert compare_to_baseline(slow, rows, 0.10).status == "below"
 
 
 def test_bad_baseline_is_a_clear_error(tmp_path: Path) -> None:

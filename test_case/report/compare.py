@@ -5,9 +5,14 @@
   ``efficiency = tokens_per_sec_per_device / tokens_per_sec_per_device of the smallest run``
   (1.0 is perfect linear scaling).
 * Baseline: the row of a CSV in the format of ``reference/llm-foundry-mpt-benchmarks.csv``
-  (llm-foundry's published MPT throughput) with the same GPU type, model and number of GPUs.
+  (every row of llm-foundry's published MPT table, scripts/train/benchmarking/README.md, with the
+  configuration each ran) of the same GPU type, model, number of GPUs and sequence length, and of
+  the same configuration: precision, microbatch, activation checkpointing, FSDP sharding and
+  mixed precision ("MP Mode"). A run of another configuration is not compared ("no comparable
+  row", naming what differs): recomputing the forward alone costs about a third of the throughput.
   ``ratio = tokens_per_sec_per_device / tokens_per_sec_per_gpu`` of that row; a run passes when
   ``ratio >= 1 - tolerance``. A run that did not complete is not compared (``not-compared``).
+  A CSV without the configuration columns (an older one of yours) is compared on the first five.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ DEFAULT_BASELINE = REPO_ROOT / "reference" / "llm-foundry-mpt-benchmarks.csv"
 
 @dataclass(frozen=True)
 class BaselineRow:
-    """One published measurement."""
+    """One published measurement and the configuration it ran (None: not stated in the CSV)."""
 
     gpu: str
     model: str
@@ -35,10 +40,40 @@ class BaselineRow:
     precision: str
     mfu_pct: float
     tokens_per_sec_per_gpu: float
+    microbatch: int | None = None
+    activation_checkpointing: bool | None = None
+    sharding_strategy: str | None = None
+    mp_mode: str | None = None
+
+    def setup(self) -> dict[str, object]:
+        """The configuration the gate matches on, by the run's names."""
+        return {
+            "precision": self.precision,
+            "microbatch": self.microbatch,
+            "activation checkpointing": self.activation_checkpointing,
+            "FSDP sharding": self.sharding_strategy,
+            "FSDP mixed precision": self.mp_mode,
+        }
 
 
 class BaselineError(ValueError):
     """The baseline CSV cannot be used; the message names the file and line."""
+
+
+NEEDED = ("gpu", "model", "seq_len", "n_gpus", "global_batch_size", "precision", "mfu_pct", "tokens_per_sec_per_gpu")
+
+
+def _optional(row: dict[str, str], column: str) -> str | None:
+    value = (row.get(column) or "").strip()
+    return value or None
+
+
+def _flag(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value.lower() not in ("true", "false"):
+        raise ValueError(f"true or false, not {value!r}")
+    return value.lower() == "true"
 
 
 def load_baseline(path: Path) -> list[BaselineRow]:
@@ -46,20 +81,11 @@ def load_baseline(path: Path) -> list[BaselineRow]:
     rows: list[BaselineRow] = []
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        need = {
-            "gpu",
-            "model",
-            "seq_len",
-            "n_gpus",
-            "global_batch_size",
-            "precision",
-            "mfu_pct",
-            "tokens_per_sec_per_gpu",
-        }
-        if not need <= set(reader.fieldnames or []):
-            raise BaselineError(f"{path}: needs the columns {', '.join(sorted(need))}")
+        if not set(NEEDED) <= set(reader.fieldnames or []):
+            raise BaselineError(f"{path}: needs the columns {', '.join(sorted(NEEDED))}")
         for line, row in enumerate(reader, start=2):
             try:
+                microbatch = _optional(row, "microbatch")
                 rows.append(
                     BaselineRow(
                         row["gpu"].strip().lower(),
@@ -70,6 +96,10 @@ def load_baseline(path: Path) -> list[BaselineRow]:
                         row["precision"].strip(),
                         float(row["mfu_pct"]),
                         float(row["tokens_per_sec_per_gpu"]),
+                        microbatch=None if microbatch is None else int(microbatch),
+                        activation_checkpointing=_flag(_optional(row, "activation_checkpointing")),
+                        sharding_strategy=_optional(row, "sharding_strategy"),
+                        mp_mode=_optional(row, "mp_mode"),
                     )
                 )
             except (TypeError, ValueError) as err:
@@ -77,10 +107,44 @@ def load_baseline(path: Path) -> list[BaselineRow]:
     return rows
 
 
+def run_setup(run: RunSummary) -> dict[str, object]:
+    """The run's configuration by the names of `BaselineRow.setup` (None: not in its log)."""
+    return {
+        "precision": run.precision,
+        "microbatch": run.microbatch,
+        "activation checkpointing": run.activation_checkpointing,
+        "FSDP sharding": run.fsdp_sharding,
+        "FSDP mixed precision": run.fsdp_mixed_precision,
+    }
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "not stated"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _setup_text(setup: dict[str, object]) -> str:
+    return ", ".join(f"{name} {_shown(value)}" for name, value in setup.items())
+
+
+def differences(row: BaselineRow, run: RunSummary) -> list[str]:
+    """What of the row's stated configuration the run did otherwise (a setting the row does not
+    state is not compared; one the run's log does not state differs)."""
+    ours = run_setup(run)
+    return [
+        f"{name} {_shown(value)} published, {_shown(ours[name])} here"
+        for name, value in row.setup().items()
+        if value is not None and value != ours[name]
+    ]
+
+
 def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: float) -> BaselineVerdict:
-    """The matching row and the verdict for one run (``status``: ok, below, no-match)."""
+    """The comparable row and the verdict for one run (``status``: ok, below, no-match, not-compared)."""
     gpu = BASELINE_NAME.get(run.gpu or "", run.gpu or "")
-    matches = [
+    candidates = [
         r
         for r in rows
         if r.gpu == gpu
@@ -90,13 +154,21 @@ def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: flo
     ]
     if run.status != "completed":
         return BaselineVerdict("not-compared", reason=f"the run {run.status}: only completed runs are compared")
-    if not matches or run.tokens_per_sec_per_device is None:
+    if not candidates or run.tokens_per_sec_per_device is None:
         why = "no throughput" if run.tokens_per_sec_per_device is None else "no row"
         return BaselineVerdict(
             "no-match",
             reason=f"{why} for gpu={gpu or '?'} model={run.model} n_gpus={run.world_size} seq_len={run.max_seq_len}",
         )
-    row = matches[0]
+    comparable = [r for r in candidates if not differences(r, run)]
+    if not comparable:
+        nearest = min(candidates, key=lambda r: len(differences(r, run)))
+        return BaselineVerdict(
+            "no-match",
+            reason=f"no comparable row: the published {run.model} on {nearest.n_gpus} {nearest.gpu} ran "
+            f"{_setup_text(nearest.setup())}; this run differs: {'; '.join(differences(nearest, run))}",
+        )
+    row = comparable[0]
     ratio = run.tokens_per_sec_per_device / row.tokens_per_sec_per_gpu
     return BaselineVerdict(
         "ok" if ratio >= 1 - tolerance else "below",

@@ -269,6 +269,9 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         dataset_tokenizer=header.dataset_tokenizer,
         global_batch_size=_as_int(config.get("global_train_batch_size")),
         activation_checkpointing=_truthy(config.get("activation_checkpointing")),
+        microbatch=_as_int(config.get("device_train_microbatch_size")),
+        fsdp_sharding=str(config["sharding_strategy"]) if "sharding_strategy" in config else None,
+        fsdp_mixed_precision=str(config["mixed_precision"]) if "mixed_precision" in config else None,
         restarts=max(0, parsed.starts - 1),
         restart_events=[asdict(e) for e in parsed.restart_events],
     )

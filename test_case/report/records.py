@@ -129,6 +129,7 @@ class Verdict:
     jobs: list[VerdictJob]
     nodes: dict[str, str]  # host -> preflight status (pass, fail), or straggler
     fabric: list[dict[str, object]]  # the preflight's collectives: peak busbw against expectation
+    notes: list[str] = field(default_factory=list)  # said without judging: what was not compared, and why
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (report.json ``verdict``)."""
@@ -202,6 +203,9 @@ class RunSummary:
     dataset_tokenizer: str | None = None  # the tokenizer the training data was made with (run header)
     global_batch_size: int | None = None
     activation_checkpointing: bool = False
+    microbatch: int | None = None  # device_train_microbatch_size
+    fsdp_sharding: str | None = None  # fsdp_config.sharding_strategy (FULL_SHARD, ...)
+    fsdp_mixed_precision: str | None = None  # fsdp_config.mixed_precision: llm-foundry's "MP Mode" (PURE, DEFAULT)
     restarts: int = 0
     restart_events: list[dict[str, Any]] = field(default_factory=list)  # test_case.restart_events, as logged
     last_batch: int | None = None

@@ -337,7 +337,7 @@ def _verdict_lines(verdict: Verdict | None) -> list[str]:
     jobs = len(verdict.jobs)
     done = sum(j.status == "completed" for j in verdict.jobs)
     lines = [f"acceptance sweep {verdict.sweep_id}: {verdict.status} ({done}/{jobs} training jobs completed)"]
-    return lines + [f"  FAIL: {reason}" for reason in verdict.reasons]
+    return lines + [f"  FAIL: {reason}" for reason in verdict.reasons] + [f"  note: {note}" for note in verdict.notes]
 
 
 def _verdict_markdown(verdict: Verdict | None) -> list[str]:
@@ -346,6 +346,7 @@ def _verdict_markdown(verdict: Verdict | None) -> list[str]:
         return []
     parts = ["## Acceptance verdict", "", f"Sweep {verdict.sweep_id}: **{verdict.status}**", ""]
     parts += [f"- {reason}" for reason in verdict.reasons] + ([""] if verdict.reasons else [])
+    parts += [f"- note: {note}" for note in verdict.notes] + ([""] if verdict.notes else [])
     if verdict.nodes:
         parts += ["| node | status (preflight, or straggler) |", "|---|---|"]
         parts += [*[f"| {n} | {s} |" for n, s in verdict.nodes.items()], ""]

@@ -9,8 +9,9 @@ state where ``scontrol`` can still tell (`slurm_state`). The sweep FAILs for eac
 * each training job of the manifest: no log (never ran: its Slurm state; a job Slurm cancelled
   because the preflight failed says so), no train metrics (the error line), a run that did not
   complete, a restart during the sweep (its cause), a straggler rank (its node), throughput more
-  than the manifest's ``tolerance`` below the published baseline (`compare_to_baseline`; a GPU
-  without a published row is not judged on it), scaling efficiency (tokens/s per device against
+  than the manifest's ``tolerance`` below the published baseline (`compare_to_baseline`; a run
+  without a published row of its configuration is not judged on it, and the verdict's ``notes`` say
+  "throughput not compared" with why), scaling efficiency (tokens/s per device against
   the same model's run at the smallest node count) below the manifest's ``scaling_threshold``.
 
 Everything else it reports without judging: tokens/s per device, MFU, goodput, the fabric's peak
@@ -97,6 +98,7 @@ def judge_sweep(
     untrained = {j.job_id: j for j in jobs}
     smallest: dict[str, float] = {}  # model -> tokens/s per device at its smallest node count that completed
     out: list[VerdictJob] = []
+    notes: list[str] = []
     for job in sorted(manifest.train_jobs, key=lambda j: (j.model or "", j.nodes)):
         run = by_job.get(job.job_id)
         record = VerdictJob(job.job_id, job.model, job.nodes, "never ran" if run is None else run.status)
@@ -135,6 +137,8 @@ def judge_sweep(
             )
         verdict = compare_to_baseline(run, baseline, manifest.tolerance)
         record.baseline, record.baseline_ratio = verdict.status, verdict.ratio
+        if verdict.status == "no-match":
+            notes.append(f"{_describe(job)}: throughput not compared: {verdict.reason}")
         if verdict.status == "below":
             record.reasons.append(
                 f"{_describe(job)}: {100 * (verdict.ratio or 0):.1f}% of the published "
@@ -154,4 +158,4 @@ def judge_sweep(
         reasons += record.reasons
         for node in record.stragglers:
             nodes[node] = "straggler"
-    return Verdict(manifest.sweep_id, "FAIL" if reasons else "PASS", reasons, out, nodes, fabric)
+    return Verdict(manifest.sweep_id, "FAIL" if reasons else "PASS", reasons, out, nodes, fabric, notes)
