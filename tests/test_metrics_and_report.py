@@ -104,6 +104,12 @@ def test_mfu_is_unknown_with_a_reason_never_against_a_wrong_peak() -> None:
         ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
         ("NVIDIA A100-SXM4-80GB", "a100-80gb"),
         ("a100-80gb", "a100-80gb"),
+        ("NVIDIA B200", "b200"),
+        ("NVIDIA GB200", "gb200"),
+        ("NVIDIA H200 NVL", "h200-nvl"),
+        ("AMD Instinct MI300X", "mi300x"),
+        ("AMD Instinct MI300X VF", "mi300x"),
+        ("AMD Instinct MI325X", "mi325x"),
         ("Tesla T4", None),
     ],
 )
@@ -111,6 +117,32 @@ def test_gpu_names_map_to_peaks(name: str, key: str | None) -> None:
     from test_case.report.gpu_peaks import gpu_key
 
     assert gpu_key(name) == key
+
+
+def test_peaks_agree_with_composers_table_and_fp32_is_what_composer_divides_by() -> None:
+    """Where Composer 0.32.1 (the pinned one) knows a GPU, our peak for each precision is its number,
+    so that our MFU and its logged throughput/device/mfu agree; fp32 is the FP32 rate, not TF32's."""
+    from composer.callbacks.speed_monitor import GPU_AVAILABLE_FLOPS
+
+    from test_case.report.gpu_peaks import peak_tflops
+
+    theirs = {"h100-sxm": "h100-sxm", "h100-pcie": "h100-pcie", "h200": "h200-sxm", "a100-80gb": "a100"}
+    for ours, key in theirs.items():
+        for precision in ("fp32", "amp_bf16", "amp_fp16", "amp_fp8"):
+            flops = GPU_AVAILABLE_FLOPS[key].get(precision)
+            peak = peak_tflops(ours, precision)
+            assert (peak.tflops, flops is None) == ((None, True) if flops is None else (flops / 1e12, False)), (
+                ours,
+                precision,
+            )
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "fp32").tflops == 67.0  # 494.5 was the TF32 rate: 7.4x
+    assert peak_tflops("NVIDIA B200", "amp_bf16").tflops == 2250.0  # 4.5 PF with sparsity, halved
+    assert peak_tflops("NVIDIA GB200", "amp_fp8").tflops == 5000.0
+    assert peak_tflops("NVIDIA H200 NVL", "amp_bf16").tflops == 835.5  # Composer takes it for an SXM (989.5)
+    assert peak_tflops("AMD Instinct MI300X", "amp_fp16").tflops == 1307.4  # AMD prints dense
+    assert (
+        peak_tflops("NVIDIA A100-SXM4-80GB", "amp_fp8").reason == "no amp_fp8 peak for a100-80gb; pass --peak-tflops X"
+    )
 
 
 def test_loss_spikes_start_batches() -> None:
