@@ -66,7 +66,9 @@ if [[ -n "${BUNDLE:-}" ]]; then
 fi
 
 # NCCL over EFA (AWS). Harmless on CPU runs, which use gloo and never load NCCL.
-export FI_PROVIDER="${FI_PROVIDER:-efa}"                   # libfabric provider: the EFA device
+# The libfabric provider aws-ofi-nccl uses: the EFA device, on nodes with the efa kernel module. On
+# InfiniBand or RoCE clusters NCCL uses its own transport and FI_PROVIDER stays unset.
+if [[ -z "${FI_PROVIDER:-}" && -d /sys/module/efa ]]; then export FI_PROVIDER=efa; fi
 export FI_EFA_USE_DEVICE_RDMA="${FI_EFA_USE_DEVICE_RDMA:-1}"   # GPUDirect RDMA (p4d/p5)
 export FI_EFA_FORK_SAFE="${FI_EFA_FORK_SAFE:-1}"           # dataloader workers fork: keep libfabric safe
 export FI_EFA_USE_HUGE_PAGE="${FI_EFA_USE_HUGE_PAGE:-0}"   # avoid huge-page exhaustion with many ranks

@@ -15,7 +15,7 @@ from test_case.preflight.cli import parse_all_reduce_perf
 from test_case.preflight.expectations import load
 from test_case.preflight.fabric import bus_factor, node_pairs
 from test_case.preflight.nccl_tests import NcclTestsError
-from test_case.preflight.node_checks import HEALTH_FIELDS, health_checks, parse_health
+from test_case.preflight.node_checks import HEALTH_FIELDS, efa_checks, health_checks, parse_health
 from test_case.preflight.records import Check, NodePart, PreflightReport, Value, write_part
 from test_case.preflight.verdict import build_report
 from test_case.training import launch
@@ -128,6 +128,42 @@ def test_nvidia_smi_that_hangs_or_fails_fails_the_node(fake_smi: Path, monkeypat
     assert launch.smi_query("-L").problem == check.measured
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi: a CPU node, no GPU checks
     assert health_checks() == {} and launch.smi_query("-L").missing
+
+
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str, output: str, code: int) -> None:
+    """A tool on PATH that prints a recorded output and exits with ``code``."""
+    folder = tmp_path / "tools"
+    folder.mkdir(exist_ok=True)
+    (folder / "out.txt").write_text(output)
+    (folder / tool).write_text(f"#!/usr/bin/env bash\ncat {folder / 'out.txt'}\nexit {code}\n")
+    (folder / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+
+
+def test_efa_devices_are_counted_where_nccl_uses_efa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = REPO_ROOT.parent / "shared" / "gpu-outputs"
+    stand_in(tmp_path, monkeypatch, "fi_info", (outputs / "fi_info_p-efa_t-FI_EP_RDM_p4d-24xlarge.txt").read_text(), 0)
+    (check,) = efa_checks({"FI_PROVIDER": "efa"}, 8, "p4d.24xlarge").values()
+    assert (check.status, check.measured) == ("pass", 4)  # a p4d's four EFA devices
+    # a p5 whose EFA did not come up: env.sh set no FI_PROVIDER (no efa module), the instance type says EFA
+    stand_in(tmp_path, monkeypatch, "fi_info", (outputs / "fi_info_p-efa_no-efa-device_error.txt").read_text(), 1)
+    (check,) = efa_checks({}, 8, "p5.48xlarge").values()
+    assert (check.status, check.measured) == ("fail", 0) and check.detail.endswith(": fi_getinfo: -61")
+    assert check.action.startswith("no EFA device: check the instance's network interfaces and the EFA driver")
+    # an InfiniBand cluster: NCCL uses its own transport, nothing to check; a CPU node neither
+    (skip,) = efa_checks({}, 8, "ND96isr H100 v5").values()
+    assert skip.status == "skip" and "not an EFA node (FI_PROVIDER unset, instance ND96isr H100 v5)" in skip.detail
+    assert efa_checks({"FI_PROVIDER": "efa"}, 0, None)["efa"].detail.startswith("CPU node")
+
+
+def test_env_sh_sets_fi_provider_only_where_efa_is(tmp_path: Path) -> None:
+    source = f"ROOT={REPO_ROOT}; SCRIPT=t; VENV=/nonexistent; source {REPO_ROOT}/slurm-scripts/env.sh"
+    script = source + '; echo "[${FI_PROVIDER-unset}]"'
+    env = {k: v for k, v in os.environ.items() if k != "FI_PROVIDER"}
+    here = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert not Path("/sys/module/efa").exists() and here.strip() == "[unset]"  # this machine: no EFA
+    chosen = subprocess.run(["bash", "-c", script], env={**env, "FI_PROVIDER": "verbs"}, capture_output=True, text=True)
+    assert chosen.stdout.strip() == "[verbs]"  # set by the user: kept
 
 
 def test_nccl_tests_table_is_parsed() -> None:

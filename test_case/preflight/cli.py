@@ -62,7 +62,7 @@ def node(args: argparse.Namespace) -> int:
     exp = load(args.expectations, args.tolerance, args.peer_tolerance)
     checks, names = node_checks.gpu_checks(env)
     checks |= node_checks.health_checks()
-    checks |= node_checks.efa_checks(env, plan.gpus_per_node)
+    checks |= node_checks.efa_checks(env, plan.gpus_per_node, instance_type())
     checks |= node_checks.shm_checks(exp)
     checks |= node_checks.save_root_checks(Path(env.get("SAVE_ROOT", "checkpoints")), exp)
     checks |= node_checks.dataset_checks(

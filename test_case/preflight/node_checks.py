@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -234,25 +235,33 @@ def health_checks() -> Checks:
     return parse_health(rows, throttle, unread)
 
 
-def efa_checks(env: Mapping[str, str], gpus: int) -> Checks:
-    """EFA devices (``fi_info -p efa``) when NCCL is to use them: GPU nodes with FI_PROVIDER=efa."""
-    if gpus == 0 or env.get("FI_PROVIDER") != "efa":
-        return {
-            "efa": Check("skip", None, None, "devices", "CPU node or FI_PROVIDER is not efa: NCCL does not use EFA")
-        }
+# EC2 GPU instances that come with EFA (p4d.24xlarge, p5.48xlarge, p5en, p6-b200.48xlarge, p6e-gb200...)
+EFA_INSTANCE = re.compile(r"^p(4d|4de|5|5e|5en|6|6e)[.-]")
+
+
+def efa_checks(env: Mapping[str, str], gpus: int, instance: str | None = None) -> Checks:
+    """EFA devices (``fi_info -p efa``) where NCCL is to use them: GPU nodes with FI_PROVIDER=efa
+    (env.sh sets it where the efa kernel module is loaded) or of an EC2 type that has EFA, so that
+    a p5 whose EFA driver did not load is named. On InfiniBand or RoCE clusters NCCL uses its own
+    transport: skipped there."""
+    expected = gpus > 0 and (env.get("FI_PROVIDER") == "efa" or bool(EFA_INSTANCE.match(instance or "")))
+    if not expected:
+        why = "CPU node" if gpus == 0 else f"not an EFA node (FI_PROVIDER unset, instance {instance or 'unknown'})"
+        return {"efa": Check("skip", None, None, "devices", f"{why}: NCCL does not use EFA")}
     if not shutil.which("fi_info"):
         return {
             "efa": Check("fail", None, ">= 1", "devices", "fi_info not found", "run in the suite's image (IMAGE=...)")
         }
     out = subprocess.run(["fi_info", "-p", "efa", "-t", "FI_EP_RDM"], capture_output=True, text=True, timeout=30)
     devices = {line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.strip().startswith("domain:")}
+    said = " | ".join((out.stdout + out.stderr).strip().splitlines()[:2])
     return {
         "efa": Check(
             "pass" if devices else "fail",
             len(devices),
             ">= 1",
             "devices",
-            "fi_info -p efa -t FI_EP_RDM",
+            "fi_info -p efa -t FI_EP_RDM" + ("" if devices else f": {said or 'nothing printed'}"),
             "" if devices else "no EFA device: check the instance's network interfaces and the EFA driver, or " + DRAIN,
         )
     }
