@@ -18,7 +18,7 @@ from test_case.preflight.nccl_tests import NcclTestsError
 from test_case.preflight.node_checks import HEALTH_FIELDS, efa_checks, health_checks, parse_health
 from test_case.preflight.records import Check, NodePart, PreflightReport, Value, write_part
 from test_case.preflight.verdict import build_report
-from test_case.training import launch
+from test_case.training import gpus
 from tests.conftest import REPO_ROOT
 
 SCRIPT = "slurm-scripts/0.preflight.sbatch"
@@ -113,7 +113,7 @@ def test_a_field_the_driver_rejects_loses_only_its_own_checks(fake_smi: Path, mo
 
 
 def test_nvidia_smi_that_hangs_or_fails_fails_the_node(fake_smi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launch, "SMI_TIMEOUT_S", 1)
+    monkeypatch.setattr(gpus, "SMI_TIMEOUT_S", 1)
     monkeypatch.setenv("SMI_MODE", "hang")
     (check,) = health_checks().values()
     assert (check.status, check.measured) == ("fail", "no answer in 1 s")
@@ -125,9 +125,9 @@ def test_nvidia_smi_that_hangs_or_fails_fails_the_node(fake_smi: Path, monkeypat
     assert check.status == "fail" and check.measured == (
         "exit code 9: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
     )
-    assert launch.smi_query("-L").problem == check.measured
+    assert gpus.smi_query("-L").problem == check.measured
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi: a CPU node, no GPU checks
-    assert health_checks() == {} and launch.smi_query("-L").missing
+    assert health_checks() == {} and gpus.smi_query("-L").missing
 
 
 def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str, output: str, code: int) -> None:

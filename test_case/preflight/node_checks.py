@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from test_case.preflight.expectations import Expectations
 from test_case.preflight.records import Check, Value
-from test_case.training.launch import SmiOutput, count_gpus, nvidia_smi, smi_query
+from test_case.training.gpus import DRIVER_GPUS, SmiOutput, node_gpus, node_problems, nvidia_smi, smi_query
 
 Checks = dict[str, Check]
 DRAIN = (
@@ -67,23 +68,25 @@ def versions() -> dict[str, Value]:
     }
 
 
-def gpu_checks(env: Mapping[str, str]) -> tuple[Checks, list[str]]:
-    """GPU count (Slurm's allocation against nvidia-smi) and the GPU names."""
+def gpu_checks(env: Mapping[str, str], driver_dir: Path = DRIVER_GPUS) -> tuple[Checks, list[str]]:
+    """GPU count (`test_case.training.gpus`: the driver's GPUs, nvidia-smi's and Slurm's allocation)
+    and the GPU names. A node whose GPUs the job was not given (not asked for, where Slurm confines
+    devices) fails: judged as a CPU node it would pass without a GPU touched."""
     listed = [line for line in nvidia_smi("-L") if line.startswith("GPU ")]
     names = [line.split(":", 1)[1].split("(UUID")[0].strip() for line in listed]
-    allocated = count_gpus(env)
-    if not listed and allocated == 0:
-        return {"gpu_count": Check("pass", 0, 0, "GPUs", "CPU node: no nvidia-smi GPUs and none allocated")}, []
-    ok = len(listed) == allocated
+    counts = node_gpus(env.get("SLURMD_NODENAME") or socket.gethostname(), env, driver_dir)
+    if counts.driver == 0 and counts.visible == 0 and not counts.allocated:
+        return {
+            "gpu_count": Check("pass", 0, 0, "GPUs", "CPU node: no GPU in the driver, none listed or allocated")
+        }, []
+    problems = node_problems(counts)
     check = Check(
-        "pass" if ok else "fail",
-        len(listed),
-        allocated,
+        "fail" if problems else "pass",
+        counts.visible,
+        counts.allocated if counts.allocated is not None else (counts.driver or counts.visible),
         "GPUs",
-        "nvidia-smi -L against Slurm's SLURM_GPUS_ON_NODE",
-        ""
-        if ok
-        else "a GPU is missing or fell off the bus (nvidia-smi -L, dmesg for Xid 79): reboot the node, or " + DRAIN,
+        "nvidia-smi -L against Slurm's SLURM_GPUS_ON_NODE, else the driver's /proc/driver/nvidia/gpus",
+        problems[0] if problems else "",
     )
     return {"gpu_count": check}, names
 

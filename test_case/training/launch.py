@@ -40,13 +40,16 @@ from typing import TYPE_CHECKING, Any
 
 from test_case import REPO_ROOT
 from test_case.run_header import RunHeader
+from test_case.training import gpus
 from test_case.training.config_check import override_problems, unknown_key_problems
 from test_case.training.dataset_fit import DatasetFacts, dataset_facts, fit_problems
+from test_case.training.gpus import NodeGpus, allocated_gpus, nvidia_smi
 from test_case.training.heartbeat import DIR_ENV as HEARTBEAT_DIR_ENV
 from test_case.training.mixture import MixtureError, load_mixture, mixture_overrides
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
     from omegaconf import DictConfig
+
 
 PORT_BASE, PORT_SPAN = 20000, 10000
 
@@ -99,49 +102,11 @@ def master_port(job_id: str | None) -> int:
     raise LaunchError(f"no free port in {PORT_BASE}-{PORT_BASE + PORT_SPAN - 1}; set MASTER_PORT")
 
 
-SMI_TIMEOUT_S = 30  # nvidia-smi answers in about a second; no answer in 30 s is a wedged GPU or driver
-
-
-@dataclass(frozen=True)
-class SmiOutput:
-    """What one ``nvidia-smi`` call gave: its lines, or why there are none."""
-
-    lines: list[str]
-    problem: str | None = None  # "not found", "exit code N: <its first line>", "no answer in 30 s"
-    hung: bool = False
-
-    @property
-    def missing(self) -> bool:
-        return self.problem == "not found"
-
-
-def smi_query(*args: str) -> SmiOutput:
-    """Run ``nvidia-smi ARGS`` (from PATH) and keep apart a missing tool, a failure and a hang."""
-    if not shutil.which("nvidia-smi"):
-        return SmiOutput([], "not found")
-    try:
-        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=SMI_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        return SmiOutput([], f"no answer in {SMI_TIMEOUT_S} s", hung=True)
-    except OSError as err:
-        return SmiOutput([], f"could not run: {err}")
-    if out.returncode != 0:
-        said = (out.stdout + out.stderr).strip().splitlines()
-        return SmiOutput([], f"exit code {out.returncode}: {said[0].strip() if said else 'nothing printed'}")
-    return SmiOutput(out.stdout.splitlines())
-
-
-def nvidia_smi(*args: str) -> list[str]:
-    """Lines ``nvidia-smi ARGS`` prints; none without the tool, or when it fails or hangs (`smi_query` says which)."""
-    return smi_query(*args).lines
-
-
 def count_gpus(env: Mapping[str, str]) -> int:
     """GPUs this node gives the job: Slurm's count, else what ``nvidia-smi -L`` lists, else 0."""
-    for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
-        value = env.get(key, "").split(":")[-1]
-        if value.isdigit():
-            return int(value)
+    allocated = allocated_gpus(env)
+    if allocated is not None:
+        return allocated
     return sum(1 for line in nvidia_smi("-L") if line.startswith("GPU "))
 
 
@@ -390,6 +355,30 @@ def heartbeat_dir(env: Mapping[str, str], plan: NodePlan) -> Path:
     return root / plan.run_name / "heartbeats" / f"start{env.get('SLURM_RESTART_COUNT') or 0}"
 
 
+def _several_nodes(plan: NodePlan, env: Mapping[str, str]) -> bool:
+    return "SLURM_JOB_ID" in env and plan.num_nodes > 1
+
+
+def share_gpu_counts(plan: NodePlan, env: Mapping[str, str]) -> NodeGpus:
+    """This node's GPU counts (`test_case.training.gpus`), written into the start's shared folder on a
+    job of several Slurm nodes: first thing in the node check, so that no node waits for one that
+    stops at another problem."""
+    counts = gpus.node_gpus(env.get("SLURMD_NODENAME") or socket.gethostname(), env)
+    if _several_nodes(plan, env):
+        gpus.record(heartbeat_dir(env, plan) / "gpus", counts)
+    return counts
+
+
+def gpu_problems(plan: NodePlan, env: Mapping[str, str], counts: NodeGpus) -> list[str]:
+    """What this node's counts say, then whether every node of the job trains on as many GPUs."""
+    problems = gpus.node_problems(counts)
+    if problems or not _several_nodes(plan, env):
+        return problems
+    hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST", ""))
+    records, missing = gpus.read_records(heartbeat_dir(env, plan) / "gpus", hosts)
+    return gpus.agreement_problems(records, missing, counts.host)
+
+
 def print_restart_events(plan: NodePlan, env: Mapping[str, str], cfg: DictConfig, cwd: Path) -> None:
     """At a start after a requeue, under Slurm: why the job restarted (`test_case.training.restarts`)."""
     from test_case.training import restarts
@@ -576,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "header":
         print_run_header(plan, args.model, env, args.overrides)
         return 0
+    counts = share_gpu_counts(plan, env) if args.action == "node-check" else None
     try:
         cfg, problems = checked_config(yaml, plan, env, args.overrides)
     except MixtureError as err:
@@ -595,8 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "check":
         print(f"launch: {' '.join([args.model, *args.overrides])}: configuration and data are fine")
         return 0
-    if args.action == "node-check":
-        print(f"launch: node {plan.node_rank} ({socket.gethostname()}): ready")
+    if counts is not None:  # node-check
+        problems = gpu_problems(plan, env, counts)
+        for problem in problems:
+            print(f"launch: error: node {plan.node_rank}: {problem}", file=sys.stderr)
+        if problems:
+            return 2
+        gpus = f", {plan.gpus_per_node} GPU(s)" if plan.gpus_per_node else ""
+        print(f"launch: node {plan.node_rank} ({socket.gethostname()}): ready{gpus}")
         return 0
     if plan.node_rank == 0:
         print_run_header(plan, args.model, env, args.overrides, train_dataset_facts(cfg, Path.cwd()))
