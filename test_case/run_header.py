@@ -50,6 +50,7 @@ class RunHeader:
     composer: str | None = None
     llm_foundry: str | None = None
     streaming: str | None = None
+    flash_attn: str | None = None  # flash-attn's version, or ``not installed``
     overrides: str | None = None  # the user's llm-foundry overrides, space separated, or ``none``
     dataset_sample_tokens: int | None = None  # tokens per sample of the training split, as preprocessed
     dataset_tokenizer: str | None = None  # the tokenizer the training split was made with

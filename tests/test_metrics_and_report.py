@@ -268,6 +268,10 @@ def seven_b_log(microbatch: int, checkpointing: bool, mp_mode: str, samples_per_
     return [
         *lines[:at],
         f"device_train_microbatch_size: {microbatch}",
+        "model:",
+        "  attn_config:",
+        "    attn_impl: flash",
+        "    alibi: true",
         "fsdp_config:",
         "  sharding_strategy: FULL_SHARD",
         f"  mixed_precision: {mp_mode}",
@@ -302,6 +306,16 @@ def test_the_baseline_gate_compares_only_the_published_configuration() -> None:
     same = summarise_run(parse_composer_log(seven_b_log(6, False, "DEFAULT")))
     verdict = compare_to_baseline(same, rows, 0.10)
     assert verdict.status == "ok" and verdict.ratio == pytest.approx(10496 / 10643)
+    # what ran, stated per run: the configuration and the attention kernel
+    from test_case.report.render import _setup_lines
+
+    header = ["[run-header] job_id: 9", "[run-header] flash_attn: 2.7.4.post1"]
+    stated = summarise_run(parse_composer_log([*header, *seven_b_log(8, True, "PURE")[1:]]))
+    assert (stated.attn_impl, stated.alibi, stated.flash_attn) == ("flash", True, "2.7.4.post1")
+    assert _setup_lines([stated]) == [
+        f"setup {stated.name}: precision amp_bf16, microbatch 8, activation checkpointing on, FSDP FULL_SHARD / PURE, "
+        "attention flash with ALiBi, flash-attn 2.7.4.post1"
+    ]
     slow = summarise_run(parse_composer_log(seven_b_log(6, False, "DEFAULT", samples_per_sec=30.0)))
     assert compare_to_baseline(slow, rows, 0.10).status == "below"
 

@@ -413,3 +413,30 @@ def test_a_node_with_its_dev_shm_full_stops_the_job_before_composer_starts(
     assert "--exclude=node2" in line and "0: launch: node 0 (node1): ready" in text
     assert "[run-header]" not in text and "[batch=" not in text  # stopped before node 0 started anything
     assert re.search(rf"\] job {job} end: exit code 2 after \d+ s$", text.rstrip())
+
+
+def test_a_node_with_fewer_gpus_than_its_peer_stops_the_job_before_composer_starts(
+    cluster: LocalSlurmCluster, workspace: Workspace, tmp_path: Path
+) -> None:
+    """Each emulated node's ``nvidia-smi -L`` is a stand-in printing the lines recorded from an 8x H100
+    node (../shared/gpu-outputs/nvidia-smi_L_h100x8.txt), one fewer on node2: without the agreement
+    node1 would start 8 ranks, node2 7, with world sizes that do not match."""
+    listed = (REPO_ROOT.parent / "shared" / "gpu-outputs" / "nvidia-smi_L_h100x8.txt").read_text()
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "listed.txt").write_text(listed)
+    (tools / "nvidia-smi").write_text(
+        '#!/usr/bin/env bash\n[[ "${1:-}" == -L ]] || exit 6\n'
+        f'if [[ "${{SLURMD_NODENAME:-}}" == node2 ]]; then head -n 7 {tools}/listed.txt; exit; fi\n'
+        f"cat {tools}/listed.txt\n"
+    )
+    (tools / "nvidia-smi").chmod(0o755)
+    args = [f"--output={workspace.logs}/gpus_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
+    job = cluster.sbatch(args, cwd=REPO_ROOT, env=workspace.env(PATH=f"{tools}:{os.environ['PATH']}"))
+    info = cluster.wait(job, timeout=300)
+    text = (workspace.logs / f"gpus_{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), text[-3000:]
+    (line,) = [line for line in text.splitlines() if "would train on" in line]
+    assert line.startswith("1: launch: error: node 1: node2 would train on 7 GPU(s), the other 1 node(s) on 8"), line
+    assert "0: launch: node 0 (node1): ready, 8 GPU(s)" in text
+    assert "[run-header]" not in text and "launch: node 0/2 on" not in text  # Composer started nowhere

@@ -83,6 +83,8 @@ CONFIG_KEYS = {
     "activation_checkpointing": str,
     "mixed_precision": str,
     "sharding_strategy": str,
+    "attn_impl": str,
+    "alibi": str,
     "run_name": str,
 }
 CONFIG_LINE = re.compile(r"^\s*(" + "|".join(CONFIG_KEYS) + r"): (\S.*?)\s*$")

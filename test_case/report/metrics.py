@@ -272,6 +272,9 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         microbatch=_as_int(config.get("device_train_microbatch_size")),
         fsdp_sharding=str(config["sharding_strategy"]) if "sharding_strategy" in config else None,
         fsdp_mixed_precision=str(config["mixed_precision"]) if "mixed_precision" in config else None,
+        attn_impl=str(config["attn_impl"]) if "attn_impl" in config else None,
+        alibi=_truthy(config["alibi"]) if "alibi" in config else None,
+        flash_attn=header.flash_attn,
         restarts=max(0, parsed.starts - 1),
         restart_events=[asdict(e) for e in parsed.restart_events],
     )

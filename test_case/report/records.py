@@ -206,6 +206,9 @@ class RunSummary:
     microbatch: int | None = None  # device_train_microbatch_size
     fsdp_sharding: str | None = None  # fsdp_config.sharding_strategy (FULL_SHARD, ...)
     fsdp_mixed_precision: str | None = None  # fsdp_config.mixed_precision: llm-foundry's "MP Mode" (PURE, DEFAULT)
+    attn_impl: str | None = None  # model.attn_config.attn_impl: flash, torch, triton
+    alibi: bool | None = None  # model.attn_config.alibi
+    flash_attn: str | None = None  # flash-attn's version where the run ran (run header), or "not installed"
     restarts: int = 0
     restart_events: list[dict[str, Any]] = field(default_factory=list)  # test_case.restart_events, as logged
     last_batch: int | None = None

@@ -186,6 +186,30 @@ def _baseline_lines(runs: list[RunSummary]) -> list[str]:
     return lines
 
 
+def _setup_lines(runs: list[RunSummary]) -> list[str]:
+    """Per run, what ran: precision, microbatch, activation checkpointing, FSDP, attention (its kernel,
+    ALiBi, flash-attn's version); "not in the log" for what the log does not say."""
+
+    def said(value: object, shown: str | None = None) -> str:
+        return "not in the log" if value is None else (shown if shown is not None else str(value))
+
+    lines = []
+    for r in runs:
+        fsdp = (
+            f"{said(r.fsdp_sharding)} / {said(r.fsdp_mixed_precision)}"
+            if r.fsdp_sharding or r.fsdp_mixed_precision
+            else "none"
+        )
+        alibi = "" if r.alibi is None else (" with ALiBi" if r.alibi else " without ALiBi")
+        flash = f", flash-attn {r.flash_attn}" if r.flash_attn else ""
+        lines.append(
+            f"setup {r.name}: precision {said(r.precision)}, microbatch {said(r.microbatch)}, activation "
+            f"checkpointing {'on' if r.activation_checkpointing else 'off'}, FSDP {fsdp}, attention "
+            f"{said(r.attn_impl)}{alibi}{flash}"
+        )
+    return lines
+
+
 def _restart_lines(runs: list[RunSummary]) -> list[str]:
     """Per run, each restart and why (``restart`` events), then the stop when the job gave up."""
     lines = []
@@ -391,7 +415,8 @@ def format_table(
     """The console report: main table, scaling, baseline verdicts, jobs that did not train, notes,
     preflight verdicts, the acceptance verdict."""
     parts = [_table(COLUMNS, runs)] if runs else []
-    extra = _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs) + _restart_lines(runs)
+    extra = _setup_lines(runs) + _scaling_lines(scaling) + _baseline_lines(runs) + _jobs_lines(jobs)
+    extra += _restart_lines(runs)
     extra += (
         _straggler_lines(runs)
         + _goodput_lines(runs)
@@ -451,6 +476,8 @@ def format_markdown(
     parts = ["# MPT benchmark report", "", *_verdict_markdown(verdict)]
     if runs:
         parts += [_table(COLUMNS, runs, markdown=True), "## Details", "", _table(DETAIL_COLUMNS, runs, markdown=True)]
+    if runs:
+        parts += ["## Setup", "", *[f"- {line}" for line in _setup_lines(runs)], ""]
     if scaling:
         parts += ["## Scaling", "", "```", *_scaling_lines(scaling), "```", ""]
     if any(r.baseline for r in runs):

@@ -499,6 +499,7 @@ def run_header(
         composer=_version("mosaicml"),
         llm_foundry=_version("llm-foundry"),
         streaming=_version("mosaicml-streaming"),
+        flash_attn=_version("flash-attn"),
         overrides=" ".join(overrides) or "none",
         mixture=_mixture_line(env),
         dataset_sample_tokens=data.sample_tokens if data else None,
