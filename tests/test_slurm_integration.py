@@ -418,16 +418,18 @@ def test_a_node_with_its_dev_shm_full_stops_the_job_before_composer_starts(
 def test_a_node_with_fewer_gpus_than_its_peer_stops_the_job_before_composer_starts(
     cluster: LocalSlurmCluster, workspace: Workspace, tmp_path: Path
 ) -> None:
-    """Each emulated node's ``nvidia-smi -L`` is a stand-in printing the lines recorded from an 8x H100
-    node (../shared/gpu-outputs/nvidia-smi_L_h100x8.txt), one fewer on node2: without the agreement
-    node1 would start 8 ranks, node2 7, with world sizes that do not match."""
-    listed = (REPO_ROOT.parent / "shared" / "gpu-outputs" / "nvidia-smi_L_h100x8.txt").read_text()
+    """Each emulated node's ``nvidia-smi -L`` is a stand-in printing lines recorded from an 8x H100
+    node (../shared/gpu-outputs/nvidia-smi_L_h100x8.txt): the first 4 on node1, 3 on node2 (an
+    emulated node's 1 GiB /dev/shm holds 4 ranks' share): without the agreement node1 would start 4
+    ranks, node2 3, with world sizes that do not match."""
+    recorded = (REPO_ROOT.parent / "shared" / "gpu-outputs" / "nvidia-smi_L_h100x8.txt").read_text()
+    listed = "".join(f"{line}\n" for line in recorded.splitlines()[:4])
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "listed.txt").write_text(listed)
     (tools / "nvidia-smi").write_text(
         '#!/usr/bin/env bash\n[[ "${1:-}" == -L ]] || exit 6\n'
-        f'if [[ "${{SLURMD_NODENAME:-}}" == node2 ]]; then head -n 7 {tools}/listed.txt; exit; fi\n'
+        f'if [[ "${{SLURMD_NODENAME:-}}" == node2 ]]; then head -n 3 {tools}/listed.txt; exit; fi\n'
         f"cat {tools}/listed.txt\n"
     )
     (tools / "nvidia-smi").chmod(0o755)
@@ -437,6 +439,6 @@ def test_a_node_with_fewer_gpus_than_its_peer_stops_the_job_before_composer_star
     text = (workspace.logs / f"gpus_{job}.out").read_text()
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), text[-3000:]
     (line,) = [line for line in text.splitlines() if "would train on" in line]
-    assert line.startswith("1: launch: error: node 1: node2 would train on 7 GPU(s), the other 1 node(s) on 8"), line
-    assert "0: launch: node 0 (node1): ready, 8 GPU(s)" in text
+    assert line.startswith("1: launch: error: node 1: node2 would train on 3 GPU(s), the other 1 node(s) on 4"), line
+    assert "0: launch: node 0 (node1): ready, 4 GPU(s)" in text
     assert "[run-header]" not in text and "launch: node 0/2 on" not in text  # Composer started nowhere
