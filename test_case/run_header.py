@@ -51,6 +51,9 @@ class RunHeader:
     llm_foundry: str | None = None
     streaming: str | None = None
     flash_attn: str | None = None  # flash-attn's version, or ``not installed``
+    cuda: str | None = None  # the CUDA torch was built for (torch.version.cuda), ``none`` for a CPU build
+    nccl: str | None = None  # the NCCL wheel torch loads (nvidia-nccl-cu12), or ``not installed``
+    driver: str | None = None  # the NVIDIA driver (nvidia-smi), on GPU nodes
     overrides: str | None = None  # the user's llm-foundry overrides, space separated, or ``none``
     dataset_sample_tokens: int | None = None  # tokens per sample of the training split, as preprocessed
     dataset_tokenizer: str | None = None  # the tokenizer the training split was made with

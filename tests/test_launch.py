@@ -143,6 +143,21 @@ def test_run_header_round_trips_through_the_parser() -> None:
     assert parsed.header == header and parsed.starts == 1
     assert (header.world_size, header.backend, header.device, header.torch) == (16, "nccl", "gpu", "2.7.0")
     assert parsed.header_fields["world_size"] == "16" and parsed.run_name == header.run_name
+    # the GPU stack it ran on: torch's CUDA (read without importing torch), the NCCL wheel, the driver
+    pins = dict(line.split("==") for line in (REPO_ROOT / "constraints.txt").read_text().split() if "==" in line)
+    assert (header.cuda, header.nccl, header.driver) == ("12.6", pins["nvidia-nccl-cu12"], None)  # no nvidia-smi here
+    assert header.flash_attn == "not installed"
+
+
+def test_torch_cuda_is_read_from_torchs_version_file(tmp_path: Path) -> None:
+    from test_case.training.launch import torch_cuda
+
+    build = tmp_path / "version.py"
+    build.write_text("__version__ = '2.7.0+cu128'\ncuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n")
+    assert torch_cuda(build) == "12.8"
+    build.write_text("__version__ = '2.7.0+cpu'\ncuda: Optional[str] = None\n")
+    assert torch_cuda(build) == "none"
+    assert torch_cuda(tmp_path / "missing.py") == "unknown"
 
 
 def test_header_cli_prints_parseable_lines() -> None:

@@ -316,6 +316,9 @@ def test_the_baseline_gate_compares_only_the_published_configuration() -> None:
         f"setup {stated.name}: precision amp_bf16, microbatch 8, activation checkpointing on, FSDP FULL_SHARD / PURE, "
         "attention flash with ALiBi, flash-attn 2.7.4.post1"
     ]
+    stack = ["[run-header] driver: 570.124.06", "[run-header] cuda: 12.8", "[run-header] nccl: 2.26.2"]
+    with_stack = summarise_run(parse_composer_log([*header, *stack, *seven_b_log(8, True, "PURE")[1:]]))
+    assert _setup_lines([with_stack])[0].endswith("flash-attn 2.7.4.post1; driver 570.124.06, CUDA 12.8, NCCL 2.26.2")
     slow = summarise_run(parse_composer_log(seven_b_log(6, False, "DEFAULT", samples_per_sec=30.0)))
     assert compare_to_baseline(slow, rows, 0.10).status == "below"
 

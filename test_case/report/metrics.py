@@ -275,6 +275,9 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         attn_impl=str(config["attn_impl"]) if "attn_impl" in config else None,
         alibi=_truthy(config["alibi"]) if "alibi" in config else None,
         flash_attn=header.flash_attn,
+        cuda=header.cuda,
+        nccl=header.nccl,
+        driver=header.driver,
         restarts=max(0, parsed.starts - 1),
         restart_events=[asdict(e) for e in parsed.restart_events],
     )

@@ -209,6 +209,9 @@ class RunSummary:
     attn_impl: str | None = None  # model.attn_config.attn_impl: flash, torch, triton
     alibi: bool | None = None  # model.attn_config.alibi
     flash_attn: str | None = None  # flash-attn's version where the run ran (run header), or "not installed"
+    cuda: str | None = None  # run header: the CUDA torch was built for
+    nccl: str | None = None  # run header: the NCCL wheel torch loads
+    driver: str | None = None  # run header: the NVIDIA driver on node 0
     restarts: int = 0
     restart_events: list[dict[str, Any]] = field(default_factory=list)  # test_case.restart_events, as logged
     last_batch: int | None = None

@@ -202,10 +202,13 @@ def _setup_lines(runs: list[RunSummary]) -> list[str]:
         )
         alibi = "" if r.alibi is None else (" with ALiBi" if r.alibi else " without ALiBi")
         flash = f", flash-attn {r.flash_attn}" if r.flash_attn else ""
+        stack = [
+            f"{name} {value}" for name, value in (("driver", r.driver), ("CUDA", r.cuda), ("NCCL", r.nccl)) if value
+        ]
         lines.append(
             f"setup {r.name}: precision {said(r.precision)}, microbatch {said(r.microbatch)}, activation "
             f"checkpointing {'on' if r.activation_checkpointing else 'off'}, FSDP {fsdp}, attention "
-            f"{said(r.attn_impl)}{alibi}{flash}"
+            f"{said(r.attn_impl)}{alibi}{flash}" + (f"; {', '.join(stack)}" if stack else "")
         )
     return lines
 

@@ -25,6 +25,7 @@ rank beats into `heartbeat_dir` (`test_case.training.heartbeat`), which names a 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import re
@@ -451,6 +452,27 @@ def prepare_resume(cfg: DictConfig, cwd: Path) -> list[str]:
     return repair_save_folder(cwd / str(save_folder))
 
 
+def torch_cuda(version_py: Path | None = None) -> str:
+    """The CUDA torch was built for, read from its ``torch/version.py`` without importing torch (two
+    seconds of every start): ``none`` for a CPU build, ``not installed`` without torch."""
+    if version_py is None:
+        spec = importlib.util.find_spec("torch")
+        if spec is None or not spec.submodule_search_locations:
+            return "not installed"
+        version_py = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    try:
+        found = re.search(r"^cuda(?:: [^=]+)? = '([^']+)'", version_py.read_text(), re.MULTILINE)
+    except OSError:
+        return "unknown"
+    return found.group(1) if found else "none"
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version as nvidia-smi prints it (None when it does not answer)."""
+    versions = [v.strip() for v in nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader") if v.strip()]
+    return versions[0] if versions else None
+
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -500,6 +522,9 @@ def run_header(
         llm_foundry=_version("llm-foundry"),
         streaming=_version("mosaicml-streaming"),
         flash_attn=_version("flash-attn"),
+        cuda=torch_cuda(),
+        nccl=_version("nvidia-nccl-cu12"),
+        driver=gpu_driver() if plan.gpus_per_node else None,
         overrides=" ".join(overrides) or "none",
         mixture=_mixture_line(env),
         dataset_sample_tokens=data.sample_tokens if data else None,
