@@ -93,7 +93,7 @@ def test_the_node_check_of_a_node_with_fewer_gpus_stops_the_job(
         "SLURM_NODEID": "1",
         "SLURMD_NODENAME": "node2",
     }
-    folder = save_root / "mpt-train-41" / "heartbeats" / "start0" / "gpus"
+    folder = save_root / "mpt-train-41" / "heartbeats" / "start0" / "gpus-job41"
     record(folder, NodeGpus("node1", 8, 8, None))
     tools = stand_in_smi(tmp_path / "bin", LISTED[:7])
     env = {

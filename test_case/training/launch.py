@@ -362,11 +362,12 @@ def _several_nodes(plan: NodePlan, env: Mapping[str, str]) -> bool:
 
 def share_gpu_counts(plan: NodePlan, env: Mapping[str, str]) -> NodeGpus:
     """This node's GPU counts (`test_case.training.gpus`), written into the start's shared folder on a
-    job of several Slurm nodes: first thing in the node check, so that no node waits for one that
-    stops at another problem."""
+    job of several Slurm nodes (``gpus-job<id>``: a run name reused with RUN_NAME never reads an
+    earlier job's counts): first thing in the node check, so that no node waits for one that stops
+    at another problem."""
     counts = gpus.node_gpus(env.get("SLURMD_NODENAME") or socket.gethostname(), env)
     if _several_nodes(plan, env):
-        gpus.record(heartbeat_dir(env, plan) / "gpus", counts)
+        gpus.record(heartbeat_dir(env, plan) / f"gpus-job{plan.job_id}", counts)
     return counts
 
 
@@ -376,7 +377,7 @@ def gpu_problems(plan: NodePlan, env: Mapping[str, str], counts: NodeGpus) -> li
     if problems or not _several_nodes(plan, env):
         return problems
     hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST", ""))
-    records, missing = gpus.read_records(heartbeat_dir(env, plan) / "gpus", hosts)
+    records, missing = gpus.read_records(heartbeat_dir(env, plan) / f"gpus-job{plan.job_id}", hosts)
     return gpus.agreement_problems(records, missing, counts.host)
 
 
