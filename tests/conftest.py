@@ -44,6 +44,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_log_parser": ("report",),
     "test_log_reading_paths": ("report",),
     "test_mds": ("preprocessing",),
+    "test_memory_fit": ("training", "acceptance"),
     "test_metrics_and_report": ("report",),
     "test_mixture": ("training", "preprocessing"),
     "test_mixture_slurm": ("training", "preprocessing", "report"),

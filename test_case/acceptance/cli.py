@@ -2,6 +2,7 @@
 
     slurm-scripts/3.acceptance.sh --models mpt-1b,mpt-7b --nodes 1,2,4,8 [--no-preflight] \\
         [--tolerance 0.10] [--scaling-threshold 0.90] [--weak|--strong] [--parallel] \\
+        [--gpu-type h100-sxm [--published-config]] \\
         [--override KEY=VALUE ...] [--dry-run] [-- SBATCH OPTIONS]
 
 Submits what `test_case.acceptance.plan` plans, from the repository root (so each job finds the
@@ -23,7 +24,17 @@ from pathlib import Path
 
 from test_case import REPO_ROOT
 from test_case.acceptance.manifest import SweepJob, SweepManifest
-from test_case.acceptance.plan import PlanError, Submission, dependency_option, parse_list, parse_nodes, plan_sweep
+from test_case.acceptance.plan import (
+    PlanError,
+    Submission,
+    dependency_option,
+    gpu_target,
+    memory_lines,
+    parse_list,
+    parse_nodes,
+    plan_sweep,
+    published_configs,
+)
 
 SCALING_THRESHOLD = 0.90  # lowest scaling efficiency against the smallest node count that passes
 
@@ -52,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--strong", action="store_const", const="strong", dest="scaling", help="global batch kept")
     s.add_argument("--parallel", action="store_true", help="let Slurm run the training jobs at the same time")
     s.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="llm-foundry override")
+    s.add_argument(
+        "--gpu-type",
+        default=None,
+        metavar="GPU",
+        help="the cluster's GPU (h100-sxm, h200, a100-40gb, ...): refuse a model that does not fit in its memory "
+        "before submitting (README, 'Will it fit'); without it, each job checks on its nodes",
+    )
+    s.add_argument(
+        "--published-config",
+        action="store_true",
+        help="with --gpu-type: run each model at the microbatch, activation checkpointing, precision and FSDP "
+        "settings of llm-foundry's published run of the same GPU count (reference/), where there is one",
+    )
     s.add_argument("--log-dir", type=Path, default=None, help="where logs and the manifest go (default: LOG_DIR)")
     s.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
     return p
@@ -106,6 +130,10 @@ def main(argv: Sequence[str] | None = None, submit: Callable[[list[str]], str] =
         models = parse_list(args.models, "models")
         nodes = parse_nodes(args.nodes)
         log_dir = args.log_dir or Path(os.environ.get("LOG_DIR") or REPO_ROOT / "logs")
+        if args.published_config and not args.gpu_type:
+            raise PlanError("--published-config needs --gpu-type: the published runs are per GPU type")
+        target = gpu_target(args.gpu_type, args.sbatch_args) if args.gpu_type else None
+        published, chosen = published_configs(models, nodes, target) if target and args.published_config else ({}, [])
         subs = plan_sweep(
             models,
             nodes,
@@ -115,10 +143,24 @@ def main(argv: Sequence[str] | None = None, submit: Callable[[list[str]], str] =
             log_dir=str(log_dir),
             sbatch_args=args.sbatch_args,
             overrides=args.override,
+            published=published,
         )
+        fit, misfit = memory_lines(subs, target) if target else ([], [])
     except PlanError as err:
         print(f"3.acceptance: error: {err}", file=sys.stderr)
         return 2
+    for line in chosen:
+        print(f"acceptance: {line}")
+    for line in misfit:
+        print(f"3.acceptance: error: {line}", file=sys.stderr)
+    if misfit:
+        return 2
+    for line in fit:
+        print(f"acceptance: memory: {line}")
+    if target is None:
+        print(
+            "acceptance: memory fit not checked before submitting (give --gpu-type, e.g. h100-sxm); each job checks it"
+        )
     if args.dry_run:
         placeholders = [f"<job {i}>" for i in range(len(subs))]
         for s in subs:

@@ -12,16 +12,23 @@ fabric or the machine. Batch sizes:
 * ``--strong``: the yaml's global batch at every node count.
 
 Every training job is passed ``global_train_batch_size`` explicitly, and the manifest records it.
+
+With ``--gpu-type`` the sweep is refused at plan time when a (model, node count) does not fit in the
+GPUs' memory (`test_case.training.memory_fit`; GPUs per node from the sbatch options'
+``--gpus-per-node`` or ``--gres=gpu:N``, else 8); each job checks again on its own nodes.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
 from test_case.acceptance.manifest import JobKind, Scaling
+from test_case.report.compare import published_line, published_overrides, published_row
 from test_case.training.launch import resolve_yaml
+from test_case.training.memory_fit import GPU_MEMORY_GIB, fit_line, gpu_memory_gib, shape_of
 
 PREFLIGHT = "slurm-scripts/0.preflight.sbatch"
 TRAIN = "slurm-scripts/2.train-mpt-manual-distributed.sbatch"
@@ -102,9 +109,10 @@ def plan_sweep(
     log_dir: str = "logs",
     sbatch_args: list[str] | None = None,
     overrides: list[str] | None = None,
+    published: dict[tuple[str, int], list[str]] | None = None,
 ) -> list[Submission]:
     """The sweep's submissions, in order: the preflight first, then model by model, node count by
-    node count."""
+    node count. ``published``: overrides per (model, node count) that come before ``overrides``."""
     extra = list(sbatch_args or [])
     output = [f"--output={log_dir}/%x_%j.out"]
     subs: list[Submission] = []
@@ -116,7 +124,8 @@ def plan_sweep(
         for n in nodes:
             batch = global_batch(base, n, nodes[0], scaling)
             options = [f"--nodes={n}", *output, *extra]
-            args = [model, f"global_train_batch_size={batch}", *(overrides or [])]
+            chosen = (published or {}).get((model, n), [])
+            args = [model, f"global_train_batch_size={batch}", *chosen, *(overrides or [])]
             subs.append(
                 Submission(
                     "train",
@@ -143,3 +152,63 @@ def dependency_option(sub: Submission, job_ids: list[str]) -> list[str]:
     if sub.after_any is not None:
         parts.append(f"afterany:{job_ids[sub.after_any]}")
     return [f"--dependency={','.join(parts)}", "--kill-on-invalid-dep=yes"] if parts else []
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    """The GPUs a sweep is planned for (``--gpu-type`` and the sbatch options' GPUs per node)."""
+
+    gpu: str
+    memory_gib: float
+    gpus_per_node: int
+
+
+def gpus_per_node_of(sbatch_args: list[str]) -> int | None:
+    """GPUs per node the sweep's sbatch options ask for: ``--gpus-per-node=[type:]N`` or
+    ``--gres=gpu[:type]:N`` (also as two words); None when they ask for none."""
+    words = " ".join(sbatch_args)
+    for pattern in (r"--gpus-per-node[= ](?:\S+:)?(\d+)\b", r"--gres[= ]\S*?\bgpu(?::[^:,\s]+)?:(\d+)\b"):
+        if found := re.search(pattern, words):
+            return int(found.group(1))
+    return None
+
+
+def gpu_target(gpu: str, sbatch_args: list[str]) -> GpuTarget:
+    """``--gpu-type`` and the sbatch options as a `GpuTarget`; an unknown GPU is a `PlanError`."""
+    memory = gpu_memory_gib(gpu)
+    if memory is None:
+        raise PlanError(f"--gpu-type {gpu!r}: no memory known for it; known: {', '.join(GPU_MEMORY_GIB)}")
+    return GpuTarget(gpu, memory, gpus_per_node_of(sbatch_args) or 8)
+
+
+def memory_lines(subs: list[Submission], target: GpuTarget) -> tuple[list[str], list[str]]:
+    """(what fits, what does not): one line per training job of the sweep, with its overrides."""
+    fit: list[str] = []
+    misfit: list[str] = []
+    for sub in subs:
+        if sub.kind != "train" or sub.model is None:
+            continue
+        cfg = OmegaConf.merge(OmegaConf.load(resolve_yaml(sub.model)), OmegaConf.from_dotlist(sub.script_args[1:]))
+        if (shape := shape_of(cfg)) is None:
+            continue
+        fits, line = fit_line(shape, sub.model, sub.nodes, target.gpus_per_node, target.gpu, target.memory_gib)
+        (fit if fits else misfit).append(line)
+    return fit, misfit
+
+
+def published_configs(
+    models: list[str], nodes: list[int], target: GpuTarget
+) -> tuple[dict[tuple[str, int], list[str]], list[str]]:
+    """``--published-config``: per (model, node count), the overrides of llm-foundry's published run
+    of the same GPU, GPU count and sequence length (`test_case.report.compare.published_row`), and a
+    line per choice."""
+    overrides: dict[tuple[str, int], list[str]] = {}
+    lines = []
+    for model in models:
+        seq_len = OmegaConf.select(OmegaConf.load(resolve_yaml(model)), "max_seq_len")
+        for n in nodes:
+            gpus = n * target.gpus_per_node
+            row = published_row(model, target.gpu, gpus, int(seq_len)) if isinstance(seq_len, int) else None
+            overrides[(model, n)] = published_overrides(row) if row else []
+            lines.append(published_line(model, target.gpu, gpus, int(seq_len or 0), row))
+    return overrides, lines

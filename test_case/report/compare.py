@@ -217,3 +217,50 @@ def scaling_groups(runs: list[RunSummary]) -> list[ScalingGroup]:
         )
         out.append(ScalingGroup(model, gpu, precision, seq, procs, scheduler, points))
     return out
+
+
+RUNNABLE_PRECISIONS = ("amp_bf16",)  # Composer 0.32 has no pure "bf16"; amp_fp8 needs Transformer Engine
+
+
+def published_row(
+    model: str, gpu: str, n_gpus: int, seq_len: int, rows: list[BaselineRow] | None = None
+) -> BaselineRow | None:
+    """The published run a benchmark of ``model`` on ``n_gpus`` GPUs of type ``gpu`` can reproduce:
+    the same GPU type, model, GPU count and sequence length, a precision this Composer runs, the
+    configuration stated (of several, the highest throughput); None when there is none."""
+    from test_case.report.gpu_peaks import gpu_key
+
+    key = gpu_key(gpu)
+    name = BASELINE_NAME.get(key or "", key or gpu)
+    found = [
+        r
+        for r in (load_baseline(DEFAULT_BASELINE) if rows is None else rows)
+        if (r.gpu, r.model, r.n_gpus, r.seq_len) == (name, model, n_gpus, seq_len)
+        and r.precision in RUNNABLE_PRECISIONS
+        and None not in (r.microbatch, r.activation_checkpointing, r.sharding_strategy, r.mp_mode)
+    ]
+    return max(found, key=lambda r: r.tokens_per_sec_per_gpu) if found else None
+
+
+def published_overrides(row: BaselineRow) -> list[str]:
+    """llm-foundry overrides that run ``row``'s configuration (the gate's keys, `BaselineRow.setup`)."""
+    return [
+        f"precision={row.precision}",
+        f"device_train_microbatch_size={row.microbatch}",
+        f"fsdp_config.activation_checkpointing={str(row.activation_checkpointing).lower()}",
+        f"fsdp_config.sharding_strategy={row.sharding_strategy}",
+        f"fsdp_config.mixed_precision={row.mp_mode}",
+    ]
+
+
+def published_line(model: str, gpu: str, n_gpus: int, seq_len: int, row: BaselineRow | None) -> str:
+    """What ``--published-config`` chose, in one line."""
+    if row is None:
+        return (
+            f"no published {model} run on {n_gpus} {gpu} at seq_len {seq_len} with a precision this Composer "
+            "runs: the yaml's configuration runs (its throughput is not compared)"
+        )
+    return (
+        f"{model} on {n_gpus} {row.gpu} runs llm-foundry's published configuration: {_setup_text(row.setup())} "
+        f"(published {row.tokens_per_sec_per_gpu:,.0f} tokens/s/GPU, MFU {row.mfu_pct:.2f} %)"
+    )

@@ -25,6 +25,7 @@ rank beats into `heartbeat_dir` (`test_case.training.heartbeat`), which names a 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import os
@@ -46,6 +47,7 @@ from test_case.training.config_check import override_problems, unknown_key_probl
 from test_case.training.dataset_fit import DatasetFacts, dataset_facts, fit_problems
 from test_case.training.gpus import NodeGpus, allocated_gpus, nvidia_smi
 from test_case.training.heartbeat import DIR_ENV as HEARTBEAT_DIR_ENV
+from test_case.training.memory_fit import GpuMemory, fit_line, gpu_memory_to_check, planned_gpus, shape_of
 from test_case.training.mixture import MixtureError, load_mixture, mixture_overrides
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
@@ -187,12 +189,40 @@ def config_overrides(plan: NodePlan, env: Mapping[str, str], yaml: Path | None =
     for var, key in (("DATA_ROOT", "data_local"), ("TOKENIZER", "tokenizer_name"), ("SAVE_ROOT", "save_root")):
         if env.get(var):
             out.append(f"variables.{key}={env[var]}")
+    if yaml is not None:
+        out += published_config(plan, env, yaml)[0]
     if env.get("MIXTURE") and yaml is not None:
         from omegaconf import OmegaConf
 
         template = OmegaConf.to_container(OmegaConf.load(yaml), resolve=False).get("eval_loader")  # type: ignore[union-attr]
         out += mixture_overrides(load_mixture(Path(env["MIXTURE"])), template if isinstance(template, dict) else None)
     return out
+
+
+def published_config(plan: NodePlan, env: Mapping[str, str], yaml: Path) -> tuple[list[str], str | None]:
+    """With ``PUBLISHED_CONFIG=1``: the overrides of llm-foundry's published run of this model, GPU
+    (this node's, or ``GPU_TYPE``), world size and sequence length, and the line that says what was
+    chosen (`test_case.report.compare.published_row`); nothing without it."""
+    if env.get("PUBLISHED_CONFIG", "0") in ("", "0"):
+        return [], None
+    from omegaconf import OmegaConf
+
+    from test_case.report.compare import published_line, published_overrides, published_row
+
+    gpu = env.get("GPU_TYPE") or (first_gpu_name() if plan.gpus_per_node else None)
+    if gpu is None:
+        return [], "PUBLISHED_CONFIG=1: no GPU on this node and no GPU_TYPE: the yaml's configuration runs"
+    seq_len = OmegaConf.select(OmegaConf.load(yaml), "max_seq_len")
+    seq = seq_len if isinstance(seq_len, int) else 0
+    per_node, nodes = planned_gpus(env, plan.gpus_per_node, plan.num_nodes)
+    row = published_row(yaml.stem, gpu, per_node * nodes, seq)
+    return (published_overrides(row) if row else []), published_line(yaml.stem, gpu, per_node * nodes, seq, row)
+
+
+@functools.cache
+def first_gpu_name() -> str | None:
+    """`gpu_name`, asked once per process."""
+    return gpu_name()
 
 
 def composer_command(plan: NodePlan, yaml: Path, overrides: list[str], env: Mapping[str, str]) -> list[str]:
@@ -330,6 +360,9 @@ def preflight(
                 local_save = folder
     if node_checks:
         problems += space_problems(cfg, plan, local_save, shm)
+    fits, line = memory_fit(yaml, plan, cfg, os.environ)
+    if fits is False:
+        problems.append(line)
     attn = OmegaConf.select(cfg, "model.attn_config.attn_impl")
     if node_checks and attn == "flash" and plan.gpus_per_node == 0:
         problems.append(
@@ -337,6 +370,18 @@ def preflight(
             "(use mpt-tiny-cpu on CPU nodes, or request GPUs with --gpus-per-node)"
         )
     return problems
+
+
+def memory_fit(yaml: Path, plan: NodePlan, cfg: DictConfig, env: Mapping[str, str]) -> tuple[bool | None, str]:
+    """Whether the model fits in the GPUs' memory (`test_case.training.memory_fit`) and the line that
+    says so; (None, why) when there is nothing to check against (a CPU node, no ``GPU_TYPE``)."""
+    target = gpu_memory_to_check(env, plan.gpus_per_node, plan.num_nodes)
+    shape = shape_of(cfg)
+    if isinstance(target, str):
+        return False, target
+    if not isinstance(target, GpuMemory) or shape is None:
+        return None, "memory fit not checked: no GPU here (set GPU_TYPE, e.g. GPU_TYPE=h100-sxm, to check it)"
+    return fit_line(shape, yaml.stem, target.nodes, target.gpus_per_node, target.gpu, target.memory_gib)
 
 
 def local_save_folder(cfg: DictConfig, cwd: Path) -> Path | None:
@@ -609,8 +654,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "plan":
         print(" ".join(cmd))
         return 0
+    if (chosen := published_config(plan, env, yaml)[1]) and (args.action == "check" or plan.node_rank == 0):
+        print(f"launch: {chosen}", flush=True)
     if args.action == "check":
         print(f"launch: {' '.join([args.model, *args.overrides])}: configuration and data are fine")
+        print(f"launch: memory: {memory_fit(yaml, plan, cfg, env)[1]}")
         return 0
     if counts is not None:  # node-check
         problems = gpu_problems(plan, env, counts)
