@@ -48,6 +48,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_metrics_and_report": ("report",),
     "test_mixture": ("training", "preprocessing"),
     "test_mixture_slurm": ("training", "preprocessing", "report"),
+    "test_nccl_network": ("preflight",),
     "test_nccl_tests": ("preflight",),
     "test_preflight": ("preflight",),
     "test_preflight_slurm": ("preflight",),

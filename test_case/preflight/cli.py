@@ -24,6 +24,7 @@ from pathlib import Path
 from test_case.preflight import node_checks
 from test_case.preflight.expectations import load
 from test_case.preflight.fabric import run_worker
+from test_case.preflight.nccl_network import network_check, rdma_devices, read_nccl_debug
 from test_case.preflight.nccl_tests import NcclTestsError, read_nccl_tests
 from test_case.preflight.records import (
     Bandwidth,
@@ -101,6 +102,12 @@ def node(args: argparse.Namespace) -> int:
             "LOCAL_WORLD_SIZE": str(procs),
             "OMP_NUM_THREADS": str(plan.threads_per_proc),
         }
+        if plan.gpus_per_node and not env.get("NCCL_DEBUG_FILE"):  # NCCL's init lines, to a file per worker
+            worker_env |= {
+                "NCCL_DEBUG": "INFO",
+                "NCCL_DEBUG_SUBSYS": env.get("NCCL_DEBUG_SUBSYS") or "INIT,NET",
+                "NCCL_DEBUG_FILE": str(parts / f"nccl-{host}-{local}.log"),
+            }
         cmd = [
             sys.executable,
             "-m",
@@ -134,6 +141,9 @@ def node(args: argparse.Namespace) -> int:
         else "a worker failed or timed out (its traceback is above in the job log): check this node's network "
         "and GPUs, or " + node_checks.DRAIN.format(node=host),
     )
+    nccl_lines = [line for f in sorted(parts.glob(f"nccl-{host}-*.log")) for line in f.read_text().splitlines()]
+    mine = next(iter(read_nccl_debug(nccl_lines).values()), None)  # the files hold this node's lines only
+    checks["nccl_network"] = network_check(mine, plan.num_nodes, rdma_devices(), node_checks.DRAIN.format(node=host))
     matmul: list[float] = []
     bandwidth: list[Bandwidth] = []  # within this node (the all-node and pair curves are rank 0's)
     for local in range(procs):

@@ -1,0 +1,72 @@
+"""Which network NCCL used (test_case/preflight/nccl_network.py), read from real published
+``NCCL_DEBUG=INFO`` output: every ``nccl-debug-info_*`` file of ../shared/gpu-outputs (sources in its
+INDEX.md: aws-ofi-nccl on EFA from daekeun-ml/distributed-training-on-aws and awsome-distributed-training,
+a DGX H100 on RoCE from NVIDIA/nccl-tests#185, a fallback to sockets from NVIDIA/nccl#1267), and the
+preflight check that fails the fallback on a node with RDMA devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_case.preflight.nccl_network import NcclNetwork, network_check, rdma_devices, read_nccl_debug
+from tests.conftest import REPO_ROOT
+
+OUTPUTS = REPO_ROOT.parent / "shared" / "gpu-outputs"
+DRAIN = "drain it"
+
+
+def read(name: str) -> dict[str, NcclNetwork]:
+    return read_nccl_debug((OUTPUTS / name).read_text().splitlines())
+
+
+def test_aws_ofi_nccl_on_efa_two_nodes() -> None:
+    hosts = read("nccl-debug-info_aws-ofi-nccl_efa_2node_a10g.log")
+    assert sorted(hosts) == ["compute-gpu-st-distributed-ml-1", "compute-gpu-st-distributed-ml-2"]
+    one = hosts["compute-gpu-st-distributed-ml-1"]
+    assert (one.network, one.plugin, one.provider, one.version) == (
+        "AWS Libfabric",
+        "aws-ofi-nccl 1.12.1-aws",
+        "efa",
+        "2.23.4+cuda12.4",
+    )
+    assert one.describe() == "AWS Libfabric (aws-ofi-nccl 1.12.1-aws, provider efa), NCCL 2.23.4+cuda12.4"
+    check = network_check(one, 2, ["rdmap16s27"], DRAIN)
+    assert check.status == "pass" and check.detail == "RDMA: rdmap16s27"
+
+
+def test_a_p5_fragment_with_srun_labels_names_the_plugin() -> None:
+    hosts = read("nccl-debug-info_p5_aws-ofi-nccl_fragment.log")
+    assert hosts["p5-dy-gpu-3"].version == "2.26.2+cuda12.2"
+    assert hosts["p5-dy-gpu-4"].plugin == "aws-ofi-nccl 1.13.2-aws"
+    # the fragment stops before "Using network": nothing to judge, said as such
+    assert network_check(hosts["p5-dy-gpu-4"], 2, ["rdmap0"], DRAIN).status == "skip"
+
+
+def test_infiniband_on_roce_with_no_plugin() -> None:
+    hosts = read("nccl-debug-info_ib-roce_dgxh100_fragment.log")
+    four, three = hosts["dgxh100-4"], hosts["dgxh100-3"]
+    assert (four.network, four.plugin, four.devices) == ("IB", "internal", "mlx5_10:1/RoCE mlx5_11:1/RoCE [RO]")
+    assert four.version == "2.19.3+cuda12.3"  # its "NCCL version" line carries no host prefix
+    assert (three.network, three.plugin) == ("IB", "internal")
+    assert network_check(three, 2, ["mlx5_10", "mlx5_11"], DRAIN).status == "pass"
+
+
+def test_a_fallback_to_sockets_beside_an_rdma_device_fails_the_node() -> None:
+    (host,) = read("nccl-debug-info_socket-fallback_fragment.log").values()
+    assert (host.host, host.network, host.devices) == ("instance-8g-96c-3", "Socket", "ens7:10.128.0.32<0>")
+    assert host.notes == ["NET/IB : No device found."]
+    failed = network_check(host, 2, ["mlx5_0"], DRAIN)
+    assert failed.status == "fail" and failed.measured == "Socket, NCCL 2.19.3+cuda12.3"
+    assert failed.detail == "NCCL fell back to sockets (NET/IB : No device found.) though this node has mlx5_0"
+    assert "aws-ofi-nccl's lib folder on LD_LIBRARY_PATH" in failed.action and failed.action.endswith("or drain it")
+    # the same lines on a node with no RDMA device, or in a one-node job: sockets are all there is
+    assert network_check(host, 2, [], DRAIN).status == "pass"
+    assert network_check(host, 1, ["mlx5_0"], DRAIN).status == "pass"
+
+
+def test_no_lines_and_the_rdma_folder(tmp_path: Path) -> None:
+    assert read_nccl_debug(["INFO: nothing of NCCL's"]) == {}
+    assert network_check(None, 2, ["mlx5_0"], DRAIN).status == "skip"
+    (tmp_path / "mlx5_1").mkdir()
+    (tmp_path / "mlx5_0").mkdir()
+    assert rdma_devices(tmp_path) == ["mlx5_0", "mlx5_1"] and rdma_devices(tmp_path / "none") == []
