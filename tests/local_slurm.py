@@ -12,6 +12,11 @@ one; streaming keys its shared memory by name there), so jobs see a real multi-n
 (``SLURM_JOB_NODELIST=node[1-2]``, ``SLURM_NODEID``, ``hostname``) while all nodes share this
 machine's network stack and cores.
 
+Every node declares ``GPUS_PER_NODE`` GPUs as GRES (``Gres=gpu:4``; gres.conf's ``File=`` names
+character devices of NVIDIA's major number made under ``WORKDIR/dev``, enough for Slurm's
+bookkeeping: no driver answers them), so a job that asks for them (``--gpus-per-node``) gets what a
+GPU cluster gives it: ``SLURM_GPUS_ON_NODE``, ``CUDA_VISIBLE_DEVICES``, and no two jobs share a GPU.
+
 Every daemon this module starts is recorded by PID in ``WORKDIR/pids.json`` and ended by PID on
 `LocalSlurmCluster.stop` after all jobs are cancelled and their ``slurmstepd`` processes are gone.
 Only this cluster's step daemons are waited for or killed: those whose environment holds this
@@ -37,6 +42,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -49,6 +55,8 @@ CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # cgroup v1, writable on these machines
 CTLD_PORT = 16817
 PARTITIONS = {"debug": 2, "three": 3}  # name: its nodes, node1 on (``debug`` is the default); ``all`` has every node
 NODE_PORT_BASE = 17000
+GPUS_PER_NODE = 4  # GRES per emulated node (module docstring); 4 ranks' /dev/shm share fits a node's 1 GiB
+NVIDIA_MAJOR = 195  # the character-device major number of /dev/nvidia<N>
 FINAL_STATES = {
     "COMPLETED",
     "FAILED",
@@ -196,6 +204,12 @@ class LocalSlurmCluster:
         for sub in ("state", "log", "spool"):
             (w / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(self.config_text())
+        devices = w / "dev"
+        devices.mkdir(exist_ok=True)
+        for i in range(GPUS_PER_NODE):
+            if not (devices / f"nvidia{i}").exists():
+                os.mknod(devices / f"nvidia{i}", 0o600 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, i))
+        (w / "gres.conf").write_text(f"Name=gpu File={devices}/nvidia[0-{GPUS_PER_NODE - 1}]\n")
         hosts = Path("/etc/hosts").read_text()
         extra = "".join(f"127.0.1.{i} {name}\n" for i, name in enumerate(self.node_names, start=1))
         (w / "hosts").write_text(hosts.rstrip("\n") + "\n" + extra)
@@ -225,6 +239,7 @@ class LocalSlurmCluster:
             "JobCompType=jobcomp/none",
             "JobAcctGatherType=jobacct_gather/none",
             "SlurmdParameters=config_overrides",
+            "GresTypes=gpu",
             "MailProg=/bin/true",
             "MpiDefault=none",
             "ReturnToService=2",
@@ -237,7 +252,7 @@ class LocalSlurmCluster:
         for i, name in enumerate(self.node_names, start=1):
             lines.append(
                 f"NodeName={name} NodeHostname={name} NodeAddr=127.0.1.{i} Port={NODE_PORT_BASE + i} "
-                f"CPUs={self.cpus_per_node} RealMemory=2000 State=UNKNOWN"
+                f"CPUs={self.cpus_per_node} RealMemory=2000 Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN"
             )
         for name, nodes in self.partitions().items():
             default = " Default=YES" if name == "debug" else ""

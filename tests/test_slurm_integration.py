@@ -442,3 +442,42 @@ def test_a_node_with_fewer_gpus_than_its_peer_stops_the_job_before_composer_star
     assert line.startswith("1: launch: error: node 1: node2 would train on 3 GPU(s), the other 1 node(s) on 4"), line
     assert "0: launch: node 0 (node1): ready, 4 GPU(s)" in text
     assert "[run-header]" not in text and "launch: node 0/2 on" not in text  # Composer started nowhere
+
+
+def test_gpus_requested_as_gres_are_what_slurm_gives_and_a_node_that_lists_fewer_is_named(
+    cluster: LocalSlurmCluster, workspace: Workspace, tmp_path: Path
+) -> None:
+    """The cluster's nodes declare 4 GPUs each as GRES (tests/local_slurm.py); the job asks for them
+    with ``--gpus-per-node=4`` as a GPU cluster's user does, and Slurm sets ``SLURM_GPUS_ON_NODE`` and
+    ``CUDA_VISIBLE_DEVICES`` in every step. The stand-in ``nvidia-smi -L`` (lines recorded from an
+    8x H100 node) lists 4 on node1 and 3 on node2 (a GPU off the bus): node2 is named, with what
+    Slurm gave and what it lists, and nothing starts."""
+    recorded = (REPO_ROOT.parent / "shared" / "gpu-outputs" / "nvidia-smi_L_h100x8.txt").read_text()
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "listed.txt").write_text("".join(f"{line}\n" for line in recorded.splitlines()[:4]))
+    seen = tmp_path / "seen"
+    (tools / "nvidia-smi").write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$SLURMD_NODENAME ${{SLURM_GPUS_ON_NODE:-}} ${{CUDA_VISIBLE_DEVICES:-}}" >> {seen}\n'
+        '[[ "${1:-}" == -L ]] || exit 6\n'
+        f'if [[ "${{SLURMD_NODENAME:-}}" == node2 ]]; then head -n 3 {tools}/listed.txt; exit; fi\n'
+        f"cat {tools}/listed.txt\n"
+    )
+    (tools / "nvidia-smi").chmod(0o755)
+    output = f"--output={workspace.logs}/gres_%j.out"
+    args = [output, "--nodes=2", "--gpus-per-node=4", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
+    job = cluster.sbatch(args, cwd=REPO_ROOT, env=workspace.env(PATH=f"{tools}:{os.environ['PATH']}"))
+    info = cluster.wait(job, timeout=300)
+    text = (workspace.logs / f"gres_{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), text[-3000:]
+    assert info["TresPerNode"] == "gres:gpu:4", info  # Slurm allocated the GRES
+    (line,) = [line for line in text.splitlines() if "Slurm gave this job" in line]
+    assert line.startswith("1: launch: error: node 1: node2: Slurm gave this job 4 GPU(s) and nvidia-smi lists 3"), line
+    assert "--exclude=node2" in line
+    assert "[run-header]" not in text and "launch: node 0/2 on" not in text  # Composer started nowhere
+    # what Slurm set in the steps that ran nvidia-smi: 4 GPUs on each node, devices 0-3
+    assert {tuple(s.split()) for s in seen.read_text().splitlines()} == {
+        ("node1", "4", "0,1,2,3"),
+        ("node2", "4", "0,1,2,3"),
+    }
