@@ -31,7 +31,7 @@ $(error BUNDLE=$(INSTALL_FROM) holds no bundle.json: point BUNDLE at the folder 
 endif
 endif
 
-.PHONY: help install demo test check test-slurm test-airgap lint lock clean image sqsh base-digest bundle
+.PHONY: help install demo test check test-slurm test-airgap lint lock clean image sqsh base-digest bundle gpu-smoke
 
 help:
 	@echo "make demo   preprocess a C4 sample, train a tiny MPT on the CPU, print the report"
@@ -40,6 +40,7 @@ help:
 	@echo "make check  lint and the tests not marked slow: the quick tier (under a minute)"
 	@echo "make test-slurm  the Slurm modules alone, on a cluster started by 'python -m tests.local_slurm up' if one runs"
 	@echo "             (any area: .venv/bin/python -m pytest -m 'training and not slurm'; README, Development)"
+	@echo "make gpu-smoke  on a GPU machine: what only a GPU proves, one PASS/FAIL line per claim (README, 'GPU smoke test')"
 	@echo "make lock   re-resolve constraints.txt (Python 3.11) and constraints-py312.txt (the image) from pyproject.toml"
 	@echo "make image  docker build the container; make sqsh: enroot import it to $(SQSH)"
 	@echo "make bundle BUNDLE=DIR  everything for an air-gapped cluster; make install BUNDLE=DIR there"
@@ -119,3 +120,10 @@ base-digest:
 
 clean:
 	rm -rf "$(DEMO_DIR)" .pytest_cache .mypy_cache .ruff_cache
+
+# On a GPU machine, with its own python3 and torch and no `make install` (README, "GPU smoke test"):
+# one line per claim, exit 1 when one fails. GPU_SMOKE_PYTHON=.venv/bin/python after `make install`.
+GPU_SMOKE_PYTHON ?= python3
+GPU_SMOKE_ARGS ?=
+gpu-smoke:
+	$(GPU_SMOKE_PYTHON) -m test_case.gpu_smoke $(GPU_SMOKE_ARGS)

@@ -2,6 +2,8 @@
 
 ==========================  ====================================================================
 ``run_header``              the run header: the one contract between training and the report
+``gpu_peaks``               GPU names -> peak TFLOP/s, the denominator of MFU (shared)
+``published_runs``          llm-foundry's published runs, read once for the report and the launch
 ``training/``               what a training job runs on each node
   ``launch``                Slurm facts -> one node's plan, preflight checks, run header, Composer
   ``checkpoints``           resume from the newest complete checkpoint after a kill during a save
@@ -9,7 +11,6 @@
 ``report/``                 ``python report.py``: logs -> figures -> tables, files and plots
   ``log_parser``            reads Composer logs (the only module that reads log text)
   ``metrics``               every per-run figure (the only module doing per-run arithmetic)
-  ``gpu_peaks``             GPU peak TFLOP/s table, the denominator of MFU
   ``compare``               across runs: scaling efficiency, the published-baseline gate
   ``records``               the report's typed records (what report.json holds)
   ``render``, ``plots``     console table, report.md/csv/json, PNGs (format only)
@@ -17,7 +18,8 @@
 ``demo/``                   offline demo inputs: a C4-format sample and a small BPE tokenizer
 ==========================  ====================================================================
 
-``training`` and ``report`` never import each other; both use ``run_header``. ``preprocessing``
+``training`` and ``report`` never import each other; both use ``run_header`` and the shared
+modules above. ``preprocessing``
 (a sibling package) tokenizes corpora into MDS shards.
 """
 

@@ -37,6 +37,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_demo_assets": ("preprocessing",),
     "test_durations": ("tooling",),
     "test_fault_tolerance_slurm": ("training", "report"),
+    "test_gpu_smoke": ("training", "preflight"),
     "test_gpus": ("training", "preflight"),
     "test_habits": ("tooling",),
     "test_launch": ("training",),

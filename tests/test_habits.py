@@ -46,3 +46,29 @@ def test_pre_commit_hooks_fail_on_bad_python_shell_and_yaml_and_pass_once_fixed(
     passed = _run([str(REPO_ROOT / ".venv" / "bin" / "pre-commit"), "run", "--all-files"], repo, env)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert passed.stdout.count("Passed") == 4
+
+
+def _imports(package: Path) -> dict[str, set[str]]:
+    """Every module of ``package`` (a folder) and the test_case modules it imports, at any depth."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        found[str(path.relative_to(REPO_ROOT))] = {n for n in names if n.startswith("test_case")}
+    return found
+
+
+def test_training_and_the_report_never_import_each_other() -> None:
+    """The rule of the README's "Where things live": both go through the shared modules at the top of
+    test_case/ (run header, events, failure lines, gpu_peaks, published_runs)."""
+    training = _imports(REPO_ROOT / "test_case" / "training")
+    report = _imports(REPO_ROOT / "test_case" / "report")
+    assert {m: sorted(i) for m, i in training.items() if any(n.startswith("test_case.report") for n in i)} == {}
+    assert {m: sorted(i) for m, i in report.items() if any(n.startswith("test_case.training") for n in i)} == {}
+    assert any("test_case.gpu_peaks" in i for i in training.values())  # the check reads real imports

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from test_case.acceptance.cli import main as acceptance_main
 from test_case.acceptance.plan import gpus_per_node_of
-from test_case.report.compare import DEFAULT_BASELINE, load_baseline, published_row
+from test_case.published_runs import DEFAULT_BASELINE, load_baseline, published_row
 from test_case.training.launch import NodePlan, training_config
 from test_case.training.memory_fit import (
     GIB,

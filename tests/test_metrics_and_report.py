@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from test_case.report.compare import DEFAULT_BASELINE, compare_to_baseline, load_baseline
+from test_case.published_runs import DEFAULT_BASELINE, load_baseline
+from test_case.report.compare import compare_to_baseline
 from test_case.report.log_parser import parse_composer_log
 from test_case.report.metrics import steady_state_window, summarise_run
 from tests.conftest import REPO_ROOT
@@ -114,7 +115,7 @@ def test_mfu_is_unknown_with_a_reason_never_against_a_wrong_peak() -> None:
     ],
 )
 def test_gpu_names_map_to_peaks(name: str, key: str | None) -> None:
-    from test_case.report.gpu_peaks import gpu_key
+    from test_case.gpu_peaks import gpu_key
 
     assert gpu_key(name) == key
 
@@ -124,7 +125,7 @@ def test_peaks_agree_with_composers_table_and_fp32_is_what_composer_divides_by()
     so that our MFU and its logged throughput/device/mfu agree; fp32 is the FP32 rate, not TF32's."""
     from composer.callbacks.speed_monitor import GPU_AVAILABLE_FLOPS
 
-    from test_case.report.gpu_peaks import peak_tflops
+    from test_case.gpu_peaks import peak_tflops
 
     theirs = {"h100-sxm": "h100-sxm", "h100-pcie": "h100-pcie", "h200": "h200-sxm", "a100-80gb": "a100"}
     for ours, key in theirs.items():

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, OmegaConf
 
 from test_case.acceptance.manifest import JobKind, Scaling
-from test_case.report.compare import published_line, published_overrides, published_row
+from test_case.published_runs import published_line, published_overrides, published_row
 from test_case.training.launch import resolve_yaml
 from test_case.training.memory_fit import GPU_MEMORY_GIB, fit_line, gpu_memory_gib, shape_of
 

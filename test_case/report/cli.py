@@ -23,9 +23,10 @@ from pathlib import Path
 
 from test_case.acceptance.manifest import PREFIX as MANIFEST_PREFIX
 from test_case.acceptance.manifest import SweepManifest
+from test_case.gpu_peaks import PEAK_TFLOPS
 from test_case.preflight.records import PreflightReport
-from test_case.report.compare import DEFAULT_BASELINE, BaselineError, compare_to_baseline, load_baseline, scaling_groups
-from test_case.report.gpu_peaks import PEAK_TFLOPS
+from test_case.published_runs import DEFAULT_BASELINE, BaselineError, load_baseline
+from test_case.report.compare import compare_to_baseline, scaling_groups
 from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import USED_TRAIN_KEYS, job_without_training, summarise_run
 from test_case.report.records import JobWithoutTraining, RunSummary

@@ -16,7 +16,7 @@ Definitions (each printed figure comes from exactly one function here):
 * model FLOPs per sample, llm-foundry's MPT formula:
   ``(2 * n_params * seq + n_layers * 2 * 2 * d_model * seq**2) * 3`` (forward + backward);
   ``tflops_per_device = flops_per_sample * samples_per_sec / world_size / 1e12``.
-* ``mfu = tflops_per_device / peak`` (peak per GPU and precision from `test_case.report.gpu_peaks`);
+* ``mfu = tflops_per_device / peak`` (peak per GPU and precision from `test_case.gpu_peaks`);
   ``hfu`` uses 4 instead of 3 passes when activation checkpointing recomputes the forward;
   ``mfu_logged``: median over the window of Composer's own ``throughput/device/mfu``.
 * loss: ``loss/train/total`` (or the older keys in `LOSS_KEYS`) of the train blocks; first, min,
@@ -46,8 +46,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from test_case.failure_lines import failure_cause
+from test_case.gpu_peaks import peak_tflops
 from test_case.report.goodput import goodput
-from test_case.report.gpu_peaks import peak_tflops
 from test_case.report.log_parser import MetricBlock, ParsedLog, Value
 from test_case.report.records import JobWithoutTraining, RunSummary, StreamShare
 from test_case.report.stragglers import STRAGGLER_RATIO, stragglers

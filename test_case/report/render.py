@@ -86,7 +86,7 @@ DEFINITIONS = """\
 - **TFLOP/s/dev**: llm-foundry's MPT model FLOPs per sample,
   `(2 * n_params * seq + n_layers * 2 * 2 * d_model * seq^2) * 3`, times samples/s, / world size.
 - **MFU** = TFLOP/s/dev / peak TFLOP/s of the GPU at the run's precision (dense; table in
-  `test_case/report/gpu_peaks.py`). **HFU** counts the recomputed forward of activation checkpointing
+  `test_case/gpu_peaks.py`). **HFU** counts the recomputed forward of activation checkpointing
   (x4 instead of x3). **MFU logged** is Composer's own `throughput/device/mfu` (absent for GPUs
   Composer does not know, e.g. H100 NVL).
 - **final loss**: the last logged `loss/train/total`; **loss first/min** over the run.

@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 
 from test_case.acceptance.manifest import SweepJob, SweepManifest
 from test_case.preflight.records import PreflightReport
-from test_case.report.compare import BaselineRow, compare_to_baseline
+from test_case.published_runs import BaselineRow
+from test_case.report.compare import compare_to_baseline
 from test_case.report.records import JobWithoutTraining, RunSummary, Verdict, VerdictJob
 
 SlurmState = Callable[[str], str | None]

@@ -207,7 +207,7 @@ def published_config(plan: NodePlan, env: Mapping[str, str], yaml: Path) -> tupl
         return [], None
     from omegaconf import OmegaConf
 
-    from test_case.report.compare import published_line, published_overrides, published_row
+    from test_case.published_runs import published_line, published_overrides, published_row
 
     gpu = env.get("GPU_TYPE") or (first_gpu_name() if plan.gpus_per_node else None)
     if gpu is None:

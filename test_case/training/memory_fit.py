@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from test_case.report.gpu_peaks import gpu_key
+from test_case.gpu_peaks import gpu_key
 
 GIB = 1024**3
 RESERVE_GIB = 2.0  # CUDA context (~0.5 GiB), NCCL buffers (~1 GiB), allocator fragmentation
