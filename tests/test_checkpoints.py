@@ -15,8 +15,15 @@ import torch
 from composer.core import Timestamp
 from composer.utils.file_helpers import ensure_folder_has_no_conflicting_files
 
-from test_case.training.checkpoints import LATEST_NAME, is_complete_checkpoint, repair_save_folder
+from test_case.training.checkpoints import (
+    LATEST_NAME,
+    LATEST_SHARDED_NAME,
+    SHARDED_METADATA,
+    is_complete_checkpoint,
+    repair_save_folder,
+)
 from test_case.training.launch import plan_node, prepare_resume, resolve_yaml, training_config
+from test_case.training.restarts import newest_checkpoint_batch
 
 COMPOSER_FILENAME = "ep{epoch}-ba{batch}-rank{rank}.pt"
 
@@ -124,10 +131,65 @@ def test_a_second_unfinished_file_of_the_same_name_does_not_overwrite_the_first(
     assert len((tmp_path / "unfinished" / "ep0-ba20-rank0.pt.1").read_bytes()) == 1000
 
 
-def test_a_sharded_checkpoint_is_not_judged(tmp_path: Path) -> None:
-    (tmp_path / "ep0-ba10").mkdir()
-    (tmp_path / LATEST_NAME).symlink_to("ep0-ba10")
-    save(tmp_path, 20, complete=False)
+def save_sharded(folder: Path, batch: int, *, complete: bool = True) -> Path:
+    """A real torch.distributed.checkpoint save (what Composer writes per rank for a sharded state
+    dict) into ``ep0-ba<batch>/``; incomplete: rank 0 never wrote ``.metadata`` (killed first)."""
+    import torch.distributed.checkpoint as dcp
+
+    path = folder / f"ep0-ba{batch}"
+    state = {"batch": torch.tensor(batch), "weights": torch.arange(20_000, dtype=torch.float32) * batch}
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(path), no_dist=True)
+    assert sorted(p.name for p in path.iterdir()) == [SHARDED_METADATA, "__0_0.distcp"]
+    if not complete:
+        (path / SHARDED_METADATA).unlink()
+    return path
+
+
+def sharded_resumes_from(folder: Path) -> int:
+    """The batch autoresume would load through ``latest-sharded-rank0`` (0: none), read back by DCP."""
+    import torch.distributed.checkpoint as dcp
+
+    latest = folder / LATEST_SHARDED_NAME
+    if not latest.exists():
+        return 0
+    state = {"batch": torch.tensor(0), "weights": torch.zeros(20_000)}
+    dcp.load(state, storage_reader=dcp.FileSystemReader(latest), no_dist=True)
+    return int(state["batch"])
+
+
+def test_sharded_killed_while_writing_a_later_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / LATEST_SHARDED_NAME).symlink_to(save_sharded(tmp_path, 10).name)
+    save_sharded(tmp_path, 20, complete=False)
+    (change,) = repair_save_folder(tmp_path)
+    assert change == (
+        "checkpoint ep0-ba20 is incomplete (the job stopped while writing it): moved to unfinished/ep0-ba20; "
+        "resuming from ep0-ba10"
+    )
+    assert sharded_resumes_from(tmp_path) == 10
+    assert newest_checkpoint_batch(tmp_path) == 10  # what the restart decision counts as progress
+    assert repair_save_folder(tmp_path) == []  # in order now
+
+
+def test_sharded_killed_between_removing_and_recreating_the_symlink(tmp_path: Path) -> None:
+    save_sharded(tmp_path, 10)
+    save_sharded(tmp_path, 20)
+    assert sharded_resumes_from(tmp_path) == 0  # autoresume alone would start over
+    (change,) = repair_save_folder(tmp_path)
+    assert change.startswith(
+        f"{LATEST_SHARDED_NAME} was missing (the job stopped while saving): now points to ep0-ba20"
+    )
+    assert sharded_resumes_from(tmp_path) == 20 and newest_checkpoint_batch(tmp_path) == 20
+
+
+def test_full_and_sharded_checkpoints_each_keep_their_own_symlink(tmp_path: Path) -> None:
+    point_latest(tmp_path, save(tmp_path, 10))
+    (tmp_path / LATEST_SHARDED_NAME).symlink_to(save_sharded(tmp_path, 30).name)
+    assert repair_save_folder(tmp_path) == []
+    assert resumes_from(tmp_path) == 10 and sharded_resumes_from(tmp_path) == 30
+    (tmp_path / "custom").mkdir()
+    (tmp_path / LATEST_SHARDED_NAME).unlink()
+    (tmp_path / LATEST_SHARDED_NAME).symlink_to("custom")  # a custom name: not ours to judge
+    save_sharded(tmp_path, 40, complete=False)
     assert repair_save_folder(tmp_path) == []
 
 

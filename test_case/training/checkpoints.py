@@ -14,8 +14,15 @@ the run resumes from the newest *complete* checkpoint. A checkpoint is complete 
 checkpoints are moved, not deleted, into ``unfinished/`` beside them; ``latest-rank0.pt`` is pointed
 at the newest complete one. A folder in order is left untouched.
 
+Sharded checkpoints (``fsdp_config.state_dict_type: sharded``, the 7B-70B yamls) are a folder per
+save, ``ep{E}-ba{B}/``, one ``__{rank}_0.distcp`` per rank, and ``latest-sharded-rank0`` (llm-foundry's
+name) pointing at the folder. torch.distributed.checkpoint writes ``.metadata`` last, on rank 0, once
+every rank has written its file: a folder with it is complete. The same rule applies: incomplete
+folders are moved into ``unfinished/`` and the symlink points at the newest complete one (a job killed
+between removing the symlink and creating it again would otherwise start from batch 0).
+
 Only Composer's default names are handled (``save_filename``/``save_latest_filename`` unset, as in
-every yaml here); sharded checkpoints (folders per batch) are not touched.
+every yaml here).
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINT_NAME = re.compile(r"ep(?P<epoch>\d+)-ba(?P<batch>\d+)-rank0\.pt")
+SHARDED_NAME = re.compile(r"ep(?P<epoch>\d+)-ba(?P<batch>\d+)")  # a folder
 LATEST_NAME = "latest-rank0.pt"
+LATEST_SHARDED_NAME = "latest-sharded-rank0"
+SHARDED_METADATA = ".metadata"  # torch.distributed.checkpoint's, written last
 UNFINISHED_DIR = "unfinished"
 
 
@@ -36,9 +46,12 @@ class Checkpoint:
     path: Path
     epoch: int
     batch: int
+    sharded: bool = False  # a folder of per-rank files, else rank 0's file
 
     @property
     def complete(self) -> bool:
+        if self.sharded:
+            return (self.path / SHARDED_METADATA).is_file()
         return is_complete_checkpoint(self.path)
 
 
@@ -52,12 +65,15 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 
 def list_checkpoints(folder: Path) -> list[Checkpoint]:
-    """Rank 0's checkpoint files in ``folder``, oldest first."""
+    """Rank 0's checkpoint files and the sharded checkpoint folders in ``folder``, oldest first."""
     found = []
     for entry in folder.iterdir():
-        match = CHECKPOINT_NAME.fullmatch(entry.name)
-        if match and entry.is_file() and not entry.is_symlink():
+        if entry.is_symlink():
+            continue
+        if (match := CHECKPOINT_NAME.fullmatch(entry.name)) and entry.is_file():
             found.append(Checkpoint(entry, int(match["epoch"]), int(match["batch"])))
+        elif (match := SHARDED_NAME.fullmatch(entry.name)) and entry.is_dir():
+            found.append(Checkpoint(entry, int(match["epoch"]), int(match["batch"]), sharded=True))
     return sorted(found, key=lambda c: (c.batch, c.epoch))
 
 
@@ -73,12 +89,12 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
-def _point_latest(folder: Path, checkpoint: Path) -> None:
-    """Make ``latest-rank0.pt`` a relative symlink to ``checkpoint``, replacing any old link atomically."""
-    tmp = folder / f".{LATEST_NAME}.tmp"
+def _point_latest(folder: Path, name: str, checkpoint: Path) -> None:
+    """Make ``name`` a relative symlink to ``checkpoint``, replacing any old link atomically."""
+    tmp = folder / f".{name}.tmp"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(checkpoint.name)
-    os.replace(tmp, folder / LATEST_NAME)
+    os.replace(tmp, folder / name)
 
 
 def repair_save_folder(folder: Path) -> list[str]:
@@ -86,12 +102,19 @@ def repair_save_folder(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     checkpoints = list_checkpoints(folder)
+    return _repair(folder, [c for c in checkpoints if not c.sharded], LATEST_NAME, CHECKPOINT_NAME) + _repair(
+        folder, [c for c in checkpoints if c.sharded], LATEST_SHARDED_NAME, SHARDED_NAME
+    )
+
+
+def _repair(folder: Path, checkpoints: list[Checkpoint], latest_name: str, names: re.Pattern[str]) -> list[str]:
+    """The rule of the module docstring for one kind of checkpoint and its symlink."""
     if not checkpoints:
         return []
-    latest = folder / LATEST_NAME
+    latest = folder / latest_name
     pointed = os.readlink(latest) if latest.is_symlink() else None
-    if pointed is not None and not CHECKPOINT_NAME.fullmatch(Path(pointed).name):
-        return []  # a sharded checkpoint folder or a custom name: not ours to judge
+    if pointed is not None and not names.fullmatch(Path(pointed).name):
+        return []  # a custom name: not ours to judge
     complete = [c for c in checkpoints if c.complete]
     resume = complete[-1] if complete else None
     resume_text = f"resuming from {resume.path.name}" if resume else "no complete checkpoint: starting from batch 0"
@@ -105,12 +128,12 @@ def repair_save_folder(folder: Path) -> list[str]:
             )
     if resume is None and latest.is_symlink():
         latest.unlink()
-        changes.append(f"{LATEST_NAME} pointed to {pointed}, which is incomplete: removed; {resume_text}")
+        changes.append(f"{latest_name} pointed to {pointed}, which is incomplete: removed; {resume_text}")
     if resume is not None and (pointed is None or (folder / pointed).resolve() != resume.path.resolve()):
         before = f"pointed to {pointed}" if pointed is not None else "was missing"
-        _point_latest(folder, resume.path)
+        _point_latest(folder, latest_name, resume.path)
         changes.append(
-            f"{LATEST_NAME} {before} (the job stopped while saving): now points to {resume.path.name}, "
+            f"{latest_name} {before} (the job stopped while saving): now points to {resume.path.name}, "
             "the newest complete checkpoint"
         )
     return changes
