@@ -55,6 +55,20 @@ def test_strong_scaling_parallel_jobs_and_no_preflight() -> None:
     assert dependency_option(subs[0], []) == []
 
 
+def test_a_sweep_whose_global_batch_a_node_count_cannot_share_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(PlanError, match=r"^mpt-tiny-cpu on 3 node\(s\): global_train_batch_size=16 is not divisible"):
+        plan_sweep(["mpt-tiny-cpu"], [1, 3], "strong")
+    assert (
+        acceptance_main(
+            ["submit", "--models", "mpt-7b", "--nodes", "1,3", "--strong", "--dry-run", "--", "--gpus-per-node=8"]
+        )
+        == 2
+    )
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("3.acceptance: error: mpt-7b on 3 node(s): global_train_batch_size=1024 is not divisible by")
+    assert [s.nodes for s in plan_sweep(["mpt-tiny-cpu"], [1, 2, 4], "strong", ranks_per_node=2)] == [4, 1, 2, 4]
+
+
 @pytest.mark.parametrize(
     ("models", "nodes", "message"),
     [

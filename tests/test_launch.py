@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from test_case.report.log_parser import parse_composer_log
+from test_case.training.config_check import batch_problem
 from test_case.training.launch import (
     CHECKPOINT_BYTES_PER_PARAM,
     PORT_BASE,
@@ -400,6 +401,31 @@ def test_a_job_submitted_outside_the_repository_says_how_to_find_it(script: str,
         check=False,
     )  # SUITE_ROOT finds the suite: the next check (the image) is what stops it
     assert out.returncode == 2 and "IMAGE=/no/such.sqsh does not exist" in out.stderr, out.stderr
+
+
+def test_a_global_batch_the_ranks_cannot_share_stops_the_job_before_composer_starts(
+    mds_root: Path, demo_assets: tuple[Path, Path]
+) -> None:
+    """llm-foundry's own rule (calculate_batch_size_info): the global batch divides evenly over the
+    ranks, else every rank raises a ValueError after Composer has started."""
+    assert batch_problem(16, 2, 1) is None and batch_problem("16", 3, 1) is None
+    assert batch_problem(16, 3, 1) == (
+        "global_train_batch_size=16 is not divisible by the job's 3 ranks (3 node(s) x 1): llm-foundry would stop "
+        "every rank; use global_train_batch_size=15 or 18, or run on 1, 2, 4, 8, 16 node(s)"
+    )
+    assert batch_problem(1024, 24, 8) == (
+        "global_train_batch_size=1024 is not divisible by the job's 24 ranks (3 node(s) x 8): llm-foundry would "
+        "stop every rank; use global_train_batch_size=1008 or 1032, or run on 1, 2, 4, 8, 16, 32 node(s)"
+    )
+    data = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1])}
+    out = run_launch("check", "mpt-tiny-cpu", "global_train_batch_size=15", CPU_PROCS_PER_NODE="2", **data)
+    assert (out.returncode, out.stderr) == (
+        2,
+        "launch: error: global_train_batch_size=15 is not divisible by the job's 2 ranks (1 node(s) x 2): "
+        "llm-foundry would stop every rank; use global_train_batch_size=14 or 16\n",
+    )
+    out = run_launch("check", "mpt-7b", "variables.max_seq_len=128", GPU_TYPE="h100-sxm", NODES="3", **data)
+    assert out.returncode == 2 and "global_train_batch_size=1024 is not divisible by the job's 24 ranks" in out.stderr
 
 
 def test_checkpoint_size_estimate_matches_the_parameters_composer_counts() -> None:

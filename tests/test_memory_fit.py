@@ -58,6 +58,7 @@ def test_every_published_run_fits_and_the_tightest_come_close_to_the_limit() -> 
             mixed_precision=r.mp_mode or "DEFAULT",
             sharding=r.sharding_strategy or "FULL_SHARD",
             activation_checkpointing=bool(r.activation_checkpointing),
+            global_batch=r.global_batch_size,
         )
         memory = gpu_memory_gib(r.gpu)
         assert memory is not None, r.gpu
@@ -96,6 +97,10 @@ def test_what_changes_the_estimate() -> None:
     no_checkpointing = estimate(replace(seven, activation_checkpointing=False), 8, 8, 80.0)
     assert no_checkpointing.activations > 10 * base.activations
     assert estimate(replace(seven, microbatch=16), 8, 8, 80.0).activations == pytest.approx(2 * base.activations)
+    # a microbatch above the batch per GPU is lowered to it, as llm-foundry does: 1024 over 512 GPUs is 2
+    assert estimate(replace(seven, microbatch=2), 512, 8, 80.0).activations == pytest.approx(
+        estimate(seven, 512, 8, 80.0).activations
+    )
     assert estimate(seven, 16, 8, 80.0).model_state == pytest.approx(base.model_state / 2)
     hybrid = estimate(replace(seven, sharding="HYBRID_SHARD"), 64, 8, 80.0)
     assert hybrid.model_state == pytest.approx(base.model_state)  # sharded within a node only

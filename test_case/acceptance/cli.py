@@ -29,6 +29,7 @@ from test_case.acceptance.plan import (
     Submission,
     dependency_option,
     gpu_target,
+    gpus_per_node_of,
     memory_lines,
     parse_list,
     parse_nodes,
@@ -144,6 +145,9 @@ def main(argv: Sequence[str] | None = None, submit: Callable[[list[str]], str] =
             sbatch_args=args.sbatch_args,
             overrides=args.override,
             published=published,
+            ranks_per_node=target.gpus_per_node
+            if target
+            else gpus_per_node_of(args.sbatch_args) or int(os.environ.get("CPU_PROCS_PER_NODE") or 1),
         )
         fit, misfit = memory_lines(subs, target) if target else ([], [])
     except PlanError as err:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from test_case.acceptance.manifest import JobKind, Scaling
 from test_case.published_runs import published_line, published_overrides, published_row
+from test_case.training.config_check import batch_problem
 from test_case.training.launch import resolve_yaml
 from test_case.training.memory_fit import GPU_MEMORY_GIB, fit_line, gpu_memory_gib, shape_of
 
@@ -110,9 +111,12 @@ def plan_sweep(
     sbatch_args: list[str] | None = None,
     overrides: list[str] | None = None,
     published: dict[tuple[str, int], list[str]] | None = None,
+    ranks_per_node: int = 1,
 ) -> list[Submission]:
     """The sweep's submissions, in order: the preflight first, then model by model, node count by
-    node count. ``published``: overrides per (model, node count) that come before ``overrides``."""
+    node count. ``published``: overrides per (model, node count) that come before ``overrides``.
+    A global batch that the job's ranks (``ranks_per_node`` a node) cannot share evenly is a
+    `PlanError`: llm-foundry would stop every rank of that job."""
     extra = list(sbatch_args or [])
     output = [f"--output={log_dir}/%x_%j.out"]
     subs: list[Submission] = []
@@ -123,6 +127,8 @@ def plan_sweep(
         base = yaml_global_batch(model)
         for n in nodes:
             batch = global_batch(base, n, nodes[0], scaling)
+            if problem := batch_problem(batch, n * ranks_per_node, ranks_per_node):
+                raise PlanError(f"{model} on {n} node(s): {problem}")
             options = [f"--nodes={n}", *output, *extra]
             chosen = (published or {}).get((model, n), [])
             args = [model, f"global_train_batch_size={batch}", *chosen, *(overrides or [])]

@@ -71,3 +71,21 @@ def unknown_key_problems(merged_cfg: Mapping[str, Any], yaml_name: str) -> list[
             hint = f"did you mean {near!r}?" if near else "put values of your own under 'variables'"
             problems.append(f"{yaml_name}: llm-foundry has no config key {key!r}: {hint}")
     return problems
+
+
+def batch_problem(global_batch: object, ranks: int, ranks_per_node: int) -> str | None:
+    """llm-foundry splits ``global_train_batch_size`` evenly over the ranks and raises a ``ValueError``
+    on every rank when it cannot (``calculate_batch_size_info``), after Composer has started: the same
+    rule here, one line naming both numbers, the nearest batch sizes that work and the node counts
+    that divide this one; None when it divides (or is not a number: llm-foundry will say)."""
+    if not isinstance(global_batch, int) or isinstance(global_batch, bool) or ranks < 1 or global_batch % ranks == 0:
+        return None
+    below, above = global_batch // ranks * ranks, (global_batch // ranks + 1) * ranks
+    nearest = " or ".join(str(b) for b in (below, above) if b > 0)
+    nodes = [n for n in range(1, 65) if global_batch % (n * ranks_per_node) == 0]
+    hint = f", or run on {', '.join(map(str, nodes[:6]))} node(s)" if nodes else ""
+    return (
+        f"global_train_batch_size={global_batch} is not divisible by the job's {ranks} ranks "
+        f"({ranks // max(1, ranks_per_node)} node(s) x {ranks_per_node}): llm-foundry would stop every rank; "
+        f"use global_train_batch_size={nearest}{hint}"
+    )

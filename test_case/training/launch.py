@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from test_case import REPO_ROOT
 from test_case.run_header import RunHeader
 from test_case.training import gpus
-from test_case.training.config_check import override_problems, unknown_key_problems
+from test_case.training.config_check import batch_problem, override_problems, unknown_key_problems
 from test_case.training.dataset_fit import DatasetFacts, dataset_facts, fit_problems
 from test_case.training.gpus import NodeGpus, allocated_gpus, nvidia_smi
 from test_case.training.heartbeat import DIR_ENV as HEARTBEAT_DIR_ENV
@@ -360,6 +360,12 @@ def preflight(
                 local_save = folder
     if node_checks:
         problems += space_problems(cfg, plan, local_save, shm)
+    if plan.gpus_per_node or not os.environ.get("GPU_TYPE"):
+        per_node, nodes = plan.procs_per_node, plan.num_nodes
+    else:  # a login node planning a GPU job (README, "Will it fit")
+        per_node, nodes = planned_gpus(os.environ, 0, plan.num_nodes)
+    if batch := batch_problem(cfg.get("global_train_batch_size"), per_node * nodes, per_node):
+        problems.append(batch)
     fits, line = memory_fit(yaml, plan, cfg, os.environ)
     if fits is False:
         problems.append(line)

@@ -113,6 +113,7 @@ class TrainingShape:
     activation_checkpointing: bool = False
     optimizer: str = "decoupled_adamw"
     fused_loss: bool = True  # llm-foundry 0.21's default loss_fn: flash-attn's fused cross-entropy
+    global_batch: int | None = None  # llm-foundry lowers a microbatch larger than the batch per GPU to it
 
     @property
     def block_params(self) -> float:
@@ -150,6 +151,7 @@ def shape_of(cfg: Any) -> TrainingShape | None:
             activation_checkpointing=bool(_get(fsdp, "activation_checkpointing")),
             optimizer=str(_get(_get(cfg, "optimizer") or {}, "name") or "decoupled_adamw"),
             fused_loss=str(_get(model, "loss_fn") or "fused_crossentropy") == "fused_crossentropy",
+            global_batch=batch if isinstance(batch := _get(cfg, "global_train_batch_size"), int) else None,
         )
     except (TypeError, ValueError):
         return None
@@ -178,13 +180,16 @@ def estimate(shape: TrainingShape, gpus: int, gpus_per_node: int, gpu_memory_gib
     else:
         gathered = 2 * shape.block_params * param_bytes + shape.embedding_params * param_bytes
     gathered += shape.block_params * reduce_bytes
-    sbh = shape.seq_len * shape.microbatch * shape.d_model
+    micro = shape.microbatch
+    if shape.global_batch:  # llm-foundry's calculate_batch_size_info: never more than the batch per GPU
+        micro = max(1, min(micro, shape.global_batch // max(1, gpus)))
+    sbh = shape.seq_len * micro * shape.d_model
     per_layer = ACTIVATION_BYTES_PER_SBH * sbh * (1 if low else 2)
     if shape.activation_checkpointing:
         activations = shape.n_layers * sbh * (2 if low else 4) + per_layer
     else:
         activations = shape.n_layers * per_layer
-    logits = shape.microbatch * shape.seq_len * shape.vocab_size * (4 if shape.fused_loss else 10)
+    logits = micro * shape.seq_len * shape.vocab_size * (4 if shape.fused_loss else 10)
     usable = (gpu_memory_gib - RESERVE_GIB) * GIB
     return MemoryEstimate(model_state, gathered, activations, logits, usable)
 
