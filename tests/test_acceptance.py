@@ -45,11 +45,11 @@ def test_weak_scaling_keeps_the_batch_per_gpu_and_every_job_waits_for_the_prefli
 
 def test_strong_scaling_parallel_jobs_and_no_preflight() -> None:
     subs = plan_sweep(
-        ["mpt-tiny-cpu"], [2, 3], "strong", preflight=False, parallel=True, overrides=["max_duration=9ba"]
+        ["mpt-tiny-cpu"], [2, 4], "strong", preflight=False, parallel=True, overrides=["max_duration=9ba"]
     )
     assert [(s.nodes, s.global_train_batch_size, s.after_ok, s.after_any) for s in subs] == [
         (2, 16, None, None),
-        (3, 16, None, None),
+        (4, 16, None, None),
     ]
     assert subs[1].script_args == ["mpt-tiny-cpu", "global_train_batch_size=16", "max_duration=9ba"]
     assert dependency_option(subs[0], []) == []

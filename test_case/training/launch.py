@@ -319,13 +319,21 @@ def _size(n: float) -> str:
 
 
 def preflight(
-    yaml: Path, plan: NodePlan, cfg: DictConfig, cwd: Path, node_checks: bool = True, shm: Path = Path("/dev/shm")
+    yaml: Path,
+    plan: NodePlan,
+    cfg: DictConfig,
+    cwd: Path,
+    node_checks: bool = True,
+    shm: Path = Path("/dev/shm"),
+    batch: bool = True,
 ) -> list[str]:
     """Problems that would make training fail later, each as one actionable line (empty: all good).
 
     ``cfg`` is `training_config` of ``yaml``: what llm-foundry will read. ``node_checks`` adds what
     only the node that trains can answer (a writable checkpoint folder with room for a checkpoint,
-    free ``/dev/shm``, GPUs for flash attention).
+    free ``/dev/shm``, GPUs for flash attention). ``batch``: whether the job's ranks can share the
+    global batch (`config_check.batch_problem`). The model must fit in the GPUs' memory
+    (`memory_fit`) wherever the GPUs are known.
     """
     from omegaconf import OmegaConf
 
@@ -364,8 +372,8 @@ def preflight(
         per_node, nodes = plan.procs_per_node, plan.num_nodes
     else:  # a login node planning a GPU job (README, "Will it fit")
         per_node, nodes = planned_gpus(os.environ, 0, plan.num_nodes)
-    if batch := batch_problem(cfg.get("global_train_batch_size"), per_node * nodes, per_node):
-        problems.append(batch)
+    if batch and (unshared := batch_problem(cfg.get("global_train_batch_size"), per_node * nodes, per_node)):
+        problems.append(unshared)
     fits, line = memory_fit(yaml, plan, cfg, os.environ)
     if fits is False:
         problems.append(line)
@@ -650,7 +658,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch: error: {err}", file=sys.stderr)
         return 2
     if cfg is not None and args.action != "plan":
-        problems = preflight(yaml, plan, cfg, Path.cwd(), node_checks=args.action in ("node", "node-check"))
+        # the batch is checked once, by `check` (node 0) or `node` (a run without Slurm); in `node-check`
+        # a node whose GPU count differs is named by the agreement below instead
+        problems = preflight(
+            yaml,
+            plan,
+            cfg,
+            Path.cwd(),
+            node_checks=args.action in ("node", "node-check"),
+            batch=args.action != "node-check",
+        )
     where = f"node {plan.node_rank}: " if args.action in ("node", "node-check") else ""
     for problem in problems:
         print(f"launch: error: {where}{problem}", file=sys.stderr)
