@@ -302,6 +302,29 @@ def test_training_script_logs_its_start_and_end_with_exit_code_and_elapsed_time(
     assert re.fullmatch(rf"\[\S+\] job {job} end: exit code 2 after \d+ s", lines[-1]), lines[-1]
 
 
+def test_two_runs_started_in_the_same_second_get_their_own_job_id_and_log(tmp_path: Path) -> None:
+    """Local job ids carry the script's PID beside the time: two runs started at once (here two that
+    the preflight stops) never share a job id, run name, log file or checkpoint folder."""
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "DATA_ROOT": str(tmp_path / "nodata"),
+        "SAVE_ROOT": str(tmp_path / "ck"),
+        "TOKENIZER": str(tmp_path),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "VENV": str(tmp_path / "novenv"),
+        "IMAGE": "",
+    }
+    script = REPO_ROOT / "slurm-scripts" / "2.train-mpt-manual-distributed.sbatch"
+    runs = [subprocess.Popen(["bash", str(script), "mpt-tiny-cpu"], env=env, stdout=subprocess.DEVNULL) for _ in "ab"]
+    assert [r.wait(timeout=120) for r in runs] == [2, 2]
+    logs = sorted((tmp_path / "logs").glob("mpt-train_local-*.out"))
+    ids = [log.name.removeprefix("mpt-train_").removesuffix(".out") for log in logs]
+    assert len(ids) == 2 and {i.rsplit("-", 1)[1] for i in ids} == {str(r.pid) for r in runs}, ids
+    for log, job in zip(logs, ids, strict=True):
+        starts = [x for x in log.read_text().splitlines() if " start 0 on " in x]
+        assert len(starts) == 1 and f"job {job} start 0" in starts[0]
+
+
 def test_preflight_refuses_data_that_does_not_fit_the_model(
     mds_root: Path, demo_assets: tuple[Path, Path], tmp_path: Path
 ) -> None:
