@@ -9,6 +9,10 @@
 set -euo pipefail
 SCRIPT=3.acceptance
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --help: what this script does and every setting it reads, with no side effect (no log, no job)
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+  PYTHONPATH="$ROOT" exec python3 -m test_case.settings "$ROOT/slurm-scripts/3.acceptance.sh"
+fi
 # shellcheck source=slurm-scripts/env.sh
 source "$ROOT/slurm-scripts/env.sh"
 cd "$ROOT"

@@ -60,6 +60,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_preprocessing_tokenizer": ("preprocessing",),
     "test_rank_timing": ("training", "report"),
     "test_restarts": ("training", "report"),
+    "test_settings": ("tooling",),
     "test_slurm_integration": ("training", "preprocessing", "report"),
     "test_training_local": ("training", "report"),
     "test_writer_lock": ("preprocessing",),

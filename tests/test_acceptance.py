@@ -169,3 +169,29 @@ def test_the_verdict_names_the_straggler_the_restart_and_the_job_that_never_ran(
     assert "## Acceptance verdict" in markdown and "Sweep 3: **FAIL**" in markdown
     assert "- note: job 3 (mpt-tiny-cpu on 2 node(s)): throughput not compared: no row for gpu=cpu" in markdown
     assert doc["verdict"]["notes"] == verdict.notes
+
+
+def test_usage_mistakes_are_one_line_and_help_shows_the_sbatch_options_and_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (
+        acceptance_main(["submit", "--models", "mpt-tiny-cpu", "--nodes", "1", "--override", "max_durtion=50ba"]) == 2
+    )
+    assert capsys.readouterr().err == (
+        "3.acceptance: error: mpt-tiny-cpu.yaml: llm-foundry has no config key 'max_durtion': did you mean "
+        "'max_duration'?\n"
+    )
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: the real submit function meets it
+    args = ["submit", "--models", "mpt-tiny-cpu", "--nodes", "1", "--log-dir", str(tmp_path)]
+    assert acceptance_main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "3.acceptance: error: sbatch failed: sbatch is not on PATH: run this on a login node of the Slurm cluster, "
+        "or see the plan with --dry-run"
+    ]
+    with pytest.raises(SystemExit) as done:
+        acceptance_main(["submit", "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: 3.acceptance.sh --models M1,M2 --nodes N1,N2 [options] [-- SBATCH OPTIONS]")
+    assert "(default: 0.1)" in shown and "Options after -- go to every sbatch" in shown

@@ -48,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Options after -- go to every sbatch (e.g. -- --partition=p5 --account=me).",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("submit", help="submit a sweep")
+    s = sub.add_parser(
+        "submit",
+        help="submit a sweep",
+        prog="3.acceptance.sh",
+        usage="3.acceptance.sh --models M1,M2 --nodes N1,N2 [options] [-- SBATCH OPTIONS]",
+        epilog="Options after -- go to every sbatch (e.g. -- --partition=p5 --gpus-per-node=8).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     s.add_argument("--models", required=True, help="yaml names, comma separated (mpt-1b,mpt-7b)")
     s.add_argument("--nodes", required=True, help="node counts, comma separated (1,2,4,8)")
     s.add_argument("--no-preflight", action="store_true", help="train without the preflight first")
@@ -84,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sbatch(argv: list[str]) -> str:
     """Submit with ``sbatch --parsable``; the job id."""
-    out = subprocess.run(["sbatch", "--parsable", *argv], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run(
+            ["sbatch", "--parsable", *argv], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise RuntimeError(
+            "sbatch is not on PATH: run this on a login node of the Slurm cluster, or see the plan with --dry-run"
+        ) from None
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip() or out.stdout.strip() or f"sbatch exited {out.returncode}")
     return out.stdout.strip().split(";")[0]

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from test_case.acceptance.manifest import JobKind, Scaling
 from test_case.published_runs import published_line, published_overrides, published_row
-from test_case.training.config_check import batch_problem
+from test_case.training.config_check import batch_problem, override_problems, unknown_key_problems
 from test_case.training.launch import resolve_yaml
 from test_case.training.memory_fit import GPU_MEMORY_GIB, fit_line, gpu_memory_gib, shape_of
 
@@ -89,6 +90,16 @@ def yaml_global_batch(model: str) -> int:
     return value
 
 
+def override_mistakes(model: str, overrides: list[str]) -> list[str]:
+    """What `launch check` would say of the ``--override``s on this model's yaml before any job
+    runs (`test_case.training.config_check`): a mistyped key stops the sweep here, not in every job."""
+    raw = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(resolve_yaml(model))))
+    if problems := override_problems(raw, overrides):
+        return problems
+    merged = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.merge(raw, OmegaConf.from_dotlist(overrides))))
+    return unknown_key_problems(merged, resolve_yaml(model).name)
+
+
 def global_batch(base: int, nodes: int, smallest: int, scaling: Scaling) -> int:
     """The global batch at ``nodes`` nodes (module docstring)."""
     if scaling == "strong":
@@ -125,6 +136,8 @@ def plan_sweep(
     previous: int | None = None
     for model in models:
         base = yaml_global_batch(model)
+        if mistakes := override_mistakes(model, overrides or []):
+            raise PlanError(mistakes[0] if len(mistakes) == 1 else "; ".join(mistakes))
         for n in nodes:
             batch = global_batch(base, n, nodes[0], scaling)
             if problem := batch_problem(batch, n * ranks_per_node, ranks_per_node):
