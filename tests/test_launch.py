@@ -416,7 +416,7 @@ def test_a_job_submitted_outside_the_repository_says_how_to_find_it(script: str,
         "slurm-scripts/, or export SUITE_ROOT=/path/to/the/repository\n"
     )
     out = subprocess.run(
-        ["bash", str(copy), "--help"],
+        ["bash", str(copy)],
         capture_output=True,
         text=True,
         env={**env, "SUITE_ROOT": str(REPO_ROOT), "IMAGE": "/no/such.sqsh"},
@@ -424,6 +424,8 @@ def test_a_job_submitted_outside_the_repository_says_how_to_find_it(script: str,
         check=False,
     )  # SUITE_ROOT finds the suite: the next check (the image) is what stops it
     assert out.returncode == 2 and "IMAGE=/no/such.sqsh does not exist" in out.stderr, out.stderr
+    out = subprocess.run(["bash", str(copy), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 2 and "no suite at" in out.stderr  # --help too needs the suite to find its text
 
 
 def test_a_global_batch_the_ranks_cannot_share_stops_the_job_before_composer_starts(
