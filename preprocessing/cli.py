@@ -37,6 +37,7 @@ from preprocessing.inputs import (
     resolve_input_files,
     splittable,
 )
+from preprocessing.splits import Holdout, is_validation_split, overlap_problem
 from preprocessing.tokenizer import load_tokenizer, vocab_size
 from preprocessing.validate import ValidationError, validate_split
 from preprocessing.writer_lock import STALE_AFTER_S, SplitBusy, SplitLock, SplitLost
@@ -73,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="dotted path of each record's domain (meta.redpajama_set_name): one MDS dataset per value "
         "under OUT_ROOT/SPLIT/<domain>/, written in the same pass",
+    )
+    p.add_argument(
+        "--val-input",
+        nargs="+",
+        type=Path,
+        metavar="VAL_INPUT",
+        help="what a validation split (val, val_small, val_xsmall, validation, test...) reads instead of "
+        "--input: files or folders of its own, for corpora whose files are not named c4-validation.*",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="hold out this fraction of the documents (by a hash of their text) for the validation splits, "
+        "the rest for the others: give the same value to every split's command (default: none)",
     )
     p.add_argument("--out-root", type=Path, required=True, help="dataset root; the split goes to OUT_ROOT/SPLIT")
     p.add_argument(
@@ -165,12 +182,25 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(err))
     if not args.input and (args.text_field != "text" or args.domain_field):
         return _error("--text-field and --domain-field apply to --input files: C4 from the hub has only 'text'")
+    validation = is_validation_split(args.split)
+    if args.val_input and validation:
+        args.input = args.val_input
+    try:
+        holdout = Holdout(args.holdout, validation) if args.holdout else None
+    except ValueError as err:
+        return _error(str(err))
     task, tasks = int(os.environ.get("SLURM_PROCID", "0")), int(os.environ.get("SLURM_NTASKS", "1"))
     if args.input:
         try:
             files = resolve_input_files(args.input, args.split)
         except InputError as err:
             return _error(str(err))
+        if validation and holdout is None and not any(f.name.startswith("c4-validation.") for f in files):
+            print(
+                f"{PROG}: {args.split}: no c4-validation.* files among the inputs: every file given is "
+                "validation data (a split of this --out-root that reads one of them too is refused)",
+                flush=True,
+            )
         # no part without input: plain files can be split in byte ranges, compressed and Parquet ones cannot
         if not any(splittable(f) for f in files):
             workers = max(1, min(args.workers, math.ceil(len(files) / tasks)))
@@ -183,11 +213,6 @@ def main(argv: list[str] | None = None) -> int:
                 "pass --input with local C4 files"
             )
         files, workers = [Path(hub_source(args.split))], args.workers
-    try:
-        tokenizer = load_tokenizer(args.tokenizer)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
-        return _error(f"cannot load tokenizer {args.tokenizer!r}: {first}")
     max_docs = args.max_docs if args.max_docs is not None else C4_SPLITS.get(args.split, ("", None))[1]
     options = ConvertOptions(
         tokenizer=args.tokenizer,
@@ -200,12 +225,23 @@ def main(argv: list[str] | None = None) -> int:
         strict=args.strict,
         text_field=args.text_field,
         domain_field=args.domain_field,
+        holdout=args.holdout,
+        held_out=holdout is not None and holdout.held_out,
     )
     split_dir = args.out_root / args.split
     total = tasks * workers
-    shares = plan_shares(files, total, max_docs)
+    made_of = fingerprint(files, options, total)
+    overlap = overlap_problem(args.out_root, args.split, made_of)
+    if overlap:
+        return _error(overlap)
     try:
-        claim_output(split_dir, fingerprint(files, options, total))
+        tokenizer = load_tokenizer(args.tokenizer)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        return _error(f"cannot load tokenizer {args.tokenizer!r}: {first}")
+    shares = plan_shares(files, total, max_docs, holdout, args.text_field)
+    try:
+        claim_output(split_dir, made_of)
     except OutputConflict as err:
         return _error(str(err))
     lock = SplitLock(split_dir, task, args.lock_timeout)

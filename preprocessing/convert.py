@@ -52,11 +52,11 @@ from preprocessing.inputs import (
 )
 from preprocessing.mds import TokenShardWriter, merge_indexes
 from preprocessing.progress import Progress
+from preprocessing.splits import FINGERPRINT, Holdout
 from preprocessing.tokenizer import load_tokenizer, special_ids, tokenized_ahead, untruncated
 
 TOKENIZE_BATCH = 256
 COMPLETE = ".complete.json"
-FINGERPRINT = "dataset.json"
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,13 @@ class ConvertOptions:
     strict: bool = False
     text_field: str = "text"  # dotted path of the text in each record (preprocessing.inputs.TextField)
     domain_field: str = ""  # dotted path of each record's domain: one dataset per value ("": none)
+    holdout: float = 0.0  # fraction of documents held out for validation (preprocessing.splits; 0: none)
+    held_out: bool = False  # with a holdout: this split takes the held-out documents, else the rest
+
+    @property
+    def holdout_rule(self) -> Holdout | None:
+        """The holdout this split applies, or None."""
+        return Holdout(self.holdout, self.held_out) if self.holdout else None
 
 
 class StrictInputError(RuntimeError):
@@ -125,20 +132,30 @@ class Share:
         return [p if (s, e) == (0, -1) else f"{p}[{s}:{e}]" for p, s, e in self.sources]
 
 
-def count_documents(source: Source, limit: int) -> int:
-    """Non-blank lines (rows) of a source, counting no further than ``limit`` (cheap: no JSON parsing)."""
+def count_documents(source: Source, limit: int, holdout: Holdout | None = None, text_field: str = "text") -> int:
+    """Non-blank lines (rows) of a source, counting no further than ``limit`` (cheap: no JSON parsing).
+    With a holdout, the documents this split takes (and the records that are not documents, which
+    every split lists as skipped): each record is parsed to hash its text."""
     n = 0
     path, start, end = source
-    for doc in iter_records(Path(path), parse=False, start=start, end=end):
-        if not isinstance(doc, SkippedDocument) or doc.document:
+    records = iter_records(
+        Path(path), parse=holdout is not None, start=start, end=end, text_field=TextField(text_field)
+    )
+    for doc in records:
+        if isinstance(doc, SkippedDocument):
+            n += doc.document
+        elif holdout is None or holdout.takes(doc[0]):
             n += 1
         if n >= limit:
             break
     return n
 
 
-def plan_shares(files: list[Path], total: int, max_docs: int | None) -> list[Share]:
-    """Deal files round-robin into ``total`` shares; ``max_docs`` takes the first documents in file order.
+def plan_shares(
+    files: list[Path], total: int, max_docs: int | None, holdout: Holdout | None = None, text_field: str = "text"
+) -> list[Share]:
+    """Deal files round-robin into ``total`` shares; ``max_docs`` takes the first documents in file order
+    (with a holdout, the first documents on this split's side).
 
     A hub source is one stream that every share reads its own shard of; ``max_docs`` then takes
     ``ceil(max_docs / total)`` documents from each shard (exactly the first ones only with one share).
@@ -159,20 +176,22 @@ def plan_shares(files: list[Path], total: int, max_docs: int | None) -> list[Sha
     if max_docs is not None:
         left = max_docs
         for i, source in enumerate(sources):
-            take = count_documents(source, left) if left > 0 else 0
+            take = count_documents(source, left, holdout, text_field) if left > 0 else 0
             budgets[i] = take
             left -= take
     return [Share(k, total, tuple(sources[k::total]), tuple(budgets[k::total])) for k in range(total)]
 
 
-def _documents(share: Share, text_field: TextField) -> Iterator[str | SkippedDocument]:
-    for doc in _records(share, text_field, None):
+def _documents(share: Share, text_field: TextField, holdout: Holdout | None) -> Iterator[str | SkippedDocument]:
+    for doc in _records(share, text_field, None, holdout):
         yield doc if isinstance(doc, SkippedDocument) else doc[0]
 
 
 def _records(
-    share: Share, text_field: TextField, domain_field: TextField | None
+    share: Share, text_field: TextField, domain_field: TextField | None, holdout: Holdout | None = None
 ) -> Iterator[tuple[str, str] | SkippedDocument]:
+    """The share's records in order, ``budget`` of each source counted as `count_documents` counts;
+    with a holdout, only the documents on this split's side."""
     for (path, start, end), budget in zip(share.sources, share.budgets, strict=True):
         if budget == 0:
             continue
@@ -185,6 +204,8 @@ def _records(
         for doc in docs:
             if budget is not None and taken >= budget:
                 break
+            if holdout is not None and not isinstance(doc, SkippedDocument) and not holdout.takes(doc[0]):
+                continue
             if not isinstance(doc, SkippedDocument) or doc.document:
                 taken += 1
             yield doc
@@ -222,7 +243,7 @@ def convert_part(
 
     def batches() -> Iterator[tuple[None, list[str]]]:
         batch: list[str] = []
-        for doc in _documents(share, TextField(options.text_field)):
+        for doc in _documents(share, TextField(options.text_field), options.holdout_rule):
             if isinstance(doc, SkippedDocument):
                 _record_skipped(doc, stats, options.strict)
                 continue
@@ -302,7 +323,7 @@ def convert_part_by_domain(
     pending: dict[str, list[str]] = {}
 
     def batches() -> Iterator[tuple[str, list[str]]]:
-        for doc in _records(share, text_field, domain_field):
+        for doc in _records(share, text_field, domain_field, options.holdout_rule):
             if isinstance(doc, SkippedDocument):
                 _record_skipped(doc, stats, options.strict)
                 continue
@@ -444,6 +465,7 @@ def _part_main(
     try:
         convert_part(share, split_dir, options, counters, tokenizer)
     except StrictInputError as err:
+        _remove_leftovers(split_dir, share.name)  # nothing half-written stays behind the stop
         (split_dir / f".{share.name}.error").write_text(str(err))
         sys.exit(3)
 
@@ -451,11 +473,17 @@ def _part_main(
 def fingerprint(files: list[Path], options: ConvertOptions, total_parts: int) -> dict[str, Any]:
     """What makes this dataset: options, input files (path and size) and the part count."""
     inputs = [[str(f), 0] if str(f).startswith(HUB_PREFIX) else [str(f.resolve()), f.stat().st_size] for f in files]
-    opts = asdict(options)
-    for key, default in (("text_field", "text"), ("domain_field", "")):
-        if opts[key] == default:  # defaults left out: folders written before the option existed still match
-            del opts[key]
-    return {"options": opts, "inputs": inputs, "parts": total_parts}
+    return {"options": _bytes_options(asdict(options)), "inputs": inputs, "parts": total_parts}
+
+
+def _bytes_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options that decide the output's bytes: ``strict`` does not (it only stops at a bad line),
+    and options at their defaults are left out, so folders written before an option existed still match."""
+    opts = {k: v for k, v in opts.items() if k != "strict"}
+    for key, default in (("text_field", "text"), ("domain_field", ""), ("holdout", 0.0), ("held_out", False)):
+        if opts.get(key) == default:
+            opts.pop(key, None)
+    return opts
 
 
 OWN_ENTRIES = (".dataset.json.", "part-", ".part-", ".merge-", ".summary.json.", ".complete", ".writer")
@@ -486,6 +514,7 @@ def claim_output(split_dir: Path, fp: dict[str, Any]) -> None:
         finally:
             os.unlink(tmp)
     old = json.loads(existing.read_text())
+    old["options"] = _bytes_options(old.get("options", {}))  # written by a version that recorded strict
     if old != fp:
         diffs = [k for k in fp if old.get(k) != fp[k]]
         raise OutputConflict(

@@ -57,6 +57,7 @@ class RunHeader:
     overrides: str | None = None  # the user's llm-foundry overrides, space separated, or ``none``
     dataset_sample_tokens: int | None = None  # tokens per sample of the training split, as preprocessed
     dataset_tokenizer: str | None = None  # the tokenizer the training split was made with
+    eval_data_overlap: str | None = None  # eval data that shares input files with the training data, or ``none``
     mixture: str | None = None  # MIXTURE: each stream's weight, the scheme, the batching and the file
 
     def to_fields(self) -> dict[str, str]:

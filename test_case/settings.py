@@ -57,6 +57,18 @@ SETTINGS = (
         "empty: allenai/c4 from the hub",
         "folders or files: .jsonl/.json(.gz), .jsonl.zst, .parquet",
     ),
+    Setting(
+        "VAL_INPUT",
+        ("preprocess",),
+        "empty: C4_INPUT's c4-validation.* files",
+        "what the validation splits read instead: for files not named c4-validation.*",
+    ),
+    Setting(
+        "HOLDOUT",
+        ("preprocess",),
+        "empty: none",
+        "fraction of the documents held out for the validation splits (e.g. 0.01)",
+    ),
     Setting("TEXT_FIELD", ("preprocess",), "text", "dotted path of the text in each record"),
     Setting(
         "DOMAIN_FIELD",

@@ -57,6 +57,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_preprocessing_domains": ("preprocessing",),
     "test_preprocessing_formats": ("preprocessing",),
     "test_preprocessing_resume": ("preprocessing",),
+    "test_preprocessing_splits": ("preprocessing", "training", "report"),
     "test_preprocessing_tokenizer": ("preprocessing",),
     "test_rank_timing": ("training", "report"),
     "test_restarts": ("training", "report"),

@@ -141,7 +141,12 @@ def test_strict_stops_at_first_bad_line(
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "c4-train.00000-of-00001.json.gz:2: invalid JSON" in err
-    assert not (tmp_path / "o" / "train" / "index.json").exists()
+    split = tmp_path / "o" / "train"
+    assert not (split / "index.json").exists()
+    assert not list(split.glob(".part-*.writing-*")), "the stopped part left its work folder"
+    # --strict changes no byte of the output: the same command without it is not refused, and converts
+    assert main(args[:-1]) == 0
+    assert json.loads((split / "summary.json").read_text())["documents_written"] == 2
 
 
 @pytest.mark.parametrize(

@@ -284,9 +284,10 @@ def test_output_folder_with_another_dataset_is_refused(
     assert main([*args, "--concat-tokens", "32"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'val_small'} holds a different dataset (options differ)" in err
-    (tmp_path / "foreign").mkdir()
-    (tmp_path / "foreign" / "index.json").write_text("{}")
-    foreign = preprocess_args(demo_assets[0], tmp_path, "foreign", demo_assets[1], 64)
+    # a validation split like val_small (a training split of these files would be refused as overlapping it)
+    (tmp_path / "val_foreign").mkdir()
+    (tmp_path / "val_foreign" / "index.json").write_text("{}")
+    foreign = preprocess_args(demo_assets[0], tmp_path, "val_foreign", demo_assets[1], 64)
     assert main(foreign) == 2
     assert "is not empty and was not written by this tool" in capsys.readouterr().err
 

@@ -51,6 +51,7 @@ from test_case.report.goodput import goodput
 from test_case.report.log_parser import MetricBlock, ParsedLog, Value
 from test_case.report.records import JobWithoutTraining, RunSummary, StreamShare
 from test_case.report.stragglers import STRAGGLER_RATIO, stragglers
+from test_case.run_header import NONE
 from test_case.timing_events import StreamDraws
 
 LOSS_KEY = "loss/train/total"
@@ -267,6 +268,7 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         max_seq_len=_as_int(config.get("max_seq_len")),
         dataset_sample_tokens=header.dataset_sample_tokens,
         dataset_tokenizer=header.dataset_tokenizer,
+        eval_data_overlap=header.eval_data_overlap,
         global_batch_size=_as_int(config.get("global_train_batch_size")),
         activation_checkpointing=_truthy(config.get("activation_checkpointing")),
         microbatch=_as_int(config.get("device_train_microbatch_size")),
@@ -287,6 +289,8 @@ def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
     """``completed``: the last train block is ``[batch=T/T]``. ``failed``: not completed, and since
     the job's last start a failure line was logged (`test_case.failure_lines.FAILURE_LINE`) or the job's end
     line gives a non-zero exit code. ``unfinished``: neither (still running, or the log was cut off)."""
+    if run.eval_data_overlap not in (None, NONE):
+        run.warnings.append(f"eval data overlaps the training data: {run.eval_data_overlap}")
     cause = failure_cause(parsed.failures)
     if run.completed:
         run.status = "completed"

@@ -201,6 +201,7 @@ class RunSummary:
     max_seq_len: int | None = None
     dataset_sample_tokens: int | None = None  # tokens per sample of the training data (run header)
     dataset_tokenizer: str | None = None  # the tokenizer the training data was made with (run header)
+    eval_data_overlap: str | None = None  # eval data made from the training data's input files (run header)
     global_batch_size: int | None = None
     activation_checkpointing: bool = False
     microbatch: int | None = None  # device_train_microbatch_size

@@ -7,6 +7,7 @@ and gives wrong numbers: shorter samples than ``max_seq_len`` are padded, so the
 for tokens it never saw; ids at or above ``vocab_size`` index past the embedding (or Composer
 resizes it); another tokenizer trains on ids that mean other words. Each mismatch is one line naming
 both sides and the fix. A split without ``summary.json`` (made by another tool) is not judged.
+An eval split made from the training split's input files is a warning (`eval_data_overlap`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from preprocessing.convert import tokenizer_identity
+from preprocessing.splits import data_overlap
 
 SUMMARY = "summary.json"
 
@@ -83,3 +85,32 @@ def fit_problems(
                 "set TOKENIZER to the tokenizer the data was made with, or preprocess again with this one"
             )
     return problems
+
+
+def eval_data_overlap(datasets: list[tuple[str, Any]], cwd: Path) -> list[str]:
+    """Each eval loader whose data was preprocessed from input files the training data was made from
+    too, with no holdout separating their documents (`preprocessing.splits.data_overlap`): its eval
+    loss is measured on training documents. ``datasets``: the run's loaders
+    (`test_case.training.launch.loader_datasets`); judged from the splits' ``summary.json``."""
+    summaries: list[tuple[str, dict[str, Any]]] = []
+    for name, dataset in datasets:
+        if dataset.get("remote"):
+            continue
+        try:
+            summaries.append((name, json.loads((cwd / str(dataset.local) / str(dataset.split) / SUMMARY).read_text())))
+        except (OSError, ValueError):
+            continue
+    trains = [(n, s) for n, s in summaries if n.startswith("train_loader")]
+    lines = []
+    for name, summary in summaries:
+        if name.startswith("train_loader"):
+            continue
+        for train_name, train in trains:
+            if shared := data_overlap(train, summary):
+                lines.append(
+                    f"{name} ({summary.get('split')}) was made from {shared} input file(s) that {train_name} "
+                    f"({train.get('split')}) was made from too: its eval loss is measured on training documents "
+                    "(preprocess the validation split with VAL_INPUT or HOLDOUT)"
+                )
+                break
+    return lines

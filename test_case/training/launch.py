@@ -44,7 +44,7 @@ from test_case import REPO_ROOT
 from test_case.run_header import RunHeader
 from test_case.training import gpus
 from test_case.training.config_check import batch_problem, override_problems, unknown_key_problems
-from test_case.training.dataset_fit import DatasetFacts, dataset_facts, fit_problems
+from test_case.training.dataset_fit import DatasetFacts, dataset_facts, eval_data_overlap, fit_problems
 from test_case.training.gpus import NodeGpus, allocated_gpus, nvidia_smi
 from test_case.training.heartbeat import DIR_ENV as HEARTBEAT_DIR_ENV
 from test_case.training.memory_fit import GpuMemory, fit_line, gpu_memory_to_check, planned_gpus, shape_of
@@ -557,7 +557,12 @@ def git_commit() -> str:
 
 
 def run_header(
-    plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str], data: DatasetFacts | None = None
+    plan: NodePlan,
+    model: str,
+    env: Mapping[str, str],
+    overrides: list[str],
+    data: DatasetFacts | None = None,
+    overlap: list[str] | None = None,
 ) -> RunHeader:
     """Facts of the run, printed once per start at the top of the log and read back by the report."""
     return RunHeader(
@@ -587,6 +592,7 @@ def run_header(
         driver=gpu_driver() if plan.gpus_per_node else None,
         overrides=" ".join(overrides) or "none",
         mixture=_mixture_line(env),
+        eval_data_overlap=None if overlap is None else "; ".join(overlap) or "none",
         dataset_sample_tokens=data.sample_tokens if data else None,
         dataset_tokenizer=data.describe_tokenizer() if data else None,
     )
@@ -603,10 +609,15 @@ def _mixture_line(env: Mapping[str, str]) -> str | None:
 
 
 def print_run_header(
-    plan: NodePlan, model: str, env: Mapping[str, str], overrides: list[str], data: DatasetFacts | None = None
+    plan: NodePlan,
+    model: str,
+    env: Mapping[str, str],
+    overrides: list[str],
+    data: DatasetFacts | None = None,
+    overlap: list[str] | None = None,
 ) -> None:
     """The run header as ``[run-header] key: value`` lines (`test_case.run_header`)."""
-    for line in run_header(plan, model, env, overrides, data).lines():
+    for line in run_header(plan, model, env, overrides, data, overlap).lines():
         print(line, flush=True)
 
 
@@ -682,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "check":
         print(f"launch: {' '.join([args.model, *args.overrides])}: configuration and data are fine")
         print(f"launch: memory: {memory_fit(yaml, plan, cfg, env)[1]}")
+        for line in eval_data_overlap(loader_datasets(cfg), Path.cwd()):
+            print(f"launch: warning: {line}")
         return 0
     if counts is not None:  # node-check
         problems = gpu_problems(plan, env, counts)
@@ -693,7 +706,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch: node {plan.node_rank} ({socket.gethostname()}): ready{gpus}")
         return 0
     if plan.node_rank == 0:
-        print_run_header(plan, args.model, env, args.overrides, train_dataset_facts(cfg, Path.cwd()))
+        overlap = eval_data_overlap(loader_datasets(cfg), Path.cwd())
+        for line in overlap:
+            print(f"launch: warning: {line}", flush=True)
+        print_run_header(plan, args.model, env, args.overrides, train_dataset_facts(cfg, Path.cwd()), overlap)
         # before Composer starts on this node, so before any rank of the run can read the folder
         for change in prepare_resume(cfg, Path.cwd()):
             print(f"launch: {change}", flush=True)
