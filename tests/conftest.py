@@ -35,6 +35,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_checkpoints": ("training",),
     "test_container": ("container",),
     "test_demo_assets": ("preprocessing",),
+    "test_docs": ("tooling",),
     "test_durations": ("tooling",),
     "test_fault_tolerance_slurm": ("training", "report"),
     "test_gpu_smoke": ("training", "preflight"),
