@@ -5,7 +5,7 @@
 # EFA with aws-ofi-nccl and OpenMPI (the "_aws" variant); it does not carry llm-foundry itself. Nothing
 # it provides is rebuilt here (the reference test case rebuilt NCCL and aws-ofi-nccl, and failed on a
 # "vv2.27.5-1" branch name). The tag is the most specific one we can name without inventing a digest;
-# pin it by digest for reproducible builds: `make base-digest` prints it (README, "Container image").
+# pin it by digest for reproducible builds: `make base-digest` prints it (docs/container.md, "Container image").
 ARG BASE_IMAGE=mosaicml/llm-foundry:2.7.0_cu128_aws-latest
 FROM ${BASE_IMAGE}
 

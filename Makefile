@@ -13,13 +13,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-# Container image (README, "Container image"). SQSH is where the sbatch scripts look for it.
+# Container image (docs/container.md, "Container image"). SQSH is where the sbatch scripts look for it.
 BASE_IMAGE ?= mosaicml/llm-foundry:2.7.0_cu128_aws-latest
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_TAG ?= mpt-slurm-bench:$(VERSION)
 SQSH ?= llm-foundry.sqsh
 
-# Air-gapped clusters (README): `make bundle BUNDLE=DIR` writes the bundle on a connected machine;
+# Air-gapped clusters (docs/airgap.md): `make bundle BUNDLE=DIR` writes the bundle on a connected machine;
 # `make install|demo|test BUNDLE=DIR` install from it with no index. INSTALL_FROM is the bundle the
 # venv is installed from: BUNDLE, except for `make bundle` itself (which writes it).
 PIP_VERSION := 25.3
@@ -27,7 +27,7 @@ BUNDLE ?=
 INSTALL_FROM := $(if $(filter bundle,$(MAKECMDGOALS)),,$(BUNDLE))
 ifneq ($(INSTALL_FROM),)
 ifeq ($(wildcard $(INSTALL_FROM)/bundle.json),)
-$(error BUNDLE=$(INSTALL_FROM) holds no bundle.json: point BUNDLE at the folder `make bundle` wrote (README, "Air-gapped clusters"))
+$(error BUNDLE=$(INSTALL_FROM) holds no bundle.json: point BUNDLE at the folder `make bundle` wrote (docs/airgap.md, "Air-gapped clusters"))
 endif
 endif
 
@@ -39,8 +39,8 @@ help:
 	@echo "make test-airgap  the whole lock installed offline from a real bundle, then the demo (CI runs it after make test)"
 	@echo "make check  lint and the tests not marked slow: the quick tier (about 1.5 minutes)"
 	@echo "make test-slurm  the Slurm modules alone, on a cluster started by 'python -m tests.local_slurm up' if one runs"
-	@echo "             (any area: .venv/bin/python -m pytest -m 'training and not slurm'; README, Development)"
-	@echo "make gpu-smoke  on a GPU machine: what only a GPU proves, one PASS/FAIL line per claim (README, 'GPU smoke test')"
+	@echo "             (any area: .venv/bin/python -m pytest -m 'training and not slurm'; docs/contributing.md, Development)"
+	@echo "make gpu-smoke  on a GPU machine: what only a GPU proves, one PASS/FAIL line per claim (docs/container.md, 'GPU smoke test')"
 	@echo "make lock   re-resolve constraints.txt (Python 3.11) and constraints-py312.txt (the image) from pyproject.toml"
 	@echo "make image  docker build the container; make sqsh: enroot import it to $(SQSH)"
 	@echo "make bundle BUNDLE=DIR  everything for an air-gapped cluster; make install BUNDLE=DIR there"
@@ -121,7 +121,7 @@ base-digest:
 clean:
 	rm -rf "$(DEMO_DIR)" .pytest_cache .mypy_cache .ruff_cache
 
-# On a GPU machine, with its own python3 and torch and no `make install` (README, "GPU smoke test"):
+# On a GPU machine, with its own python3 and torch and no `make install` (docs/container.md, "GPU smoke test"):
 # one line per claim, exit 1 when one fails. GPU_SMOKE_PYTHON=.venv/bin/python after `make install`.
 GPU_SMOKE_PYTHON ?= python3
 GPU_SMOKE_ARGS ?=

@@ -1,4 +1,4 @@
-"""`python report.py PATH [PATH ...]`: the report from Composer training logs (README, "The report").
+"""`python report.py PATH [PATH ...]`: the report from Composer training logs (docs/report.md, "The report").
 
 A thin entry point: the command lives in `test_case.report.cli`, the parsing, arithmetic and
 rendering beside it in `test_case/report/`. Exit codes: 0 report written; 1 no run found;

@@ -51,7 +51,7 @@ DEFAULT_EOS_TEXT = "<|endoftext|>"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line, as documented in the README."""
+    """The command line, as documented in docs/preprocessing.md."""
     p = argparse.ArgumentParser(
         prog="python -m preprocessing", description=__doc__.splitlines()[0] if __doc__ else None
     )
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Tokenizer threads per worker process by default. Measured on 2 cores (README, "Preprocessing"):
+# Tokenizer threads per worker process by default. Measured on 2 cores (docs/preprocessing.md, "Preprocessing"):
 # one process whose Rust tokenizer runs 2 threads converts 45 MB in 11-14 s, two single-threaded
 # processes take 16 s; the ceiling (tokenizing alone on 2 threads) 10-11 s.
 THREADS_PER_WORKER = 2

@@ -176,7 +176,7 @@ def tokenized_ahead(
 
     Two in flight rather than one: the tokenizer's threads then always have a batch to work on,
     while one thread turns the last batch's encodings into Python lists (under the GIL) and while
-    the slowest document of a batch keeps one of them busy; measured on 2 cores (README,
+    the slowest document of a batch keeps one of them busy; measured on 2 cores (docs/preprocessing.md,
     "Preprocessing"), the converter's wall time went from 94 % to 97 % of the ceiling's (medians of
     4 runs, side by side). A worker whose tokenizer runs on one thread (``--workers`` as many as
     the CPUs) thus tokenizes on two."""

@@ -40,7 +40,7 @@ container_args() {
   CONTAINER_ARGS=()
   [[ -n "$IMAGE" ]] || return 0
   if [[ "$IMAGE" == *.sqsh && ! -f "$IMAGE" ]]; then
-    die "IMAGE=$IMAGE does not exist: build and import it first (README, 'Container image'), or set IMAGE= for the venv"
+    die "IMAGE=$IMAGE does not exist: build and import it first (docs/container.md, 'Container image'), or set IMAGE= for the venv"
   fi
   CONTAINER_ARGS=(--container-image="$IMAGE" --container-mounts="$CONTAINER_MOUNTS" --container-workdir="$ROOT")
 }
@@ -53,7 +53,7 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-# Air-gapped clusters (README, "Air-gapped clusters"): BUNDLE is a folder `make bundle` wrote. With it
+# Air-gapped clusters (docs/airgap.md, "Air-gapped clusters"): BUNDLE is a folder `make bundle` wrote. With it
 # nothing asks the Hugging Face hub, TOKENIZER defaults to the bundle's tokenizer and C4_INPUT to its
 # C4 files. A BUNDLE without its manifest, or without a tokenizer when TOKENIZER is unset, stops here.
 if [[ -n "${BUNDLE:-}" ]]; then

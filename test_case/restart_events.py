@@ -1,7 +1,7 @@
 """Restart events: the contract between the training job's restart decisions and the report.
 
 A training job that fails is requeued by its own batch script (`test_case.training.restarts`
-decides; README, "Resume after a failure"). Two kinds of event are printed into the job's log, each
+decides; docs/training.md, "Resume after a failure"). Two kinds of event are printed into the job's log, each
 as one ``[restart] {json}`` line (`RestartEvent.line`) after a sentence a person reads:
 
 * ``failure``: printed by the batch script's decision step after a start of the job failed: the

@@ -1,5 +1,5 @@
 """Every environment variable the scripts and the commands they run read, with its default: one
-definition for ``--help`` and the README's "Settings" tables (tests/test_settings.py keeps all three,
+definition for ``--help`` and docs/training.md's "Settings" tables (tests/test_settings.py keeps all three,
 and the scripts' own ``${NAME:-...}`` reads, in step).
 
 ``python -m test_case.settings SCRIPT`` prints SCRIPT's header comment (what it does, how to submit
@@ -150,7 +150,8 @@ def help_text(script: Path) -> str:
     width = max(len(s.name) for s in mine)
     rows = [f"  {s.name:<{width}}  {s.meaning} (default: {s.default})" for s in mine]
     text = "\n".join(header(script.read_text()))
-    return f"{text}\n\nEnvironment (export before sbatch or bash; README, 'Settings'):\n" + "\n".join(rows) + "\n"
+    head = "Environment (export before sbatch or bash; docs/training.md, 'Settings'):"
+    return f"{text}\n\n{head}\n" + "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

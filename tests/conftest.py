@@ -26,7 +26,7 @@ QUICK_TIER = os.environ.get("TEST_TIER") == "check"
 
 
 # Each test module's areas, as pytest markers: `pytest -m preprocessing` runs what a change to
-# preprocessing/ can break (README "Development" has the "changed X, run Y" table). Every module is
+# preprocessing/ can break (docs/contributing.md, "Development" has the "changed X, run Y" table). Every module is
 # listed: a new one that is not stops the collection. `slow` and `slurm` stay in the modules.
 AREAS: dict[str, tuple[str, ...]] = {
     "test_acceptance": ("acceptance", "report"),
@@ -35,6 +35,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_checkpoints": ("training",),
     "test_container": ("container",),
     "test_demo_assets": ("preprocessing",),
+    "test_docs": ("tooling",),
     "test_durations": ("tooling",),
     "test_fault_tolerance_slurm": ("training", "report"),
     "test_gpu_smoke": ("training", "preflight"),

@@ -1,7 +1,7 @@
 """Every script answers ``--help`` (test_case/settings.py): what it does and every setting it reads
 with its default, exit 0 and no side effect, in an empty folder with no ``sbatch`` on PATH; the
 settings each script and env.sh read (``${NAME...}``) and those the launch and preflight read from
-the environment are all in the registry; the README's "Settings" tables name every one."""
+the environment are all in the registry; docs/training.md's "Settings" tables name every one."""
 
 from __future__ import annotations
 
@@ -82,9 +82,10 @@ def python_reads_of(text: str) -> set[str]:
     return set(re.findall(r"(?:env|environ)(?:\.get)?[(\[]\s*\"([A-Z_][A-Z0-9_]*)\"", text))
 
 
-def test_the_readme_settings_tables_name_every_setting() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    start = readme.index("### Settings (environment variables)")
-    tables = readme[start : readme.index("## Container image", start)]
+def test_the_docs_settings_tables_name_every_setting() -> None:
+    page = (REPO_ROOT / "docs" / "training.md").read_text()
+    start = page.index("## Settings (environment variables)")
+    tables = page[start:]  # the Settings table and the EFA and NCCL one, the last sections of the page
+    assert "## EFA and NCCL" in tables
     named = set(re.findall(r"`([A-Z_][A-Z0-9_]*)`", tables))
     assert {s.name for s in SETTINGS} - named == set()

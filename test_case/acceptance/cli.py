@@ -41,7 +41,7 @@ SCALING_THRESHOLD = 0.90  # lowest scaling efficiency against the smallest node 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line (README, "Acceptance sweep")."""
+    """The command line (docs/acceptance.md, "Acceptance sweep")."""
     p = argparse.ArgumentParser(
         prog="3.acceptance.sh",
         description="Submit a preflight and the model ladder at several node counts; the report judges them.",
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="GPU",
         help="the cluster's GPU (h100-sxm, h200, a100-40gb, ...): refuse a model that does not fit in its memory "
-        "before submitting (README, 'Will it fit'); without it, each job checks on its nodes",
+        "before submitting (docs/training.md, 'Will it fit'); without it, each job checks on its nodes",
     )
     s.add_argument(
         "--published-config",

@@ -121,7 +121,7 @@ def read_manifest(bundle: Path) -> BundleManifest:
     if not path.is_file():
         raise BundleError(
             f"{bundle} holds no {MANIFEST_NAME}: point BUNDLE at the folder `make bundle` wrote "
-            "(README, 'Air-gapped clusters')"
+            "(docs/airgap.md, 'Air-gapped clusters')"
         )
     return BundleManifest.from_json(path.read_text(), path)
 

@@ -1,4 +1,4 @@
-"""The preflight's typed records: what `logs/preflight_<job-id>.json` holds (schema in the README).
+"""The preflight's typed records: what `logs/preflight_<job-id>.json` holds (schema: docs/preflight.md).
 
 One `Check` per thing measured on a node, a `NodeResult` per hostname, a `Failure` per failed check
 with what to do, and `Bandwidth` curves for the collectives. Node tasks write `NodePart` files; the

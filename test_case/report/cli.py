@@ -112,7 +112,7 @@ def default_out_dir(paths: list[Path]) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line, as documented in the README."""
+    """The command line, as documented in docs/report.md."""
     p = argparse.ArgumentParser(
         prog="report.py", description="Tables, report files and plots from Composer training logs."
     )

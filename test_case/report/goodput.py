@@ -3,7 +3,7 @@
 From the job's own start and end lines and the timing events of rank 0 (`test_case.timing_events`),
 as `test_case.report.log_parser` collected them. The job's wall time runs from its first start line
 to its last end line (or the last event, for a log that ends without one) and is split into parts
-that add up to it exactly (README, "Rank timing and goodput"):
+that add up to it exactly (docs/training.md, "Rank timing and goodput"):
 
 * ``startup_s``: from a start line to ``fit_start`` (container, Python, model, data), less the restore;
   a start that never reached ``fit_start`` is start-up from its start line to its end line;

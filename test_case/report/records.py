@@ -1,6 +1,6 @@
 """The report's typed records: what `metrics` and `compare` compute and `render` writes.
 
-Each record's fields are report.json's fields (README, "report.json"); ``to_dict`` gives the JSON
+Each record's fields are report.json's fields (docs/report.md, "report.json"); ``to_dict`` gives the JSON
 form. Nothing here computes a figure.
 """
 
@@ -181,7 +181,7 @@ class ScalingGroup:
 
 @dataclass
 class RunSummary:
-    """The figures of one run, as written to report.json (README: "report.json")."""
+    """The figures of one run, as written to report.json (docs/report.md, "report.json")."""
 
     name: str
     log_file: str

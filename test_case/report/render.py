@@ -539,7 +539,7 @@ def report_document(
     preflights: Sequence[PreflightReport] = (),
     verdict: Verdict | None = None,
 ) -> dict[str, Any]:
-    """report.json's content (schema in the README)."""
+    """report.json's content (schema: docs/report.md, "report.json")."""
     return json_safe(
         {
             "schema_version": SCHEMA_VERSION,

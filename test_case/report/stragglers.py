@@ -8,7 +8,7 @@ ranks is the reference; a rank whose ratio to it exceeds the threshold (`STRAGGL
 its ratio, and whether it holds a straggler; the slowest node is named whether flagged or not.
 
 Why 1.15: healthy ranks of one job run the same kernels on the same shapes, so their medians agree
-within a few percent (measured here on CPU ranks sharing two cores: README, "Rank timing and
+within a few percent (measured here on CPU ranks sharing two cores: docs/training.md, "Rank timing and
 goodput"); in synchronous training the slowest rank sets every step, so one 15 % slower costs the
 whole job 15 %.
 """

@@ -370,7 +370,7 @@ def preflight(
         problems += space_problems(cfg, plan, local_save, shm)
     if plan.gpus_per_node or not os.environ.get("GPU_TYPE"):
         per_node, nodes = plan.procs_per_node, plan.num_nodes
-    else:  # a login node planning a GPU job (README, "Will it fit")
+    else:  # a login node planning a GPU job (docs/training.md, "Will it fit")
         per_node, nodes = planned_gpus(os.environ, 0, plan.num_nodes)
     if batch and (unshared := batch_problem(cfg.get("global_train_batch_size"), per_node * nodes, per_node)):
         problems.append(unshared)
@@ -638,7 +638,7 @@ def checked_config(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``check``, ``plan``, ``header`` or ``node`` for a model and its overrides (README, "How a
+    """``check``, ``plan``, ``header`` or ``node`` for a model and its overrides (docs/training.md, "How a
     training job starts"). Exit code 2: a configuration mistake or a missing input, one line each."""
     parser = argparse.ArgumentParser(prog="python -m test_case.training.launch")
     parser.add_argument(

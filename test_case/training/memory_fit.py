@@ -1,5 +1,5 @@
 """Will a training config fit in each GPU's memory? The estimate behind ``launch check`` and the
-acceptance sweep's plan (README, "Will it fit").
+acceptance sweep's plan (docs/training.md, "Will it fit").
 
 Per GPU, for an MPT trained by Composer's FSDP (one FSDP unit per MPT block, as llm-foundry wraps it),
 in bytes, with P parameters, L blocks of d_model h, microbatch b, sequence s, vocabulary V:
@@ -236,7 +236,8 @@ def fit_line(
     if not shape.activation_checkpointing:
         fixes.append("turn on fsdp_config.activation_checkpointing=true")
     fix = "; ".join(fixes) or "no node count or microbatch makes it fit: shorten max_seq_len"
-    return False, f"{name} does not fit in GPU memory on {where}: {found.describe()}: {fix} (README, 'Will it fit')"
+    where_to_read = "(docs/training.md, 'Will it fit')"
+    return False, f"{name} does not fit in GPU memory on {where}: {found.describe()}: {fix} {where_to_read}"
 
 
 @dataclass(frozen=True)
