@@ -14,7 +14,8 @@ the holder is taken as gone, and its lock taken over, when
 
 * the lock has not been touched for ``stale_after_s`` (by the filesystem's clock), or
 * it is an earlier incarnation of this very job (Slurm requeued it: the old one is gone), or
-* it is a single process on this host and that pid is not running (kill -9, a crash).
+* it is a single process on this host and that pid is not running (kill -9, a crash), or is a
+  zombie (killed, not reaped yet: it still answers ``kill -0``).
 
 The last task of a run to leave removes the lock, so the next run starts at once.
 """
@@ -87,14 +88,28 @@ class SplitLost(RuntimeError):
 
 
 def pid_running(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
+    """Whether a process with this pid is running on this host (`pid_gone` says why not)."""
+    return pid_gone(pid) is None
+
+
+def pid_gone(pid: int) -> str | None:
+    """Why ``pid`` is not a running process on this host ("not running", "a zombie: it exited and
+    its parent has not reaped it"), or None while it runs. A zombie still answers ``kill -0``, so
+    its state is read from ``/proc/PID/stat`` where there is one."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return "not running"
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None  # no /proc (or no access): kill -0 found it
+    state = stat.rsplit(")", 1)[-1].split()[0]  # after "pid (comm)", which may hold spaces and ")"
+    if state in ("Z", "X", "x"):
+        return "a zombie: it exited and its parent has not reaped it"
+    return None
 
 
 class SplitLock:
@@ -134,8 +149,8 @@ class SplitLock:
             return f"no heartbeat for {idle_s:.0f} s (more than {self.stale_after_s:.0f} s)"
         if holder.job_id and holder.job_id == self.me.job_id and holder.restart < self.me.restart:
             return f"Slurm requeued job {holder.job_id}: restart {self.me.restart} replaces restart {holder.restart}"
-        if holder.tasks == 1 and holder.host == self.me.host and not pid_running(holder.pid):
-            return f"pid {holder.pid} is not running on {holder.host}"
+        if holder.tasks == 1 and holder.host == self.me.host and (why := pid_gone(holder.pid)):
+            return f"pid {holder.pid} is {why} on {holder.host}"
         return None
 
     def members(self, run_key: str | None = None) -> list[int]:

@@ -78,6 +78,29 @@ def test_a_killed_process_on_this_host_is_taken_over_at_once(tmp_path: Path) -> 
     assert note == f"took the folder over from {dead.describe()}: pid {proc.pid} is not running on {here.host}"
 
 
+def test_a_killed_process_its_parent_has_not_reaped_is_taken_over_at_once(tmp_path: Path) -> None:
+    """kill -9, then rerun a second later: the killed run is a zombie until its parent reaps it, and a
+    zombie answers kill -0; before, the rerun was refused ("being written by pid N")."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    here = Writer.this_process()
+    dead = dataclasses.replace(here, run=f"pid {proc.pid} on {here.host}", pid=proc.pid)
+    SplitLock(tmp_path, 0, me=dead).acquire()
+    os.kill(proc.pid, 9)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the killed process never became a zombie"
+        time.sleep(0.01)
+    os.kill(proc.pid, 0)  # still answers kill -0: not reaped (this process is its parent and waits below)
+    try:
+        note = SplitLock(tmp_path, 0).acquire()
+    finally:
+        proc.wait()
+    assert note == (
+        f"took the folder over from {dead.describe()}: pid {proc.pid} is a zombie: it exited and its parent "
+        f"has not reaped it on {here.host}"
+    )
+
+
 def test_a_silent_run_is_taken_over_after_the_timeout_and_stops_when_it_wakes(tmp_path: Path) -> None:
     silent = SplitLock(tmp_path, 0, me=slurm_writer("606"))
     silent.acquire()
