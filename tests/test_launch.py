@@ -346,6 +346,11 @@ def test_preflight_refuses_data_that_does_not_fit_the_model(
         f"train_loader: dataset {mds_root}/train_small holds 128-token samples but the model trains on "
         "max_seq_len=256: preprocess with CONCAT_TOKENS=256 (into another DATA_ROOT), or train with max_seq_len=128"
     )
+    # a run that cannot start leaves no empty checkpoint folder (it was created to check it is writable)
+    assert len(problems("variables.max_seq_len=256", SAVE_ROOT=str(tmp_path / "fresh" / "ck"))) == 2
+    assert not (tmp_path / "fresh").exists()
+    assert problems(SAVE_ROOT=str(tmp_path / "fresh" / "ck")) == []
+    assert list((tmp_path / "fresh" / "ck").glob("*/checkpoints")), "a run that starts keeps its folder"
     (vocab,) = [p for p in problems("model.vocab_size=1000") if p.startswith("train_loader")]
     assert "holds token ids up to" in vocab and "the model's vocab_size is 1000" in vocab
     other = gpt2_tokenizer_folder(tmp_path / "gpt2")

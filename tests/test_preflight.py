@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,12 @@ def test_a_run_on_this_machine_measures_gloo_collectives_and_names_missing_data(
     doc = json.loads(path.read_text())
     failed = [f for f in doc["failures"] if f["check"] != "save_root_free"]  # this disk may be small
     assert failed == [], good.stdout + good.stderr
+    parts = tmp_path / "logs" / f"preflight_{doc['job_id']}.parts"
+    if doc["status"] == "pass":  # the raw parts are in the result: nothing left behind
+        assert not parts.exists() and list((tmp_path / "logs").iterdir()) == [path], good.stdout
+    else:  # (a small disk fails save_root_free here) kept for inspection, and the line says where
+        assert parts.is_dir() and f"kept in {parts}" in good.stdout
+    assert re.fullmatch(r"local-\d{8}-\d{6}-\d+", doc["job_id"]), doc["job_id"]
     (curve,) = [b for b in doc["bandwidth"] if b["collective"] == "all_reduce"]
     assert (curve["ranks"], curve["backend"], [p["bytes"] for p in curve["points"]]) == (
         2,
@@ -265,3 +272,5 @@ def test_a_run_on_this_machine_measures_gloo_collectives_and_names_missing_data(
     failures = {f["check"]: f for f in json.loads(path.read_text())["failures"]}
     assert "1.c4-preprocess.sbatch" in failures["dataset.train_small"]["action"]
     assert "preflight: FAIL" in bad.stdout and "dataset.train_small" in bad.stdout
+    bad_job = json.loads(path.read_text())["job_id"]
+    assert f"kept in {tmp_path / 'logs' / f'preflight_{bad_job}.parts'}" in bad.stdout

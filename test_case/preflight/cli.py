@@ -223,6 +223,12 @@ def verdict(args: argparse.Namespace) -> int:
     for line in summary_lines(report):
         print(line)
     print(f"{PROG}: wrote {out}")
+    if report.status == "pass":  # everything the parts held is in the result
+        shutil.rmtree(args.parts, ignore_errors=True)
+    else:
+        print(
+            f"{PROG}: the nodes' raw results and NCCL logs are kept in {args.parts} (removed when a preflight passes)"
+        )
     return 0 if report.status == "pass" else 1
 
 

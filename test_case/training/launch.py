@@ -25,6 +25,7 @@ rank beats into `heartbeat_dir` (`test_case.training.heartbeat`), which names a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import itertools
@@ -356,7 +357,9 @@ def preflight(
     if _path_like(tokenizer) and not (cwd / tokenizer).expanduser().is_dir():
         problems.append(f"tokenizer folder {tokenizer} does not exist: set TOKENIZER to a tokenizer folder or name")
     local_save: Path | None = None
+    created: list[Path] = []  # the checkpoint folders made here: removed again when the run cannot start
     if node_checks and (folder := local_save_folder(cfg, cwd)) is not None:
+        created = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -383,6 +386,10 @@ def preflight(
             f"{yaml.stem} uses flash attention, which needs GPUs, and this node has none "
             "(use mpt-tiny-cpu on CPU nodes, or request GPUs with --gpus-per-node)"
         )
+    if problems:  # a run that never starts leaves no empty SAVE_ROOT/<run-name>/checkpoints behind
+        for made in reversed(created):
+            with contextlib.suppress(OSError):
+                made.rmdir()
     return problems
 
 
