@@ -61,6 +61,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_preprocessing_splits": ("preprocessing", "training", "report"),
     "test_preprocessing_tokenizer": ("preprocessing",),
     "test_rank_timing": ("training", "report"),
+    "test_report_liveness": ("report",),
     "test_restarts": ("training", "report"),
     "test_settings": ("tooling",),
     "test_slurm_integration": ("training", "preprocessing", "report"),

@@ -469,6 +469,9 @@ def test_report_of_completed_failed_never_started_and_requeued_runs(tmp_path: Pa
             "job_id": "12",
             "failure": NEVER_STARTED[1],
             "failure_line": 2,
+            "run_name": None,
+            "nodelist": None,
+            "log_ends_at": "2026-11-22T06:00:04+00:00",  # its job start line: where a start-up kill stopped
         }
     ]
     assert doc["scaling"] == []  # all three ran at world size 2: nothing to scale

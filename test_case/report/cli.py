@@ -27,6 +27,7 @@ from test_case.gpu_peaks import PEAK_TFLOPS
 from test_case.preflight.records import PreflightReport
 from test_case.published_runs import DEFAULT_BASELINE, BaselineError, load_baseline
 from test_case.report.compare import compare_to_baseline, scaling_groups
+from test_case.report.liveness import refine
 from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import USED_TRAIN_KEYS, job_without_training, summarise_run
 from test_case.report.records import JobWithoutTraining, RunSummary
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         key=run_order,
     )
+    jobs = refine(runs, jobs)  # unfinished: still running, or killed? (Slurm, this host's processes)
     if baseline_rows is not None:
         for run in runs:
             run.baseline = compare_to_baseline(run, baseline_rows, args.tolerance)

@@ -41,6 +41,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import datetime
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -48,6 +49,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from test_case.failure_lines import failure_cause
 from test_case.gpu_peaks import peak_tflops
 from test_case.report.goodput import goodput
+from test_case.report.liveness import last_time
 from test_case.report.log_parser import MetricBlock, ParsedLog, Value
 from test_case.report.records import JobWithoutTraining, RunSummary, StreamShare
 from test_case.report.stragglers import STRAGGLER_RATIO, stragglers
@@ -266,6 +268,8 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         scheduler=None if job_id is None else ("local" if job_id.startswith("local") else "slurm"),
         precision=str(config["precision"]) if "precision" in config else None,
         max_seq_len=_as_int(config.get("max_seq_len")),
+        nodelist=header.nodelist,
+        log_ends_at=_iso(last_time(parsed)),
         dataset_sample_tokens=header.dataset_sample_tokens,
         dataset_tokenizer=header.dataset_tokenizer,
         eval_data_overlap=header.eval_data_overlap,
@@ -288,7 +292,8 @@ def _identity(parsed: ParsedLog) -> RunSummary:
 def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
     """``completed``: the last train block is ``[batch=T/T]``. ``failed``: not completed, and since
     the job's last start a failure line was logged (`test_case.failure_lines.FAILURE_LINE`) or the job's end
-    line gives a non-zero exit code. ``unfinished``: neither (still running, or the log was cut off)."""
+    line gives a non-zero exit code. ``unfinished``: neither (still running, or the log was cut off);
+    the report then asks Slurm or this host whether it runs (`test_case.report.liveness.refine`)."""
     if run.eval_data_overlap not in (None, NONE):
         run.warnings.append(f"eval data overlaps the training data: {run.eval_data_overlap}")
     cause = failure_cause(parsed.failures)
@@ -329,8 +334,18 @@ def job_without_training(parsed: ParsedLog) -> JobWithoutTraining | None:
     if failure is None and parsed.end_code not in (None, 0):
         failure = f"the job ended with exit code {parsed.end_code}"
     return JobWithoutTraining(
-        parsed.path, parsed.header.job_id or parsed.job_id, failure, cause.number if cause else None
+        parsed.path,
+        parsed.header.job_id or parsed.job_id,
+        failure,
+        cause.number if cause else None,
+        parsed.declared_run_name,
+        parsed.header.nodelist,
+        _iso(last_time(parsed)),
     )
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat(timespec="seconds") if when else None
 
 
 def _loss_figures(

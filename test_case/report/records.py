@@ -14,7 +14,9 @@ import numpy as np
 from test_case.run_header import Device
 
 BaselineStatus = Literal["ok", "below", "no-match", "not-compared"]
-RunStatus = Literal["completed", "failed", "unfinished"]
+# unfinished: no end line, and nothing says whether it still runs; running or killed: Slurm or this
+# host's processes say so (`test_case.report.liveness`)
+RunStatus = Literal["completed", "failed", "unfinished", "running", "killed"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,9 @@ class JobWithoutTraining:
     job_id: str | None
     failure: str | None  # the line that says why, if the log has one
     failure_line: int | None
+    run_name: str | None = None  # the run header's
+    nodelist: str | None = None  # the run header's: Slurm hostlist, or the host outside Slurm
+    log_ends_at: str | None = None  # the last time the log printed (ISO 8601)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -187,7 +192,7 @@ class RunSummary:
     log_file: str
     job_id: str | None = None
     model: str | None = None
-    status: RunStatus = "unfinished"  # see metrics._status_figures
+    status: RunStatus = "unfinished"  # see metrics._status_figures and liveness.refine
     failure: str | None = None  # the line that says why it failed
     failure_line: int | None = None  # its line in the log
     device: Device | None = None  # "gpu" or "cpu", from the run header
@@ -199,6 +204,8 @@ class RunSummary:
     scheduler: Literal["slurm", "local"] | None = None  # a Slurm job, or the script run without Slurm
     precision: str | None = None
     max_seq_len: int | None = None
+    nodelist: str | None = None  # Slurm hostlist, or the host outside Slurm (run header)
+    log_ends_at: str | None = None  # the last time the log printed (ISO 8601): where a killed run stopped
     dataset_sample_tokens: int | None = None  # tokens per sample of the training data (run header)
     dataset_tokenizer: str | None = None  # the tokenizer the training data was made with (run header)
     eval_data_overlap: str | None = None  # eval data made from the training data's input files (run header)
