@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from test_case.report.liveness import liveness
 from tests.conftest import REPO_ROOT
@@ -44,7 +45,7 @@ def write_log(folder: Path, pid: int, batches: bool) -> str:
     return job
 
 
-def report(logs: Path, out: Path) -> dict[str, object]:
+def report(logs: Path, out: Path) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "report.py", str(logs), "--out", str(out)],
         cwd=REPO_ROOT,
@@ -60,12 +61,12 @@ def test_a_live_run_is_running_and_the_same_run_killed_with_kill_9_is_killed(tmp
     proc = training_script_stand_in()
     try:
         write_log(tmp_path / "logs", proc.pid, batches=True)
-        (run,) = report(tmp_path / "logs", tmp_path / "r1")["runs"]  # type: ignore[misc]
+        (run,) = report(tmp_path / "logs", tmp_path / "r1")["runs"]
         assert run["status"] == "running", run["warnings"]
         assert f"RUNNING at batch 5/8: pid {proc.pid} is running on {socket.gethostname()}" in run["warnings"][0]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        (run,) = report(tmp_path / "logs", tmp_path / "r2")["runs"]  # type: ignore[misc]
+        (run,) = report(tmp_path / "logs", tmp_path / "r2")["runs"]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -83,11 +84,11 @@ def test_a_kill_during_start_up_is_named_and_a_starting_run_is_not(tmp_path: Pat
     proc = training_script_stand_in()
     try:
         job = write_log(tmp_path / "logs", proc.pid, batches=False)
-        (starting,) = report(tmp_path / "logs", tmp_path / "r1")["jobs_without_training"]  # type: ignore[misc]
+        (starting,) = report(tmp_path / "logs", tmp_path / "r1")["jobs_without_training"]
         assert starting["failure"] is None
         proc.kill()
         proc.wait()
-        (killed,) = report(tmp_path / "logs", tmp_path / "r2")["jobs_without_training"]  # type: ignore[misc]
+        (killed,) = report(tmp_path / "logs", tmp_path / "r2")["jobs_without_training"]
     finally:
         if proc.poll() is None:
             proc.kill()
