@@ -36,6 +36,18 @@ class LogLine:
 RANK_KILLED_BY_SIGNAL = re.compile(r"ERROR:composer\.cli\.launcher:Rank (\d+) crashed with exit code -(\d+)")
 
 
+# slurmstepd in the batch step's output when Slurm ends the job: "*** JOB 344 ON node1 CANCELLED AT
+# 2026-12-05T12:35:10 ***" for scancel, "... DUE TO TIME LIMIT ***", "... DUE TO PREEMPTION ***", ...
+# groups: the job id, the time, the reason (None: scancel)
+JOB_CANCELLED = re.compile(r"\*\*\* JOB (\S+) ON \S+ CANCELLED AT (\S+)(?: DUE TO ([A-Z][A-Z ]*[A-Z]))? \*\*\*")
+
+
+def cancelled_by_user(failures: Sequence[LogLine]) -> LogLine | None:
+    """slurmstepd's line that says the job was cancelled with scancel (not by its time limit,
+    preemption or a node failure), if the start's failure lines hold one."""
+    return next((f for f in failures if (m := JOB_CANCELLED.search(f.text)) and m.group(3) is None), None)
+
+
 def failure_cause(failures: Sequence[LogLine]) -> LogLine | None:
     """The line that names why the last start failed: a rank ended by a signal, else the first
     failure line after the start, preferring a traceback's exception to its ``Traceback (most recent
@@ -45,3 +57,53 @@ def failure_cause(failures: Sequence[LogLine]) -> LogLine | None:
         return killed[0]
     named = [f for f in failures if "Traceback (most recent call last)" not in f.text]
     return named[0] if named else (failures[0] if failures else None)
+
+
+# Exceptions a configuration raises the same way wherever it runs (llm-foundry's and Composer's
+# checks, OmegaConf's): raised by every rank before the first batch, a requeue would only repeat them.
+# RuntimeError, OSError and torch.distributed's errors are left out: they can come from a bad node or link.
+CONFIGURATION_ERRORS = (
+    "ValueError",
+    "TypeError",
+    "KeyError",
+    "AttributeError",
+    "AssertionError",
+    "NotImplementedError",
+    "ImportError",
+    "ModuleNotFoundError",
+    "NameError",
+    "IndexError",
+    "ZeroDivisionError",
+    "omegaconf.errors.ConfigKeyError",
+    "omegaconf.errors.ConfigAttributeError",
+    "omegaconf.errors.ConfigTypeError",
+    "omegaconf.errors.ValidationError",
+    "omegaconf.errors.MissingMandatoryValue",
+    "omegaconf.errors.InterpolationResolutionError",
+)
+# A rank's exception line as torch's elastic agent prefixes it: "[rank1]: ValueError: ..."
+RANK_EXCEPTION = re.compile(r"^\[rank(\d+)\]: ?([A-Za-z_][\w.]*(?:Error|Exception))(?::\s?(.*))?$")
+# Composer's launcher, once per rank when the job ends: "Global rank 1 (PID 5968) exited with code 1"
+RANK_EXITED = re.compile(r"^(?:ERROR:composer\.cli\.launcher:)?Global rank (\d+) \(PID \d+\) exited with code")
+TRAIN_BATCH = re.compile(r"^\[batch=\d+/\d+\]:")
+
+
+def configuration_error(lines: Sequence[str]) -> str | None:
+    """The exception every rank of a start raised the same way before its first batch, when it is a
+    `CONFIGURATION_ERRORS` one (``ValueError: d_model must be divisible by n_heads``), else None.
+    ``lines``: the start's lines with any srun task label (``0: ``) removed. Every rank Composer's
+    launcher says exited must have printed that exception (at least two ranks, or the only one)."""
+    raised: dict[int, str] = {}
+    exited: set[int] = set()
+    for line in lines:
+        if TRAIN_BATCH.match(line):
+            return None  # it trained: whatever failed later is not the configuration
+        if m := RANK_EXCEPTION.match(line):
+            raised[int(m.group(1))] = f"{m.group(2)}: {m.group(3)}" if m.group(3) else m.group(2)
+        elif m := RANK_EXITED.match(line):
+            exited.add(int(m.group(1)))
+    errors = set(raised.values())
+    if len(errors) != 1 or not exited or not exited <= set(raised):
+        return None
+    (error,) = errors
+    return error if error.split(":", 1)[0] in CONFIGURATION_ERRORS else None

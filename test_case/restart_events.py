@@ -24,6 +24,8 @@ PREFIX = "[restart] "
 
 EventKind = Literal["failure", "restart"]
 Action = Literal["requeue", "stop"]
+# why a failure stopped the job: too many failures in a row, or an error a requeue would repeat
+StopReason = Literal["max_restarts", "configuration"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class RestartEvent:
     max_restarts: int | None = None  # MAX_RESTARTS the decision used
     checkpoint_batch: int | None = None  # batch of the newest complete checkpoint when it was printed
     excluded: list[str] = field(default_factory=list)  # nodes the job excludes from its next start
+    stop_reason: StopReason | None = None  # a stop only (None in logs of older suites: max_restarts)
 
     def line(self) -> str:
         """``[restart] {json}``: one line, keys in declaration order."""

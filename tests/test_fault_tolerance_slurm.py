@@ -405,7 +405,10 @@ def test_a_crash_loop_stops_after_max_restarts(cluster: LocalSlurmCluster, place
     (line,) = [x for x in run.text.splitlines() if x.startswith(stop_line)]
     assert "more than MAX_RESTARTS=2; last failure on node3: rank 1 on node3 was ended by signal 9" in line
     assert line.endswith(f"then requeue it by hand: scontrol requeue {job}")
-    assert re.fullmatch(rf"\[\S+\] job {job} end: exit code [1-9]\d* after \d+ s", run.text.splitlines()[-1])
+    assert re.fullmatch(
+        rf"\[\S+\] job {job} end: exit code 1 \(training failed; its step exited with \d+\) after \d+ s",
+        run.text.splitlines()[-1],
+    )
     starts = run.starts()
     print(f"crash loop: {len(starts)} starts, stopped {run.info['EndTime']} after MAX_RESTARTS=2 (job {job})")
 

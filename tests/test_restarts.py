@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from test_case.failure_lines import configuration_error
 from test_case.report.log_parser import parse_composer_log
 from test_case.report.metrics import summarise_run
 from test_case.report.render import format_table
@@ -308,7 +309,7 @@ def test_the_decision_step_stops_with_one_line_when_it_has_no_log(capsys: pytest
         os.environ.clear()
         os.environ.update(old)
     out = capsys.readouterr()
-    assert out.out == "stop\n"
+    assert out.out == "stop 1\n"  # the job's exit code: a failure, whatever the training step's was
     assert out.err == (
         "restarts: error: cannot read the job log /nonexistent/x.out: No such file or directory (mount its folder "
         "into the container: CONTAINER_MOUNTS); the job stops (exit code 1)\n"
@@ -318,3 +319,26 @@ def test_the_decision_step_stops_with_one_line_when_it_has_no_log(capsys: pytest
 def test_events_in_reads_task_prefixed_lines() -> None:
     ev = event(0, 1, 10)
     assert events_in(["0: " + ev.line(), "junk", ev.line()]) == [ev, ev]
+
+
+def test_an_error_every_rank_raised_before_the_first_batch_is_a_configuration_error() -> None:
+    """Lines as Composer's launcher printed them in a real run of mpt-tiny-cpu with model.n_heads=3
+    (two ranks, this machine, 2026-12-05)."""
+    ranks = [
+        "[rank0]:     raise ValueError('d_model must be divisible by n_heads')",
+        "[rank0]: ValueError: d_model must be divisible by n_heads",
+        "ERROR:composer.cli.launcher:Rank 0 crashed with exit code 1.",
+        "Global rank 0 (PID 5967) exited with code 1",
+        "Global rank 1 (PID 5968) exited with code 1",
+        "----------Begin global rank 1 STDERR----------",
+        "[rank1]: ValueError: d_model must be divisible by n_heads",
+        "ERROR:composer.cli.launcher:Global rank 0 (PID 5967) exited with code 1",
+    ]
+    assert configuration_error(ranks) == "ValueError: d_model must be divisible by n_heads"
+    # one rank's stderr not shown: not every rank is known to have raised it
+    assert configuration_error([x for x in ranks if not x.startswith("[rank1]")]) is None
+    # the ranks disagree, or it trained first, or the error can come from a node or a link
+    assert configuration_error([*ranks, "[rank1]: ValueError: something else"]) is None
+    assert configuration_error(["[batch=1/60]:", *ranks]) is None
+    nccl = [x.replace("ValueError: d_model must be divisible by n_heads", "RuntimeError: NCCL error") for x in ranks]
+    assert configuration_error(nccl) is None

@@ -26,7 +26,7 @@ import pytest
 
 from preprocessing.writer_lock import LOCK
 from test_case.report.log_parser import ParsedLog, parse_log_file
-from test_case.report.metrics import LOSS_KEY
+from test_case.report.metrics import LOSS_KEY, summarise_run
 from test_case.training.launch import expand_hostlist
 from tests.conftest import REPO_ROOT
 from tests.local_slurm import LocalSlurmCluster, rank_pid
@@ -284,6 +284,69 @@ def mistyped(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
     return TrainRun(job, info, log, log.read_text(), parse_log_file(log))
 
 
+@pytest.fixture(scope="module")
+def cancelled(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
+    """A run stopped with scancel while it trains."""
+    job = submit_training(cluster, workspace)
+    log = workspace.logs / f"mpt-train_{job}.out"
+    wait_for_batch(log, 3)
+    subprocess.run(["scancel", job], env=cluster.env, check=True, capture_output=True)
+    info = cluster.wait(job, timeout=300)
+    return TrainRun(job, info, log, log.read_text(), parse_log_file(log))
+
+
+def test_a_cancelled_job_is_reported_cancelled_and_its_end_line_is_the_last(cancelled: TrainRun) -> None:
+    """Before: reported "failed", and the ranks' tracebacks followed the end line."""
+    assert cancelled.info["JobState"] == "CANCELLED"
+    lines = cancelled.text.splitlines()
+    (end,) = [i for i, x in enumerate(lines) if re.search(rf"\] job {cancelled.job_id} end: ", x)]
+    assert re.fullmatch(
+        rf"\[\S+\] job {cancelled.job_id} end: exit code 143 \(stopped by SIGTERM\) after \d+ s", lines[end]
+    )
+    # the ranks' last lines come before it; only srun's own last words may follow, within Slurm's KillWait
+    assert all(x.startswith("srun: ") for x in lines[end + 1 :]), lines[end:]
+    assert any("exited with code 143" in x for x in lines[:end])
+    run = summarise_run(cancelled.parsed)
+    assert run.status == "cancelled" and run.last_batch is not None and run.last_batch < 60
+    assert re.search(rf"\*\*\* JOB {cancelled.job_id} ON node1 CANCELLED AT \S+ \*\*\*$", run.failure or ""), run
+    assert run.warnings[0].startswith(f"CANCELLED at batch {run.last_batch}/60 (scancel): ")
+
+
+@pytest.fixture(scope="module")
+def misconfigured(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
+    """A valid key with a value llm-foundry refuses on every rank while it builds the model, which
+    launch check cannot know: d_model 128 on 3 heads."""
+    args = [f"--output={workspace.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES, "model.n_heads=3"]
+    job = cluster.sbatch(args, cwd=REPO_ROOT, env=workspace.env())
+    info = cluster.wait(job, timeout=300)
+    log = workspace.logs / f"mpt-train_{job}.out"
+    return TrainRun(job, info, log, log.read_text(), parse_log_file(log))
+
+
+def test_an_error_every_rank_raises_before_the_first_batch_is_not_retried(misconfigured: TrainRun) -> None:
+    """Before: requeued MAX_RESTARTS times (2.5 minutes), then 'requeue it by hand', and exit code 143."""
+    run = misconfigured
+    assert (run.info["JobState"], run.info["ExitCode"], run.info["Restarts"]) == ("FAILED", "2:0", "0"), run.text[
+        -3000:
+    ]
+    assert re.findall(rf"\] job {run.job_id} start (\d+) on", run.text) == ["0"]
+    stop = (
+        f"restarts: job {run.job_id} stops without a requeue: every rank raised the same error before the first "
+        "batch, a configuration error that a requeue would repeat: ValueError: d_model must be divisible by n_heads"
+    )
+    assert stop in run.text and "requeueing" not in run.text and "scontrol requeue" not in run.text
+    (event,) = [e for e in run.parsed.restart_events if e.kind == "failure"]
+    assert (event.action, event.stop_reason, event.cause) == (
+        "stop",
+        "configuration",
+        "ValueError: d_model must be divisible by n_heads",
+    )
+    assert re.fullmatch(
+        rf"\[\S+\] job {run.job_id} end: exit code 2 \(training failed; its step exited with \d+\) after \d+ s",
+        run.text.splitlines()[-1],
+    ), run.text.splitlines()[-1]
+
+
 def test_a_typo_in_an_override_stops_the_job_once_with_exit_code_2(mistyped: TrainRun) -> None:
     assert (mistyped.info["JobState"], mistyped.info["ExitCode"]) == ("FAILED", "2:0"), mistyped.text
     error = (
@@ -322,7 +385,13 @@ def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     assert re.search(r"ERROR:composer\.cli\.launcher:Rank \d crashed with exit code -9", failed["failure"]), failed
     lines = killed_rank.text.splitlines()
     assert lines[failed["failure_line"] - 1] == failed["failure"]  # quoted from the log, line and all
-    assert re.fullmatch(rf"\[\S+\] job {killed_rank.job_id} end: exit code [1-9]\d* after \d+ s", lines[-1])
+    # a training failure ends the job with 1, whatever the step's code (here 137: the killed rank)
+    assert re.fullmatch(
+        rf"\[\S+\] job {killed_rank.job_id} end: exit code 1 \(training failed; its step exited with \d+\) "
+        r"after \d+ s",
+        lines[-1],
+    ), lines[-1]
+    assert killed_rank.info["ExitCode"] == "1:0"
     assert f"restarts: job {killed_rank.job_id} stops after 0 restart(s): failure 1 in a row" in killed_rank.text
     assert "more than MAX_RESTARTS=0; last failure on node2: rank 1 on node2 was ended by signal 9" in killed_rank.text
     (job,) = [j for j in doc["jobs_without_training"] if j["job_id"] == never_started[0]]

@@ -46,7 +46,7 @@ from datetime import datetime
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from test_case.failure_lines import failure_cause
+from test_case.failure_lines import cancelled_by_user, failure_cause
 from test_case.gpu_peaks import peak_tflops
 from test_case.report.goodput import goodput
 from test_case.report.liveness import last_time
@@ -290,10 +290,12 @@ def _identity(parsed: ParsedLog) -> RunSummary:
 
 
 def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
-    """``completed``: the last train block is ``[batch=T/T]``. ``failed``: not completed, and since
-    the job's last start a failure line was logged (`test_case.failure_lines.FAILURE_LINE`) or the job's end
-    line gives a non-zero exit code. ``unfinished``: neither (still running, or the log was cut off);
-    the report then asks Slurm or this host whether it runs (`test_case.report.liveness.refine`)."""
+    """``completed``: the last train block is ``[batch=T/T]``. ``cancelled``: not completed, and since
+    the job's last start slurmstepd logged that scancel ended it (`test_case.failure_lines.cancelled_by_user`).
+    ``failed``: not completed, and since the job's last start a failure line was logged
+    (`test_case.failure_lines.FAILURE_LINE`) or the job's end line gives a non-zero exit code.
+    ``unfinished``: none of these (still running, or the log was cut off); the report then asks
+    Slurm or this host whether it runs (`test_case.report.liveness.refine`)."""
     if run.eval_data_overlap not in (None, NONE):
         run.warnings.append(f"eval data overlaps the training data: {run.eval_data_overlap}")
     cause = failure_cause(parsed.failures)
@@ -303,7 +305,10 @@ def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
             run.warnings.append(f"a failure was logged after the last batch: {cause.text} (line {cause.number})")
         return
     where = f"at batch {run.last_batch}/{run.max_duration}" if run.last_batch is not None else "before training"
-    if cause is not None or parsed.end_code not in (None, 0):
+    if (cancel := cancelled_by_user(parsed.failures)) is not None:
+        run.status, run.failure, run.failure_line = "cancelled", cancel.text, cancel.number
+        run.warnings.append(f"CANCELLED {where} (scancel): {cancel.text.strip()}; not used for scaling or baselines")
+    elif cause is not None or parsed.end_code not in (None, 0):
         run.status = "failed"
         if cause is not None:
             run.failure, run.failure_line = cause.text, cause.number

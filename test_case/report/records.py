@@ -16,7 +16,8 @@ from test_case.run_header import Device
 BaselineStatus = Literal["ok", "below", "no-match", "not-compared"]
 # unfinished: no end line, and nothing says whether it still runs; running or killed: Slurm or this
 # host's processes say so (`test_case.report.liveness`)
-RunStatus = Literal["completed", "failed", "unfinished", "running", "killed"]
+# cancelled: stopped with scancel (slurmstepd's "*** JOB ... CANCELLED AT ... ***" without a reason)
+RunStatus = Literal["completed", "failed", "cancelled", "unfinished", "running", "killed"]
 
 
 @dataclass(frozen=True)

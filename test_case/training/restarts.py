@@ -9,7 +9,7 @@ that crashes or hangs makes the job fail and stay failed. So when the training s
 on its first node. It reads what this start left in the job's log (the Slurm facts the script
 exports: `FACTS_ENV`, `NODE_STATES_ENV`), prints a person's sentence and a ``failure`` event
 (`test_case.restart_events`) into the log, and its decision on stdout for the script:
-``requeue <nodes to exclude, comma-separated, or ->`` or ``stop``. The rules:
+``requeue <nodes to exclude, comma-separated, or ->`` or ``stop <the job's exit code>``. The rules:
 
 * **the cause**: `test_case.report.metrics.failure_cause` on this start's lines (a rank ended by a
   signal first, else the first failure line);
@@ -19,6 +19,10 @@ exports: `FACTS_ENV`, `NODE_STATES_ENV`), prints a person's sentence and a ``fai
 * **the count**: failures in a row without a new checkpoint. A failure after which the run had
   saved a newer checkpoint than at the failure before counts 1 again: a long run that fails now and
   then keeps going, a crash loop stops. More than ``MAX_RESTARTS`` (default 3) in a row: ``stop``;
+* **a configuration error**: when every rank raised the same `CONFIGURATION_ERRORS` exception
+  before the first batch (`test_case.failure_lines.configuration_error`), the job stops at once:
+  a requeue would fail the same way. The script then exits 2, the exit code of a configuration
+  mistake that `launch check` catches; any other failure that stops the job exits 1;
 * **the exclusion**: the node named is added to the job's excluded nodes when the partition keeps
   enough usable nodes (not down, drained or failing) for the job's node count without it.
 
@@ -40,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 
 from test_case import restart_events
-from test_case.failure_lines import FAILURE_LINE, RANK_KILLED_BY_SIGNAL, LogLine, failure_cause
+from test_case.failure_lines import FAILURE_LINE, RANK_KILLED_BY_SIGNAL, LogLine, configuration_error, failure_cause
 from test_case.restart_events import RestartEvent
 from test_case.training.heartbeat import interval_s, read_beats, silent_ranks
 
@@ -204,7 +208,18 @@ def decide(
     row = f"failure {in_a_row} in a row without a new checkpoint; {saved}"
     if in_a_row > limit:
         event = RestartEvent(
-            "failure", job_id, start.number, now, cause, node, "stop", in_a_row, limit, checkpoint_batch, list(excluded)
+            "failure",
+            job_id,
+            start.number,
+            now,
+            cause,
+            node,
+            "stop",
+            in_a_row,
+            limit,
+            checkpoint_batch,
+            list(excluded),
+            "max_restarts",
         )
         restarts = start.number
         return event, (
@@ -229,6 +244,33 @@ def decide(
     return event, (
         f"restarts: job {job_id} start {start.number} failed{where}; requeueing it ({row}, "
         f"MAX_RESTARTS={limit}){note}: {cause}"
+    )
+
+
+def configuration_stop(
+    start: Start, job_id: str, error: str, limit: int, checkpoint_batch: int | None, excluded: Sequence[str], now: str
+) -> tuple[RestartEvent, str]:
+    """The ``failure`` event and sentence of a start whose ranks all raised ``error`` before the first
+    batch (`test_case.failure_lines.configuration_error`): the job stops now, whatever MAX_RESTARTS says."""
+    event = RestartEvent(
+        "failure",
+        job_id,
+        start.number,
+        now,
+        error,
+        None,
+        "stop",
+        1,
+        limit,
+        checkpoint_batch,
+        list(excluded),
+        "configuration",
+    )
+    return event, (
+        f"restarts: job {job_id} stops without a requeue: every rank raised the same error before the first "
+        f"batch, a configuration error that a requeue would repeat: {error}. Fix the configuration (the yaml or "
+        "the overrides), check it with python -m test_case.training.launch check MODEL [overrides], then submit "
+        "the job again"
     )
 
 
@@ -319,10 +361,19 @@ def main(argv: list[str] | None = None) -> int:
             raise RestartError(f"no 'job {plan.job_id} start' line in {facts.get('StdOut')}")
         cfg = training_config(resolve_yaml(args.model), plan, env, args.overrides)
     except (RestartError, LaunchError, ValueError) as err:
-        print(f"restarts: error: {err}; the job stops (exit code {args.exit_code})", file=sys.stderr)
-        print("stop")
+        print(f"restarts: error: {err}; the job stops (exit code 1)", file=sys.stderr)
+        print("stop 1")
         return 0
     start = starts[-1]
+    checkpoint_batch = newest_checkpoint_batch(local_save_folder(cfg, Path.cwd()))
+    if error := configuration_error([TASK_LABEL.sub("", line, count=1) for line in start.lines]):
+        event, sentence = configuration_stop(
+            start, plan.job_id, error, limit, checkpoint_batch, _hosts(facts.get("ExcNodeList", "")), now_iso()
+        )
+        print(sentence, file=sys.stderr, flush=True)
+        print(event.line(), file=sys.stderr, flush=True)
+        print("stop 2")
+        return 0
     beats = heartbeat_dir(env, plan)
     cause, node = blame(start, beats)
     earlier = [e for s in starts for e in events_in(s.lines)]
@@ -332,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         cause,
         node,
         earlier,
-        newest_checkpoint_batch(local_save_folder(cfg, Path.cwd())),
+        checkpoint_batch,
         limit,
         _hosts(facts.get("ExcNodeList", "")),
         node_states(env.get(NODE_STATES_ENV, "")),
@@ -341,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(sentence, file=sys.stderr, flush=True)
     print(event.line(), file=sys.stderr, flush=True)
-    print("stop" if event.action == "stop" else f"requeue {','.join(event.excluded) or '-'}")
+    print("stop 1" if event.action == "stop" else f"requeue {','.join(event.excluded) or '-'}")
     return 0
 
 
