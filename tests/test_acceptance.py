@@ -20,6 +20,7 @@ from test_case.published_runs import DEFAULT_BASELINE, load_baseline
 from test_case.report.cli import main as report_main
 from test_case.report.log_parser import parse_log_file
 from test_case.report.metrics import summarise_run
+from test_case.report.records import JobWithoutTraining
 from test_case.report.verdict import judge_sweep
 
 DATA = Path(__file__).parent / "data"
@@ -142,7 +143,13 @@ def test_the_verdict_names_the_straggler_the_restart_and_the_job_that_never_ran(
     )
     runs = [summarise_run(parse_log_file(p)) for p in (throttled, requeued)]
     verdict = judge_sweep(
-        manifest, runs, [], [], load_baseline(DEFAULT_BASELINE), state=lambda job: "PENDING (Resources)"
+        manifest,
+        runs,
+        [],
+        [],
+        load_baseline(DEFAULT_BASELINE),
+        state=lambda job: "PENDING (Resources)" if job == "99" else None,
+        slurm_restarts=lambda job: None,
     )
     assert verdict.status == "FAIL" and verdict.nodes == {"node2": "straggler"}
     assert any("job 3 (mpt-tiny-cpu on 2 node(s)): straggler rank 1 on node2" in r for r in verdict.reasons)
@@ -195,3 +202,26 @@ def test_usage_mistakes_are_one_line_and_help_shows_the_sbatch_options_and_defau
     shown = capsys.readouterr().out
     assert shown.startswith("usage: 3.acceptance.sh --models M1,M2 --nodes N1,N2 [options] [-- SBATCH OPTIONS]")
     assert "(default: 0.1)" in shown and "Options after -- go to every sbatch" in shown
+
+
+def test_a_job_that_did_not_train_shows_the_restarts_and_state_slurm_shows() -> None:
+    """Before: restarts 0 and slurm_state None for a job Slurm showed with Restarts=3."""
+    manifest = SweepManifest(
+        "5", "2026-12-05T12:00:00+00:00", ["mpt-tiny-cpu"], [3], "strong", 0.1, 0.9, None,
+        [SweepJob("train", "7", 3, "mpt-tiny-cpu", 16)],
+    )  # fmt: skip
+    job = JobWithoutTraining("mpt-train_7.out", "7", "[rank0]: ValueError: ...", 40, restarts=1)
+    verdict = judge_sweep(
+        manifest,
+        [],
+        [job],
+        [],
+        load_baseline(DEFAULT_BASELINE),
+        state=lambda j: "FAILED (NonZeroExitCode)",
+        slurm_restarts=lambda j: 3,
+    )
+    (record,) = verdict.jobs
+    assert (record.status, record.slurm_state, record.restarts) == ("did not train", "FAILED (NonZeroExitCode)", 3)
+    assert verdict.reasons == [
+        "job 7 (mpt-tiny-cpu on 3 node(s)) did not train (after 3 restart(s)): [rank0]: ValueError: ..."
+    ]

@@ -126,6 +126,8 @@ def test_a_healthy_sweep_passes_with_every_job_accounted_for(
     jobs = {j["job_id"]: j for j in verdict["jobs"]}
     assert set(jobs) == {j.job_id for j in manifest.train_jobs} and len(jobs) == 2
     assert all(j["status"] == "completed" and j["tokens_per_sec_per_device"] > 0 for j in jobs.values())
+    # what Slurm shows, for every job: before, slurm_state was None and restarts the log's only
+    assert [(j["slurm_state"], j["restarts"]) for j in jobs.values()] == [("COMPLETED", 0)] * 2, jobs
     one, two = sorted(jobs.values(), key=lambda j: j["nodes"])
     assert one["scaling_efficiency"] == 1.0 and two["scaling_efficiency"] >= 0.5
     # weak scaling: the 2-node job trained twice the global batch of the 1-node job

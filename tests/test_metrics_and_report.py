@@ -14,6 +14,8 @@ from test_case.published_runs import DEFAULT_BASELINE, load_baseline
 from test_case.report.compare import compare_to_baseline
 from test_case.report.log_parser import parse_composer_log
 from test_case.report.metrics import steady_state_window, summarise_run
+from test_case.report.records import RunSummary
+from test_case.report.render import scaling_title
 from tests.conftest import REPO_ROOT
 
 
@@ -472,6 +474,7 @@ def test_report_of_completed_failed_never_started_and_requeued_runs(tmp_path: Pa
             "run_name": None,
             "nodelist": None,
             "log_ends_at": "2026-11-22T06:00:04+00:00",  # its job start line: where a start-up kill stopped
+            "restarts": 0,
         }
     ]
     assert doc["scaling"] == []  # all three ran at world size 2: nothing to scale
@@ -527,3 +530,27 @@ def test_empty_input_says_so_and_writes_nothing_and_a_file_alone_reports_into_re
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "report", "x.out"]
     assert (tmp_path / "report" / "report.json").is_file()
+
+
+def test_a_scaling_series_holds_one_batch_figure_and_one_sweep(tmp_path: Path) -> None:
+    """Before: every completed run of one model and GPU was one series, whatever its batch or sweep."""
+    from test_case.report.compare import scaling_groups
+
+    def run(world: int, batch: int, samples_per_sec: float, sweep: str | None = None) -> RunSummary:
+        lines = [
+            x.replace("global_train_batch_size: 256", f"global_train_batch_size: {batch}")
+            for x in gpu_log(world, samples_per_sec)
+        ]
+        summary = summarise_run(parse_composer_log(lines))
+        summary.name, summary.sweep_id = f"w{world}-b{batch}-{sweep}", sweep
+        return summary
+
+    runs = [run(8, 256, 40.0), run(16, 256, 72.0), run(16, 512, 76.0), run(32, 512, 120.0, sweep="7")]
+    groups = {(g.global_batch_size, g.batch_per_device): [p.run for p in g.points] for g in scaling_groups(runs)}
+    assert groups == {
+        (256, None): ["w8-b256-None", "w16-b256-None"],  # strong: one global batch
+        (None, 32.0): ["w8-b256-None", "w16-b512-None"],  # weak: 32 samples per device
+    }  # the sweep's 32-GPU run is in no series: alone in its sweep
+    titles = [scaling_title(g) for g in scaling_groups(runs)]
+    assert any("global batch 256: strong scaling" in t for t in titles)
+    assert any("32 samples per device: weak scaling" in t for t in titles)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from test_case.acceptance.manifest import PREFIX as MANIFEST_PREFIX
@@ -187,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     try:
-        manifest = newest_manifest(find_manifests(args.paths))
+        manifest_files = find_manifests(args.paths)
+        manifest = newest_manifest(manifest_files)
+        sweep_of = {job.job_id: m.sweep_id for m in map(SweepManifest.read, manifest_files) for job in m.jobs}
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"report.py: error: an acceptance manifest cannot be read ({err}): resubmit the sweep", file=sys.stderr)
         return 2
@@ -214,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         key=run_order,
     )
+    for run in runs:
+        run.sweep_id = sweep_of.get(run.job_id or "")
     jobs = refine(runs, jobs)  # unfinished: still running, or killed? (Slurm, this host's processes)
     if baseline_rows is not None:
         for run in runs:
@@ -230,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plots and runs:
         from test_case.report.plots import plot_goodput, plot_run, plot_scaling
 
-        plots = [plot_run(run, out_dir) for run in runs] + [plot_scaling(g, out_dir) for g in scaling]
+        same_name = Counter((g.model, g.gpu, g.procs_per_node, g.scheduler) for g in scaling)
+        plots = [plot_run(run, out_dir) for run in runs] + [
+            plot_scaling(g, out_dir, same_name[(g.model, g.gpu, g.procs_per_node, g.scheduler)] > 1) for g in scaling
+        ]
         if (bars := plot_goodput(runs, out_dir)) is not None:
             plots.append(bars)
     if not args.no_plots and preflights:

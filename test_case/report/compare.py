@@ -85,25 +85,36 @@ def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: flo
     )
 
 
-GroupKey = tuple[str | None, str | None, str | None, int | None, int | None, str | None]
+# (model, gpu, precision, seq, processes per node, scheduler, sweep, what is held: "global" or
+# "per device", its value)
+GroupKey = tuple[str | None, str | None, str | None, int | None, int | None, str | None, str | None, str, float | None]
 
 
 def scaling_groups(runs: list[RunSummary]) -> list[ScalingGroup]:
-    """One group per (model, gpu, precision, seq, processes per node, scheduler) with completed runs
-    at two or more world sizes; at each size the run with the highest tokens/s per device stands for
-    it. Only like is compared with like: a run of the script without Slurm (one node, the whole
-    machine) is never a point of a Slurm series, nor a run of 8 GPUs per node one of 4."""
+    """Series of completed runs of one model, gpu, precision, seq, processes per node, scheduler and
+    sweep at two or more world sizes that hold one batch figure: the global batch (strong scaling)
+    or the batch per device (weak scaling); at each size the run with the highest tokens/s per
+    device stands for it. Only like is compared with like: a run of the script without Slurm (one
+    node, the whole machine) is never a point of a Slurm series, nor a run of 8 GPUs per node one of
+    4, nor two sweeps' runs one series, nor a run of another batch (a 2-node run of 16 samples per
+    device and a 1-node run of 8 are neither). Two runs at different world sizes cannot share both
+    figures, so no pair is in two series."""
     groups: dict[GroupKey, dict[int, RunSummary]] = {}
     for run in runs:
         if run.status != "completed" or not (run.tokens_per_sec_per_device and run.world_size):
             continue
-        key = (run.model, run.gpu, run.precision, run.max_seq_len, run.procs_per_node, run.scheduler)
-        by_size = groups.setdefault(key, {})
-        best = by_size.get(run.world_size)
-        if best is None or run.tokens_per_sec_per_device > (best.tokens_per_sec_per_device or 0):
-            by_size[run.world_size] = run
+        like = (run.model, run.gpu, run.precision, run.max_seq_len, run.procs_per_node, run.scheduler, run.sweep_id)
+        per_device = run.global_batch_size / run.world_size if run.global_batch_size else None
+        held: list[tuple[str, float | None]] = (
+            [("global", float(run.global_batch_size or 0)), ("per device", per_device)] if per_device else [("", None)]
+        )
+        for kind, value in held:
+            by_size = groups.setdefault((*like, kind, value), {})
+            best = by_size.get(run.world_size)
+            if best is None or run.tokens_per_sec_per_device > (best.tokens_per_sec_per_device or 0):
+                by_size[run.world_size] = run
     out = []
-    for (model, gpu, precision, seq, procs, scheduler), by_size in groups.items():
+    for (model, gpu, precision, seq, procs, scheduler, sweep, kind, value), by_size in groups.items():
         if len(by_size) < 2:
             continue
         sizes = sorted(by_size)
@@ -118,5 +129,18 @@ def scaling_groups(runs: list[RunSummary]) -> list[ScalingGroup]:
             )
             for n in sizes
         )
-        out.append(ScalingGroup(model, gpu, precision, seq, procs, scheduler, points))
+        out.append(
+            ScalingGroup(
+                model,
+                gpu,
+                precision,
+                seq,
+                procs,
+                scheduler,
+                points,
+                global_batch_size=int(value) if kind == "global" and value else None,
+                batch_per_device=value if kind == "per device" else None,
+                sweep_id=sweep,
+            )
+        )
     return out

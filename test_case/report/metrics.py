@@ -346,6 +346,7 @@ def job_without_training(parsed: ParsedLog) -> JobWithoutTraining | None:
         parsed.declared_run_name,
         parsed.header.nodelist,
         _iso(last_time(parsed)),
+        max(0, parsed.starts - 1),
     )
 
 

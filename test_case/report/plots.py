@@ -79,9 +79,10 @@ def plot_goodput(runs: list[RunSummary], out_dir: Path) -> Path | None:
     return path
 
 
-def plot_scaling(group: ScalingGroup, out_dir: Path) -> Path:
-    """``scaling-<model>-<gpu>[-<processes per node>pn][-local].png``: tokens/s per device and
-    efficiency against world size, with the ideal of linear scaling (the smallest run's rate per device)."""
+def plot_scaling(group: ScalingGroup, out_dir: Path, name_the_batch: bool = False) -> Path:
+    """``scaling-<model>-<gpu>[-<processes per node>pn][-local][-gbs<N>|-<N>perdev].png``: tokens/s per
+    device and efficiency against world size, with the ideal of linear scaling (the smallest run's
+    rate per device). ``name_the_batch``: another series of the report has the same name without it."""
     points = group.points
     sizes = [p.world_size for p in points]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -104,6 +105,10 @@ def plot_scaling(group: ScalingGroup, out_dir: Path) -> Path:
         parts.append(f"{group.procs_per_node}pn")
     if group.scheduler == "local":
         parts.append("local")
+    if name_the_batch and group.global_batch_size:
+        parts.append(f"gbs{group.global_batch_size}")
+    elif name_the_batch and group.batch_per_device:
+        parts.append(f"{group.batch_per_device:g}perdev")
     path = out_dir / f"scaling-{_safe('-'.join(parts))}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)

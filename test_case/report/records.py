@@ -150,6 +150,7 @@ class JobWithoutTraining:
     run_name: str | None = None  # the run header's
     nodelist: str | None = None  # the run header's: Slurm hostlist, or the host outside Slurm
     log_ends_at: str | None = None  # the last time the log printed (ISO 8601)
+    restarts: int = 0  # starts after the first that the log shows (a requeued job)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -170,7 +171,7 @@ class ScalingPoint:
 @dataclass(frozen=True)
 class ScalingGroup:
     """Completed runs of one model, device (GPU type or cpu), precision, sequence length, processes per
-    node and scheduler at two or more world sizes."""
+    node, scheduler, batch per device and sweep at two or more world sizes."""
 
     model: str | None
     gpu: str | None  # the GPU table key, or "cpu"
@@ -179,6 +180,9 @@ class ScalingGroup:
     procs_per_node: int | None
     scheduler: str | None
     points: tuple[ScalingPoint, ...]
+    global_batch_size: int | None = None  # the global batch every point trained (strong scaling), or None
+    batch_per_device: float | None = None  # the global batch / world size every point trained (weak scaling)
+    sweep_id: str | None = None  # the acceptance sweep its runs belong to (None: runs outside a sweep)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -207,6 +211,7 @@ class RunSummary:
     max_seq_len: int | None = None
     nodelist: str | None = None  # Slurm hostlist, or the host outside Slurm (run header)
     log_ends_at: str | None = None  # the last time the log printed (ISO 8601): where a killed run stopped
+    sweep_id: str | None = None  # the acceptance sweep whose manifest lists this job (None: none)
     dataset_sample_tokens: int | None = None  # tokens per sample of the training data (run header)
     dataset_tokenizer: str | None = None  # the tokenizer the training data was made with (run header)
     eval_data_overlap: str | None = None  # eval data made from the training data's input files (run header)

@@ -157,6 +157,9 @@ def scaling_title(group: ScalingGroup) -> str:
         group.precision,
         f"seq {group.max_seq_len}" if group.max_seq_len else None,
         {"slurm": "Slurm jobs", "local": "runs without Slurm"}.get(group.scheduler or ""),
+        f"global batch {group.global_batch_size}: strong scaling" if group.global_batch_size else None,
+        f"{group.batch_per_device:g} samples per device: weak scaling" if group.batch_per_device else None,
+        f"sweep {group.sweep_id}" if group.sweep_id else None,
     ]
     return f"{group.model or 'unknown model'} on {where} ({', '.join(f for f in facts if f)})"
 

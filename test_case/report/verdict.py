@@ -52,6 +52,20 @@ def slurm_state(job_id: str) -> str | None:
     return fields["JobState"] + (f" ({reason})" if reason not in ("None", "") else "")
 
 
+def slurm_restarts(job_id: str) -> int | None:
+    """``Restarts`` of a job as ``scontrol`` tells (the requeues Slurm counted), or None where it cannot."""
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    restarts = dict(re.findall(r"(\w+)=(\S*)", out.stdout)).get("Restarts", "") if out.returncode == 0 else ""
+    return int(restarts) if restarts.isdigit() else None
+
+
 def _describe(job: SweepJob) -> str:
     return f"job {job.job_id} ({job.model} on {job.nodes} node(s))"
 
@@ -91,6 +105,7 @@ def judge_sweep(
     preflights: Sequence[PreflightReport],
     baseline: list[BaselineRow],
     state: SlurmState = slurm_state,
+    slurm_restarts: Callable[[str], int | None] = slurm_restarts,
 ) -> Verdict:
     """The verdict (module docstring)."""
     reasons, nodes, fabric = _preflight_reasons(manifest, preflights, state)
@@ -104,31 +119,30 @@ def judge_sweep(
         run = by_job.get(job.job_id)
         record = VerdictJob(job.job_id, job.model, job.nodes, "never ran" if run is None else run.status)
         out.append(record)
+        # what Slurm shows, for every job (None where it no longer knows it), and the restarts it counted
+        record.slurm_state = where = state(job.job_id)
+        logged = run.restarts if run is not None else untrained[job.job_id].restarts if job.job_id in untrained else 0
+        record.restarts = max(logged, slurm_restarts(job.job_id) or 0)
         if run is None:
             if job.job_id in untrained:
                 failure = untrained[job.job_id].failure or "no error line in the log"
                 record.status = "did not train"
-                record.reasons.append(f"{_describe(job)} did not train: {failure}")
+                restarted = f" (after {record.restarts} restart(s))" if record.restarts else ""
+                record.reasons.append(f"{_describe(job)} did not train{restarted}: {failure}")
             else:
-                where = state(job.job_id)
-                record.slurm_state = where
                 why = " because the preflight failed" if preflight_failed and where and "Dependency" in where else ""
                 record.reasons.append(f"{_describe(job)} never ran{why} (Slurm: {where or 'unknown'})")
             continue
-        record.tokens_per_sec_per_device, record.mfu, record.restarts = (
-            run.tokens_per_sec_per_device,
-            run.mfu,
-            run.restarts,
-        )
+        record.tokens_per_sec_per_device, record.mfu = run.tokens_per_sec_per_device, run.mfu
         record.goodput = run.goodput.goodput if run.goodput else None
         record.stragglers = [s.node for s in run.stragglers]
         if run.status != "completed":
             record.reasons.append(f"{_describe(job)} {run.status}: {run.failure or '; '.join(run.warnings)}")
             continue
-        if run.restarts:
+        if record.restarts:
             causes = [e["cause"] for e in run.restart_events if e["kind"] == "restart"]
             record.reasons.append(
-                f"{_describe(job)} restarted {run.restarts} time(s): {'; '.join(causes) or 'requeued'}"
+                f"{_describe(job)} restarted {record.restarts} time(s): {'; '.join(causes) or 'requeued'}"
             )
         for s in run.stragglers:
             record.reasons.append(
