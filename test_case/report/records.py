@@ -251,10 +251,12 @@ class RunSummary:
     hours_to_1t_tokens: float | None = None
     gpu_hours_to_1t_tokens: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
+    final_eval_loss: float | None = None  # the last metrics/eval/LanguageCrossEntropy (the unlabelled eval loader)
     # the last eval loss of each labelled eval loader (one per stream of a mixture, by its name)
     eval_loss_by_domain: dict[str, float] = field(default_factory=dict)
     # the samples drawn from each stream of a mixture against its planned share (test_case.report.metrics)
     stream_shares: list[StreamShare] = field(default_factory=list)
+    stream_shares_within_error: bool | None = None  # every stream's drawn share within error; None without a mixture
     baseline: BaselineVerdict | None = None
     stragglers: list[Straggler] = field(
         default_factory=list
