@@ -373,7 +373,7 @@ BUNDLE={bundle} VENV={venv} DATA_ROOT={demo}/data SAVE_ROOT={scratch}/ckpt LOG_D
     assert "every sha256 as its manifest says" in out and "installed from the bundle, with no index" in out
     assert (venv / "lib").is_dir() and not (REPO_ROOT / ".venv").samefile(venv)
     # the demo, end to end to its report
-    assert "final loss" in done.stdout and "report.md" in done.stdout, out[-4000:]
+    assert "final train loss" in done.stdout and "report.md" in done.stdout, out[-4000:]
     assert (repo / "logs").is_dir() and any((repo / "logs").glob("*.out"))
     # the preprocessing took the bundle's C4 files and tokenizer without being told
     assert (scratch / "from-bundle" / "val_small" / "index.json").is_file()

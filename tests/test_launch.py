@@ -369,7 +369,7 @@ def test_run_header_names_the_dataset_it_trains_on(mds_root: Path, demo_assets: 
     plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
     cfg = training_config(resolve_yaml("mpt-tiny-cpu"), plan, env)
     header = run_header(plan, "mpt-tiny-cpu", env, [], train_dataset_facts(cfg, Path.cwd()))
-    assert (header.dataset_sample_tokens, header.dataset_tokenizer) == (128, demo_assets[1].name)
+    assert (header.dataset_sample_tokens, header.dataset_tokenizer) == (128, str(demo_assets[1].resolve()))
     assert parse_composer_log(header.lines()).header == header
 
 

@@ -481,7 +481,7 @@ def test_report_of_completed_failed_never_started_and_requeued_runs(tmp_path: Pa
     table = out.stdout.splitlines()
     assert table[0].split()[:6] == ["run", "status", "model", "gpu", "nodes", "world"]
     assert table[2].split()[:6] == ["mpt-train-3", "failed", "mpt-tiny-cpu", "cpu", "2", "2"]
-    assert f"did not train: job 12 ({logs / 'mpt-train_12.out'}): {NEVER_STARTED[1]} (line 2)" in out.stdout
+    assert f"did not train: job 12 ({logs / 'mpt-train_12.out'}): {NEVER_STARTED[1]} (line 2 of the log)" in out.stdout
     assert "no runs in" in out.stdout and "c4-preprocess_1.out" in out.stdout  # not a training job
     markdown = (logs / "report.md").read_text()
     assert "## Jobs that did not train" in markdown and "| 12 |" in markdown
@@ -554,3 +554,171 @@ def test_a_scaling_series_holds_one_batch_figure_and_one_sweep(tmp_path: Path) -
     titles = [scaling_title(g) for g in scaling_groups(runs)]
     assert any("global batch 256: strong scaling" in t for t in titles)
     assert any("32 samples per device: weak scaling" in t for t in titles)
+
+
+# report.csv's columns before #31 point 5, in order: users' scripts read them by name (and position)
+LEGACY_CSV_COLUMNS = [
+    "name", "log_file", "job_id", "model", "status", "failure", "failure_line", "device", "gpu", "n_params",
+    "world_size", "nodes", "procs_per_node", "scheduler", "precision", "max_seq_len", "nodelist", "log_ends_at",
+    "dataset_sample_tokens", "dataset_tokenizer", "eval_data_overlap", "global_batch_size",
+    "activation_checkpointing", "microbatch", "fsdp_sharding", "fsdp_mixed_precision", "attn_impl", "alibi",
+    "flash_attn", "cuda", "nccl", "driver", "restarts", "last_batch", "max_duration", "duration_unit", "completed",
+    "loss_first", "loss_min", "final_train_loss", "has_nan", "first_nan_batch", "tokens_per_sec",
+    "tokens_per_sec_per_device", "samples_per_sec", "step_time_median_s", "step_time_p10_s", "step_time_p90_s",
+    "step_time_spread", "tflops_per_device", "peak_tflops", "mfu", "hfu", "mfu_logged", "mfu_note",
+    "peak_mem_allocated_gb", "peak_mem_reserved_gb", "hours_to_1t_tokens", "gpu_hours_to_1t_tokens",
+    "straggler_threshold"
+]  # fmt: skip
+
+
+def report_of(tmp_path: Path, text: str) -> tuple[str, str, list[dict[str, str]], dict]:
+    """report.py on one log: its console output, report.md, report.csv's rows and report.json's run."""
+    import csv
+
+    (tmp_path / "mpt-train_2.out").write_text(text)
+    out = run_report(str(tmp_path), "--no-plots")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    (run,) = json.loads((tmp_path / "report.json").read_text())["runs"]
+    return out.stdout, (tmp_path / "report.md").read_text(), rows, run
+
+
+def table_cell(text: str, column: str, markdown: bool = False) -> str:
+    """The first run's cell of ``column`` in the console table (columns two spaces apart) or report.md's."""
+    lines = text.splitlines()
+    if markdown:
+        head = next(i for i, line in enumerate(lines) if line.startswith("| ") and f"| {column} |" in line)
+        names = [c.strip() for c in lines[head].strip("|").split("|")]
+        return [c.strip() for c in lines[head + 2].strip("|").split("|")][names.index(column)]
+    import re
+
+    header, _, row = lines[:3]
+    return re.split(r"\s{2,}", row.strip())[re.split(r"\s{2,}", header.strip()).index(column)]
+
+
+def test_a_runs_final_eval_loss_is_in_the_console_markdown_and_csv(tmp_path: Path) -> None:
+    """#31 point 5.1: the real 2-node log evaluates at batches 30 and 60; the last eval loss was only in
+    report.json's ``eval``."""
+    stdout, markdown, (row,), run = report_of(tmp_path, golden_variant(2))
+    assert run["eval"]["metrics/eval/LanguageCrossEntropy"] == run["final_eval_loss"] == 6.4268
+    assert table_cell(stdout, "final eval loss") == "6.4268" == table_cell(markdown, "final eval loss", True)
+    assert table_cell(stdout, "final train loss") == "6.3779"  # final_train_loss, its name said in full
+    assert row["final_eval_loss"] == "6.4268" and row["final_train_loss"] == "6.3779"
+
+
+def test_the_csv_keeps_its_columns_and_adds_goodput_eval_and_stream_columns(tmp_path: Path) -> None:
+    """#31 point 5.2: every column users' scripts read stays, in its place; goodput (and its parts), the
+    final eval loss and, for a mixture, each domain's eval loss and each stream's drawn share follow."""
+    mixture = gzip_text(GOLDEN / "local-mixture-70-30-cpu.log.gz")
+    _, _, (row,), run = report_of(tmp_path, mixture)
+    header = list(row)
+    assert header[: len(LEGACY_CSV_COLUMNS)] == LEGACY_CSV_COLUMNS
+    assert header[len(LEGACY_CSV_COLUMNS) :] == [
+        "goodput",
+        "final_eval_loss",
+        "stream_shares_within_error",
+        "sweep_id",
+        *[f"goodput.{k}" for k in run["goodput"] if k != "goodput"],
+        "eval_loss_by_domain.c4",
+        "eval_loss_by_domain.wikipedia",
+        *[f"stream_shares.{s}.{k}" for s in ("c4", "wikipedia") for k in STREAM_FIELDS],
+    ]
+    assert float(row["goodput"]) == pytest.approx(run["goodput"]["goodput"]) and row["restarts"] == "0"
+    assert float(row["goodput.total_s"]) == run["goodput"]["total_s"]
+    assert (row["eval_loss_by_domain.c4"], row["eval_loss_by_domain.wikipedia"]) == ("8.1929", "8.3256")
+    assert (row["stream_shares.c4.drawn_samples"], row["stream_shares.c4.drawn"]) == ("108", "0.675")
+    assert row["stream_shares.wikipedia.planned"] == "0.300199" and row["stream_shares_within_error"] == "True"
+    assert row["final_eval_loss"] == ""  # only labelled eval loaders: by domain
+    # a run without a mixture, evals or rank timing has the same first columns
+    (tmp_path / "plain").mkdir()
+    _, _, (plain,), _ = report_of(tmp_path / "plain", "\n".join(make_log()) + "\n")
+    assert list(plain)[: len(LEGACY_CSV_COLUMNS) + 1] == [*LEGACY_CSV_COLUMNS, "goodput"] and plain["goodput"] == ""
+
+
+STREAM_FIELDS = ("drawn_samples", "drawn", "planned", "sampling_error", "within_error")
+
+
+def test_small_figures_keep_three_significant_digits_never_zero(tmp_path: Path) -> None:
+    """#31 point 5.5: the tiny model on CPU does 0.0356 TFLOP/s per device; the table said 0.0."""
+    from test_case.report.render import _num, _pct
+
+    stdout, markdown, _, run = report_of(tmp_path, golden_variant(2))
+    assert run["tflops_per_device"] == pytest.approx(0.035551, rel=1e-4)
+    assert table_cell(stdout, "TFLOP/s/dev") == "0.0356" == table_cell(markdown, "TFLOP/s/dev", True)
+    assert (_num(0.0118, ".1f"), _num(0.00012345, ".3f"), _num(54.3, ",.0f"), _num(987.65, ".1f")) == (
+        "0.0118",
+        "0.000123",
+        "54.3",
+        "987.6",
+    )
+    assert (_num(0.0, ".1f"), _num(12, "d"), _num(None, ".1f"), _pct(1.2e-5), _pct(0.4646)) == (
+        "0.0",
+        "12",
+        "-",
+        "0.00120%",
+        "46.5%",
+    )
+
+
+def test_the_tokenizer_is_named_by_its_hub_name_or_path_and_old_headers_still_read(tmp_path: Path) -> None:
+    """#31 point 5.6: a local tokenizer folder was recorded by its last name alone ("tokenizer")."""
+    from test_case.training.dataset_fit import DatasetFacts
+
+    local = DatasetFacts(tmp_path, 128, 999, "tok", "/data/tokenizers/gpt-neox-20b", "ab" * 32)
+    hub = DatasetFacts(tmp_path, 128, 999, "EleutherAI/gpt-neox-20b", "EleutherAI/gpt-neox-20b", None)
+    older = DatasetFacts(tmp_path, 128, 999, "../tok", None, None)  # a summary.json of an older version
+    assert [f.describe_tokenizer() for f in (local, hub, older)] == [
+        "/data/tokenizers/gpt-neox-20b",
+        "EleutherAI/gpt-neox-20b",
+        "../tok",
+    ]
+    header = "[run-header] dataset_tokenizer: /data/tokenizers/gpt-neox-20b\n"
+    text = golden_variant(2).replace("0: [run-header] model:", header + "0: [run-header] model:", 1)
+    _, markdown, (row,), _ = report_of(tmp_path, text)
+    assert table_cell(markdown, "data tokenizer", True) == "/data/tokenizers/gpt-neox-20b"
+    assert row["dataset_tokenizer"] == "/data/tokenizers/gpt-neox-20b"
+    (tmp_path / "old").mkdir()  # a log whose header recorded the folder's name only still reads
+    _, markdown, _, _ = report_of(tmp_path / "old", gzip_text(GOLDEN / "local-mixture-70-30-cpu.log.gz"))
+    assert table_cell(markdown, "data tokenizer", True) == "tokenizer"
+
+
+def test_time_to_1t_tokens_is_in_hours_everywhere(tmp_path: Path) -> None:
+    """#31 point 5.7: report.md said days where report.json and report.csv say hours."""
+    _, markdown, (row,), run = report_of(tmp_path, golden_variant(2))
+    assert "days" not in markdown
+    assert table_cell(markdown, "hours to 1T tokens", True) == f"{run['hours_to_1t_tokens']:,.1f}" == "23,057.8"
+    assert float(row["hours_to_1t_tokens"]) == pytest.approx(run["hours_to_1t_tokens"])
+    assert "**hours to 1T tokens** = 1e12 / tokens/s / 3600" in markdown
+
+
+def test_a_failure_line_is_called_a_line_of_the_log(tmp_path: Path) -> None:
+    """#31 point 5.8: ``failure_line`` stays a number in report.json; where it is shown it says what it is."""
+    text = golden_variant(2, tail=CRASH[:4])  # a traceback after the last batch
+    stdout, markdown, _, run = report_of(tmp_path, text)
+    number = text.splitlines().index(CRASH[3]) + 1
+    said = f"a failure was logged after the last batch: {CRASH[3]} (line {number} of the log)"
+    assert said in run["warnings"] and f"warning: mpt-train-2: {said}" in stdout and said in markdown
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "mpt-train_12.out").write_text("\n".join(NEVER_STARTED) + "\n")
+    assert run_report(str(tmp_path / "job"), "--no-plots").returncode == 1
+    jobs = (tmp_path / "job" / "report.md").read_text()
+    assert f"| 12 | {tmp_path / 'job' / 'mpt-train_12.out'} | `{NEVER_STARTED[1]}` (line 2 of the log) |" in jobs
+    doc = json.loads((tmp_path / "job" / "report.json").read_text())
+    assert doc["jobs_without_training"][0]["failure_line"] == 2  # the field keeps its name and number
+
+
+def test_the_documented_csv_columns_are_the_csvs(tmp_path: Path) -> None:
+    """docs/report.md's report.csv table names columns the mixture run's report.csv has (a ``<label>``,
+    ``<stream>`` or ``<part>`` is one of each)."""
+    import re
+
+    from tests.test_docs import SPAN
+
+    _, _, (row,), _ = report_of(tmp_path, gzip_text(GOLDEN / "local-mixture-70-30-cpu.log.gz"))
+    text = (REPO_ROOT / "docs" / "report.md").read_text()
+    section = text[text.index("## report.csv") :]
+    first_cells = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    documented = [name for cell in first_cells for name in SPAN.findall(cell)]
+    patterns = [re.sub(r"<(label|stream|field|part)>", r"\\w+", re.escape(name)) for name in documented]
+    assert "goodput.<part>" in documented and "eval_loss_by_domain.<label>" in documented
+    assert [n for n, p in zip(documented, patterns, strict=True) if not any(re.fullmatch(p, c) for c in row)] == []

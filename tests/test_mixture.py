@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -234,3 +236,86 @@ def test_stream_draws_lines_read_back_and_give_each_streams_share_and_its_sampli
     log.write_text(line(skewed) + "\n")
     shares = summarise_run(parse_log_file(log)).stream_shares
     assert not any(s.within_error for s in shares) and shares[0].since_batch == 20
+
+
+MIXTURE_LOG = Path(__file__).parent / "data" / "local-mixture-70-30-cpu.log.gz"  # the CPU run above, 6 batches
+
+
+def mixture_log(folder: Path, drawn: tuple[int, int] | None = None) -> Path:
+    """The real mixture log (C4 108 and Wikipedia 52 of 160 samples drawn, 70/30 planned), in ``folder``;
+    ``drawn`` replaces the counts of its streams line."""
+    import gzip
+
+    text = gzip.decompress(MIXTURE_LOG.read_bytes()).decode()
+    if drawn is not None:
+        text = text.replace('"drawn":[108,52]', f'"drawn":[{drawn[0]},{drawn[1]}]')
+    folder.mkdir(exist_ok=True)
+    (folder / "mpt-train_local.out").write_text(text)
+    return folder / "mpt-train_local.out"
+
+
+def report_mixture(folder: Path, *args: str) -> tuple[str, str, str, dict[str, Any]]:
+    """report.py on ``folder``: console, report.md, report.csv and report.json's run."""
+    done = subprocess.run(
+        [sys.executable, "report.py", str(folder), *args], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = json.loads((folder / "report.json").read_text())["runs"]
+    return done.stdout, (folder / "report.md").read_text(), (folder / "report.csv").read_text(), run
+
+
+def test_each_domains_eval_loss_is_in_the_console_markdown_and_csv(tmp_path: Path) -> None:
+    """#31 point 5.1 for labelled eval loaders: a mixture's eval loss by domain, in all four outputs."""
+    mixture_log(tmp_path)
+    stdout, markdown, csv_text, run = report_mixture(tmp_path, "--no-plots")
+    name = run["name"]
+    assert run["eval_loss_by_domain"] == {"c4": 8.1929, "wikipedia": 8.3256} and run["final_eval_loss"] is None
+    assert f"eval loss by domain {name}: c4 8.1929, wikipedia 8.3256" in stdout
+    assert f"| {name} | c4 | 8.1929 |" in markdown and f"| {name} | wikipedia | 8.3256 |" in markdown
+    header, row = csv_text.splitlines()
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert (values["eval_loss_by_domain.c4"], values["eval_loss_by_domain.wikipedia"]) == ("8.1929", "8.3256")
+    assert "| by domain |" in markdown.splitlines()[4]  # the main table's final eval loss points there
+
+
+def test_drawn_shares_outside_the_sampling_error_are_a_run_warning_everywhere(tmp_path: Path) -> None:
+    """#31 point 5.3: 40 of 160 samples from a 70 % stream is 25 %, 12 sampling errors off; it was said only
+    on the console's "drawn by stream" line and in the md table, never among the warnings."""
+    mixture_log(tmp_path, drawn=(40, 120))
+    stdout, markdown, csv_text, run = report_mixture(tmp_path, "--no-plots")
+    said = (
+        "drawn stream shares NOT within 3 sampling errors of the plan: c4 25.0% (planned 70.0% +- 3.6), "
+        "wikipedia 75.0% (planned 30.0% +- 3.6) of 160 samples in batches 1-6"
+    )
+    warnings = run["warnings"]
+    assert said in warnings and run["stream_shares_within_error"] is False
+    assert f"warning: {run['name']}: {said}" in stdout
+    notes = markdown[markdown.index("## Notes and warnings") :]
+    assert f"- warning: {run['name']}: {said}" in notes
+    assert f"drawn by stream {run['name']}: c4 25.0%" in stdout and "NOT within 3 sampling errors" in stdout
+    assert ",False," in csv_text.splitlines()[1]
+    # the shares as drawn (108 and 52 of 160) are within: no warning
+    within = tmp_path / "within"
+    mixture_log(within)
+    _, markdown, _, run = report_mixture(within, "--no-plots")
+    assert run["stream_shares_within_error"] is True
+    assert not [w for w in run["warnings"] if "stream shares" in w] and "stream shares NOT" not in markdown
+
+
+def test_the_loss_plot_shows_each_eval_loaders_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """#31 point 5.4: the mixture run's PNG had no eval points (only an unlabelled eval loader's were drawn)."""
+    import matplotlib.figure
+
+    from test_case.report.plots import plot_run
+
+    drawn: list[matplotlib.figure.Figure] = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    run = summarise_run(parse_log_file(mixture_log(tmp_path)))
+    plot_run(run, tmp_path)
+    ax_loss = drawn[0].axes[0]
+    points = {
+        line.get_label(): (np.asarray(line.get_xdata()).tolist(), np.asarray(line.get_ydata()).tolist())
+        for line in ax_loss.get_lines()
+    }
+    assert points["eval loss (c4)"] == ([6], [8.1929]) and points["eval loss (wikipedia)"] == ([6], [8.3256])
+    assert "train loss" in points

@@ -29,7 +29,11 @@ Definitions (each printed figure comes from exactly one function here):
 * ``stream_shares`` (a mixture): from the last ``[timing]`` `StreamDraws` line (the last start's
   counts), per stream ``drawn = samples / all samples``, against the dataset's planned share ``p``,
   with the binomial sampling error ``sqrt(p * (1 - p) / all samples)``; ``within_error`` when
-  ``|drawn - p|`` is at most 3 of them (`stream_shares`).
+  ``|drawn - p|`` is at most `SHARE_ERRORS` (3) of them (`stream_shares`); ``stream_shares_within_error``
+  when every stream is, else a run warning.
+* eval: ``eval`` the last value of each eval metric; ``final_eval_loss`` the last
+  ``metrics/eval/LanguageCrossEntropy``; ``eval_loss_by_domain`` each labelled eval loader's last
+  ``metrics/eval/<label>/LanguageCrossEntropy`` (`_eval_figures`).
 * ``stragglers``, ``node_compute``: `test_case.report.stragglers`; ``goodput``: `test_case.report.goodput`.
 """
 
@@ -211,6 +215,13 @@ def summarise_run(
     run.straggler_threshold = straggler_threshold if run.node_compute else None
     run.goodput = goodput(parsed)
     run.stream_shares = stream_shares(parsed)
+    if run.stream_shares:
+        run.stream_shares_within_error = all(s.within_error for s in run.stream_shares)
+        if not run.stream_shares_within_error:
+            run.warnings.append(
+                f"drawn stream shares NOT within {SHARE_ERRORS} sampling errors of the plan: "
+                + describe_stream_shares(run.stream_shares)
+            )
     blocks = parsed.train_blocks
     if not blocks:
         run.warnings.append("no train metric blocks found")
@@ -236,8 +247,6 @@ def summarise_run(
     _memory_figures(run, column)
     _time_to_1t_tokens(run)
     evals = _eval_figures(run, parsed)
-    eval_losses = metric_column(evals, "metrics/eval/LanguageCrossEntropy")[0]
-    eval_finite = np.flatnonzero(np.isfinite(eval_losses))
     measured = np.flatnonzero(np.isfinite(column(TOKENS_PER_SEC)))
     run.series = {
         "loss": (loss_steps, losses),
@@ -246,9 +255,26 @@ def summarise_run(
             if run.world_size
             else (np.array([]), np.array([]))
         ),
-        "eval_loss": (block_steps(evals)[eval_finite], eval_losses[eval_finite]),
+        **eval_loss_series(evals),
     }
     return run
+
+
+def eval_loss_series(evals: Sequence[MetricBlock]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The eval loss at each eval (batches, losses; finite ones): ``eval_loss`` for the unlabelled eval
+    loader, ``eval_loss/<label>`` for each labelled one (a mixture's streams), in the order first logged."""
+    keys = {EVAL_LOSS_KEY: "eval_loss"}
+    for block in evals:
+        for key in block.metrics:
+            if key not in keys and (m := LABELLED_EVAL_LOSS.match(key)) is not None:
+                keys[key] = f"eval_loss/{m.group('label')}"
+    out = {}
+    for key, name in keys.items():
+        values = metric_column(evals, key)[0]
+        finite = np.flatnonzero(np.isfinite(values))
+        if name == "eval_loss" or len(finite):
+            out[name] = (block_steps(evals)[finite], values[finite])
+    return out
 
 
 def _identity(parsed: ParsedLog) -> RunSummary:
@@ -302,7 +328,9 @@ def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
     if run.completed:
         run.status = "completed"
         if cause is not None:
-            run.warnings.append(f"a failure was logged after the last batch: {cause.text} (line {cause.number})")
+            run.warnings.append(
+                f"a failure was logged after the last batch: {cause.text} (line {cause.number} of the log)"
+            )
         return
     where = f"at batch {run.last_batch}/{run.max_duration}" if run.last_batch is not None else "before training"
     if (cancel := cancelled_by_user(parsed.failures)) is not None:
@@ -457,6 +485,19 @@ def _time_to_1t_tokens(run: RunSummary) -> None:
             run.gpu_hours_to_1t_tokens = run.hours_to_1t_tokens * run.world_size
 
 
+SHARE_ERRORS = 3  # a drawn share further than this many sampling errors from the plan is a warning
+
+
+def describe_stream_shares(shares: Sequence[StreamShare]) -> str:
+    """Each stream's drawn share against the plan, in words (the run warning of a mismatch)."""
+    total = sum(s.drawn_samples for s in shares)
+    parts = ", ".join(
+        f"{s.name} {100 * s.drawn:.1f}% (planned {100 * s.planned:.1f}% +- {100 * s.sampling_error:.1f})"
+        for s in shares
+    )
+    return f"{parts} of {total:,} samples in batches {shares[0].since_batch + 1}-{shares[0].batch}"
+
+
 def stream_shares(parsed: ParsedLog) -> list[StreamShare]:
     """Each stream's drawn share against its planned share, from the log's last `StreamDraws` event."""
     draws = [e for _, e in parsed.timing_events if isinstance(e, StreamDraws)]
@@ -468,20 +509,23 @@ def stream_shares(parsed: ParsedLog) -> list[StreamShare]:
     for name, planned, samples in zip(last.names, last.planned, last.drawn, strict=True):
         drawn = samples / total if total else 0.0
         error = math.sqrt(planned * (1 - planned) / total) if total else 0.0
-        within = total > 0 and abs(drawn - planned) <= 3 * error + 1e-12
+        within = total > 0 and abs(drawn - planned) <= SHARE_ERRORS * error + 1e-12
         out.append(StreamShare(name, planned, samples, drawn, error, within, last.since_batch, last.batch))
     return out
 
 
+EVAL_LOSS_KEY = "metrics/eval/LanguageCrossEntropy"
 LABELLED_EVAL_LOSS = re.compile(r"^metrics/eval/(?P<label>.+)/LanguageCrossEntropy$")
 
 
 def _eval_figures(run: RunSummary, parsed: ParsedLog) -> list[MetricBlock]:
-    """The last value of each eval metric, and of each labelled eval loader's loss (Composer logs
-    ``metrics/eval/<label>/LanguageCrossEntropy`` per loader); returns the reporting rank's eval blocks."""
+    """The last value of each eval metric; ``final_eval_loss``, the unlabelled eval loader's last loss;
+    and each labelled eval loader's (Composer logs ``metrics/eval/<label>/LanguageCrossEntropy`` per
+    loader); returns the reporting rank's eval blocks."""
     evals = [b for b in parsed.blocks.get(parsed.reporting_rank, []) if b.kind == "eval"]
     for block in evals:
         run.eval.update({k: float(v) for k, v in block.metrics.items() if isinstance(v, int | float)})
+    run.final_eval_loss = run.eval.get(EVAL_LOSS_KEY)
     for key, value in run.eval.items():
         if (m := LABELLED_EVAL_LOSS.match(key)) is not None:
             run.eval_loss_by_domain[m.group("label")] = value

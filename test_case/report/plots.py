@@ -26,9 +26,10 @@ def plot_run(run: RunSummary, out_dir: Path) -> Path:
     steps, loss = run.series.get("loss", ([], []))
     if len(steps):
         ax_loss.plot(steps, loss, label="train loss", lw=1)
-    steps, evals = run.series.get("eval_loss", ([], []))
-    if len(steps):
-        ax_loss.plot(steps, evals, "o", label="eval loss")
+    for name, (steps, evals) in run.series.items():
+        if len(steps) and (name == "eval_loss" or name.startswith("eval_loss/")):
+            label = name.partition("/")[2]  # a labelled eval loader: a mixture's stream
+            ax_loss.plot(steps, evals, "o", label=f"eval loss ({label})" if label else "eval loss")
     ax_loss.set_ylabel("loss")
     ax_loss.legend(loc="upper right")
     steps, tps = run.series.get("tokens_per_sec_per_device", ([], []))

@@ -211,7 +211,6 @@ class RunSummary:
     max_seq_len: int | None = None
     nodelist: str | None = None  # Slurm hostlist, or the host outside Slurm (run header)
     log_ends_at: str | None = None  # the last time the log printed (ISO 8601): where a killed run stopped
-    sweep_id: str | None = None  # the acceptance sweep whose manifest lists this job (None: none)
     dataset_sample_tokens: int | None = None  # tokens per sample of the training data (run header)
     dataset_tokenizer: str | None = None  # the tokenizer the training data was made with (run header)
     eval_data_overlap: str | None = None  # eval data made from the training data's input files (run header)
@@ -257,10 +256,13 @@ class RunSummary:
     hours_to_1t_tokens: float | None = None
     gpu_hours_to_1t_tokens: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
+    final_eval_loss: float | None = None  # the last metrics/eval/LanguageCrossEntropy (the unlabelled eval loader)
     # the last eval loss of each labelled eval loader (one per stream of a mixture, by its name)
     eval_loss_by_domain: dict[str, float] = field(default_factory=dict)
     # the samples drawn from each stream of a mixture against its planned share (test_case.report.metrics)
     stream_shares: list[StreamShare] = field(default_factory=list)
+    stream_shares_within_error: bool | None = None  # every stream's drawn share within error; None without a mixture
+    sweep_id: str | None = None  # the acceptance sweep whose manifest lists this job (None: none)
     baseline: BaselineVerdict | None = None
     stragglers: list[Straggler] = field(
         default_factory=list

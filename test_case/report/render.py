@@ -10,23 +10,51 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from test_case.preflight.records import PreflightReport
+from test_case.report.metrics import SHARE_ERRORS, describe_stream_shares
 from test_case.report.records import JobWithoutTraining, RunSummary, ScalingGroup, Verdict
 
 SCHEMA_VERSION = 2
 
 
+SIGNIFICANT_DIGITS = 3  # a number too small for its column's decimals keeps this many (never 0.0 for 0.0118)
+DECIMALS = re.compile(r"\.(\d+)f$")
+
+
 def _num(value: float | int | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    """``value`` in ``fmt`` (e.g. ``",.1f"``), or ``-`` for None; a non-zero float that ``fmt`` would
+    show with fewer than `SIGNIFICANT_DIGITS` significant digits gets as many decimals as they need."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value and math.isfinite(value) and fmt.endswith("f"):
+        m = DECIMALS.search(fmt)
+        decimals = int(m.group(1)) if m else 6
+        if abs(value) < 10 ** (SIGNIFICANT_DIGITS - 1 - decimals):
+            places = SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(abs(value)))
+            return format(value, f"{',' if ',' in fmt else ''}.{places}f")
+    return format(value, fmt)
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    return "-" if value is None else _num(100 * value, ".1f") + "%"
+
+
+def _in_log(line: int) -> str:
+    """Where a failure line is: ``failure_line`` is a line number of the log."""
+    return f"line {line} of the log"
+
+
+def _final_eval_loss(r: RunSummary) -> str:
+    """The unlabelled eval loader's last loss; a mixture's labelled loaders are listed by domain."""
+    if r.final_eval_loss is None and r.eval_loss_by_domain:
+        return "by domain"
+    return _num(r.final_eval_loss, ".4f")
 
 
 Column = tuple[str, Callable[[RunSummary], str]]
@@ -38,7 +66,8 @@ COLUMNS: list[Column] = [
     ("nodes", lambda r: _num(r.nodes, "d")),
     ("world", lambda r: _num(r.world_size, "d")),
     ("batches", lambda r: "-" if r.last_batch is None else f"{r.last_batch}/{r.max_duration}"),
-    ("final loss", lambda r: _num(r.final_train_loss, ".4f")),
+    ("final train loss", lambda r: _num(r.final_train_loss, ".4f")),
+    ("final eval loss", _final_eval_loss),
     ("tokens/s", lambda r: _num(r.tokens_per_sec, ",.0f")),
     ("tokens/s/dev", lambda r: _num(r.tokens_per_sec_per_device, ",.0f")),
     ("step s", lambda r: _num(r.step_time_median_s, ".3f")),
@@ -62,8 +91,8 @@ DETAIL_COLUMNS: list[Column] = [
     ("loss first/min", lambda r: f"{_num(r.loss_first, '.3f')}/{_num(r.loss_min, '.3f')}"),
     ("peak mem GB", lambda r: _num(r.peak_mem_reserved_gb, ".1f")),
     ("window", lambda r: "-" if not r.window_batches else f"{r.window_batches[0]}-{r.window_batches[1]}"),
-    ("days to 1T tokens", lambda r: _num(None if r.hours_to_1t_tokens is None else r.hours_to_1t_tokens / 24, ",.1f")),
-    ("GPU-hours to 1T", lambda r: _num(r.gpu_hours_to_1t_tokens, ",.0f")),
+    ("hours to 1T tokens", lambda r: _num(r.hours_to_1t_tokens, ",.1f")),
+    ("GPU-hours to 1T tokens", lambda r: _num(r.gpu_hours_to_1t_tokens, ",.0f")),
 ]
 
 DEFINITIONS = """\
@@ -89,9 +118,12 @@ DEFINITIONS = """\
   `test_case/gpu_peaks.py`). **HFU** counts the recomputed forward of activation checkpointing
   (x4 instead of x3). **MFU logged** is Composer's own `throughput/device/mfu` (absent for GPUs
   Composer does not know, e.g. H100 NVL).
-- **final loss**: the last logged `loss/train/total`; **loss first/min** over the run.
+- **final train loss**: the last logged `loss/train/total`; **loss first/min** over the run.
+- **final eval loss**: the last `metrics/eval/LanguageCrossEntropy` of the eval loader; with labelled
+  eval loaders (a mixture's streams) each label's last `metrics/eval/<label>/LanguageCrossEntropy`
+  instead, under "Eval loss by domain" (`by domain` in the table).
 - **peak mem GB**: the largest `memory/peak_reserved_mem` Composer's memory monitor logged.
-- **days to 1T tokens** = 1e12 / tokens/s / 86400; **GPU-hours to 1T** = that in hours x world size.
+- **hours to 1T tokens** = 1e12 / tokens/s / 3600; **GPU-hours to 1T tokens** = that x world size (GPU runs).
 - **scaling efficiency** = tokens/s/dev / tokens/s/dev of the smallest run of the same model, GPU,
   precision, sequence length, processes per node and scheduler (1.0 = linear).
 - **baseline ratio** = tokens/s/dev / the published tokens/s per GPU for the same GPU, model and GPU
@@ -167,7 +199,7 @@ def scaling_title(group: ScalingGroup) -> str:
 def _jobs_lines(jobs: list[JobWithoutTraining]) -> list[str]:
     return [
         f"did not train: job {j.job_id or '(no id)'} ({j.log_file}): "
-        + (f"{j.failure} (line {j.failure_line})" if j.failure_line else j.failure or "no error line in the log")
+        + (f"{j.failure} ({_in_log(j.failure_line)})" if j.failure_line else j.failure or "no error line in the log")
         for j in jobs
     ]
 
@@ -258,38 +290,31 @@ def _goodput_lines(runs: list[RunSummary]) -> list[str]:
     for r in runs:
         if (g := r.goodput) is None:
             continue
-        parts = ", ".join(f"{name} {getattr(g, key):.1f}" for name, key in GOODPUT_PARTS if getattr(g, key))
-        share = "-" if g.goodput is None else f"{100 * g.goodput:.1f}%"
+        parts = ", ".join(f"{name} {_num(getattr(g, key), '.1f')}" for name, key in GOODPUT_PARTS if getattr(g, key))
         lost = f", {g.lost_progress_batches} batch(es) trained twice" if g.lost_progress_batches else ""
-        lines.append(f"goodput {r.name}: {share} of {g.total_s:.1f} s over {g.starts} start(s) ({parts} s{lost})")
+        lines.append(
+            f"goodput {r.name}: {_pct(g.goodput)} of {_num(g.total_s, '.1f')} s over {g.starts} start(s) "
+            f"({parts} s{lost})"
+        )
     return lines
 
 
 def _domain_eval_lines(runs: list[RunSummary]) -> list[str]:
     return [
-        f"eval loss by domain {r.name}: " + ", ".join(f"{d} {v:.4f}" for d, v in sorted(r.eval_loss_by_domain.items()))
+        f"eval loss by domain {r.name}: "
+        + ", ".join(f"{d} {_num(v, '.4f')}" for d, v in sorted(r.eval_loss_by_domain.items()))
         for r in runs
         if r.eval_loss_by_domain
     ]
 
 
 def _stream_share_lines(runs: list[RunSummary]) -> list[str]:
-    lines = []
-    for r in runs:
-        if not r.stream_shares:
-            continue
-        first = r.stream_shares[0]
-        total = sum(s.drawn_samples for s in r.stream_shares)
-        shares = ", ".join(
-            f"{s.name} {100 * s.drawn:.1f}% (planned {100 * s.planned:.1f}% +- {100 * s.sampling_error:.1f})"
-            for s in r.stream_shares
-        )
-        verdict = "within" if all(s.within_error for s in r.stream_shares) else "NOT within"
-        lines.append(
-            f"drawn by stream {r.name}: {shares} of {total:,} samples in batches "
-            f"{first.since_batch + 1}-{first.batch}: {verdict} 3 sampling errors"
-        )
-    return lines
+    return [
+        f"drawn by stream {r.name}: {describe_stream_shares(r.stream_shares)}: "
+        f"{'within' if r.stream_shares_within_error else 'NOT within'} {SHARE_ERRORS} sampling errors"
+        for r in runs
+        if r.stream_shares
+    ]
 
 
 def _stream_share_markdown(runs: list[RunSummary]) -> list[str]:
@@ -303,7 +328,7 @@ def _stream_share_markdown(runs: list[RunSummary]) -> list[str]:
         "Samples the train loader read from each stream (all ranks, the last start), against the share the "
         "dataset planned; the error is the binomial standard error of the drawn share.",
         "",
-        "| run | stream | samples | drawn | planned | sampling error | within 3 errors |",
+        f"| run | stream | samples | drawn | planned | sampling error | within {SHARE_ERRORS} errors |",
         "|---|---|---|---|---|---|---|",
     ]
     parts += [
@@ -320,7 +345,7 @@ def _domain_eval_markdown(runs: list[RunSummary]) -> list[str]:
     if not rows:
         return []
     parts = ["## Eval loss by domain", "", "| run | domain (eval loader label) | eval loss |", "|---|---|---|"]
-    parts += [f"| {name} | {domain} | {value:.4f} |" for name, domain, value in rows]
+    parts += [f"| {name} | {domain} | {_num(value, '.4f')} |" for name, domain, value in rows]
     return [*parts, ""]
 
 
@@ -352,9 +377,10 @@ def _timing_markdown(runs: list[RunSummary]) -> list[str]:
         for r in measured:
             g = r.goodput
             assert g is not None
-            cells = " | ".join(f"{getattr(g, key):.1f}" for _, key in GOODPUT_PARTS)
+            cells = " | ".join(_num(getattr(g, key), ".1f") for _, key in GOODPUT_PARTS)
             parts.append(
-                f"| {r.name} | {g.starts} | {g.total_s:.1f} | {cells} | {g.lost_progress_batches} | {_pct(g.goodput)} |"
+                f"| {r.name} | {g.starts} | {_num(g.total_s, '.1f')} | {cells} | {g.lost_progress_batches} "
+                f"| {_pct(g.goodput)} |"
             )
         parts.append("")
     return parts
@@ -492,7 +518,7 @@ def format_markdown(
         parts += ["## Jobs that did not train", "", "| job | log | why |", "|---|---|---|"]
         for j in jobs:
             why = j.failure or "no error line in the log"
-            where = f" (line {j.failure_line})" if j.failure_line else ""
+            where = f" ({_in_log(j.failure_line)})" if j.failure_line else ""
             parts.append(f"| {j.job_id or '-'} | {j.log_file} | `{why}`{where} |")
         parts.append("")
     if restarts := _restart_lines(runs):
@@ -511,14 +537,38 @@ def format_markdown(
     return "\n".join(parts)
 
 
+# report.csv's columns after the first ones (every scalar field of a run, in report.json's order): new
+# columns are appended, never inserted or renamed, so that scripts reading the CSV keep working
+CSV_APPENDED = ("final_eval_loss", "stream_shares_within_error", "sweep_id")
+STREAM_SHARE_COLUMNS = ("drawn_samples", "drawn", "planned", "sampling_error", "within_error")
+
+
+def csv_row(run: RunSummary) -> dict[str, Any]:
+    """A run's report.csv row: its scalar report.json fields by name; ``goodput`` the goodput (a fraction)
+    and ``goodput.<part>`` its parts; ``eval_loss_by_domain.<label>``; ``stream_shares.<stream>.<field>``
+    (`STREAM_SHARE_COLUMNS`): a nested report.json field is the column named by its path."""
+    record = run.to_dict()
+    row = {k: v for k, v in record.items() if not isinstance(v, list | dict) and k not in ("baseline", "goodput")}
+    row["goodput"] = None if run.goodput is None else run.goodput.goodput
+    if run.goodput is not None:
+        row |= {f"goodput.{k}": v for k, v in run.goodput.to_dict().items() if k != "goodput"}
+    row |= {f"eval_loss_by_domain.{label}": v for label, v in sorted(run.eval_loss_by_domain.items())}
+    for share in record["stream_shares"]:
+        row |= {f"stream_shares.{share['name']}.{k}": share[k] for k in STREAM_SHARE_COLUMNS}
+    return row
+
+
 def format_csv(runs: list[RunSummary]) -> str:
-    """report.csv: one row per run, the scalar fields of report.json."""
-    dicts = [r.to_dict() for r in runs]
-    fields = [k for k, v in (dicts[0] if dicts else {}).items() if not isinstance(v, list | dict) and k != "baseline"]
+    """report.csv: one row per run (`csv_row`); the columns of every run, the first ones in the order of
+    report.json, then `CSV_APPENDED`, then the nested fields in the order first met."""
+    rows = [csv_row(r) for r in runs]
+    seen = dict.fromkeys(k for row in rows for k in row)
+    first = [k for k in seen if k not in CSV_APPENDED and "." not in k]
+    fields = first + [k for k in CSV_APPENDED if k in seen] + [k for k in seen if "." in k]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(dicts)
+    writer.writerows(rows)
     return out.getvalue()
 
 

@@ -35,8 +35,9 @@ class DatasetFacts:
     tokenizer_sha256: str | None  # of tokenizer.json, for a local folder
 
     def describe_tokenizer(self) -> str:
-        """The tokenizer as the report shows it: a hub name, or a folder's name."""
-        return Path(self.tokenizer_path or self.tokenizer).name if self.tokenizer_sha256 else self.tokenizer
+        """The tokenizer as the run header records it and the report shows it: a hub name, or a local
+        folder's absolute path (as the preprocessing gave it, for a summary of an older version)."""
+        return self.tokenizer_path or self.tokenizer
 
 
 def dataset_facts(split_dir: Path) -> DatasetFacts | None:
