@@ -64,6 +64,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_report_liveness": ("report",),
     "test_restarts": ("training", "report"),
     "test_settings": ("tooling",),
+    "test_shm_cleanup": ("training",),
     "test_slurm_integration": ("training", "preprocessing", "report"),
     "test_training_local": ("training", "report"),
     "test_writer_lock": ("preprocessing",),

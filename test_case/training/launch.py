@@ -50,6 +50,7 @@ from test_case.training.gpus import NodeGpus, allocated_gpus, nvidia_smi
 from test_case.training.heartbeat import DIR_ENV as HEARTBEAT_DIR_ENV
 from test_case.training.memory_fit import GpuMemory, fit_line, gpu_memory_to_check, planned_gpus, shape_of
 from test_case.training.mixture import MixtureError, load_mixture, mixture_overrides
+from test_case.training.shm_cleanup import remove_dead_segments
 
 if TYPE_CHECKING:  # omegaconf is imported where it is used: `header` and `plan` stay light
     from omegaconf import DictConfig
@@ -723,9 +724,9 @@ def main(argv: list[str] | None = None) -> int:
         print_restart_events(plan, env, cfg, Path.cwd())
     env.setdefault("OMP_NUM_THREADS", str(plan.threads_per_proc))
     env[HEARTBEAT_DIR_ENV] = str(heartbeat_dir(env, plan))
-    from streaming.base.util import clean_stale_shared_memory
-
-    clean_stale_shared_memory()  # a killed run leaves streaming's shared memory behind: start clean
+    # a killed run leaves streaming's shared memory behind: start clean, never touching a live run's
+    if cleaned := remove_dead_segments().line(Path("/dev/shm")):
+        print(f"launch: node {plan.node_rank}: {cleaned}", flush=True)
     print(f"launch: node {plan.node_rank}/{plan.num_nodes} on {socket.gethostname()}: {' '.join(cmd)}", flush=True)
     os.execvpe(cmd[0], cmd, env)
     return 0  # pragma: no cover  (execvpe does not return)
