@@ -180,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             TextField(args.domain_field, "--domain-field")
     except InputError as err:
         return _error(str(err))
-    if not args.input and (args.text_field != "text" or args.domain_field):
-        return _error("--text-field and --domain-field apply to --input files: C4 from the hub has only 'text'")
     validation = is_validation_split(args.split)
     if args.val_input and validation:
         args.input = args.val_input
+    if not args.input and (args.text_field != "text" or args.domain_field):
+        return _error("--text-field and --domain-field apply to --input files: C4 from the hub has only 'text'")
     try:
         holdout = Holdout(args.holdout, validation) if args.holdout else None
     except ValueError as err:
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         return _error(f"cannot load tokenizer {args.tokenizer!r}: {first}")
-    shares = plan_shares(files, total, max_docs, holdout, args.text_field)
+    shares = plan_shares(files, total, max_docs, holdout, args.text_field, args.domain_field)
     try:
         claim_output(split_dir, made_of)
     except OutputConflict as err:

@@ -132,14 +132,22 @@ class Share:
         return [p if (s, e) == (0, -1) else f"{p}[{s}:{e}]" for p, s, e in self.sources]
 
 
-def count_documents(source: Source, limit: int, holdout: Holdout | None = None, text_field: str = "text") -> int:
+def count_documents(
+    source: Source, limit: int, holdout: Holdout | None = None, text_field: str = "text", domain_field: str = ""
+) -> int:
     """Non-blank lines (rows) of a source, counting no further than ``limit`` (cheap: no JSON parsing).
     With a holdout, the documents this split takes (and the records that are not documents, which
     every split lists as skipped): each record is parsed to hash its text."""
     n = 0
     path, start, end = source
+    domain = TextField(domain_field, "--domain-field") if domain_field and holdout is not None else None
     records = iter_records(
-        Path(path), parse=holdout is not None, start=start, end=end, text_field=TextField(text_field)
+        Path(path),
+        parse=holdout is not None,
+        start=start,
+        end=end,
+        text_field=TextField(text_field),
+        domain_field=domain,
     )
     for doc in records:
         if isinstance(doc, SkippedDocument):
@@ -152,7 +160,12 @@ def count_documents(source: Source, limit: int, holdout: Holdout | None = None, 
 
 
 def plan_shares(
-    files: list[Path], total: int, max_docs: int | None, holdout: Holdout | None = None, text_field: str = "text"
+    files: list[Path],
+    total: int,
+    max_docs: int | None,
+    holdout: Holdout | None = None,
+    text_field: str = "text",
+    domain_field: str = "",
 ) -> list[Share]:
     """Deal files round-robin into ``total`` shares; ``max_docs`` takes the first documents in file order
     (with a holdout, the first documents on this split's side).
@@ -176,7 +189,7 @@ def plan_shares(
     if max_docs is not None:
         left = max_docs
         for i, source in enumerate(sources):
-            take = count_documents(source, left, holdout, text_field) if left > 0 else 0
+            take = count_documents(source, left, holdout, text_field, domain_field) if left > 0 else 0
             budgets[i] = take
             left -= take
     return [Share(k, total, tuple(sources[k::total]), tuple(budgets[k::total])) for k in range(total)]

@@ -85,6 +85,8 @@ def overlap_problem(out_root: Path, split: str, fingerprint: dict[str, Any]) -> 
             theirs = json.loads((other / FINGERPRINT).read_text())
         except (OSError, ValueError):
             continue
+        if not isinstance(theirs, dict):
+            continue
         shared = sorted(mine & input_paths(theirs))
         if not shared or separated(fingerprint.get("options", {}), theirs.get("options", {})):
             continue

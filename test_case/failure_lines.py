@@ -85,25 +85,57 @@ CONFIGURATION_ERRORS = (
 RANK_EXCEPTION = re.compile(r"^\[rank(\d+)\]: ?([A-Za-z_][\w.]*(?:Error|Exception))(?::\s?(.*))?$")
 # Composer's launcher, once per rank when the job ends: "Global rank 1 (PID 5968) exited with code 1"
 RANK_EXITED = re.compile(r"^(?:ERROR:composer\.cli\.launcher:)?Global rank (\d+) \(PID \d+\) exited with code")
-TRAIN_BATCH = re.compile(r"^\[batch=\d+/\d+\]:")
+# A batch ended: Composer's progress block, or rank_timing's batch event (whatever console_log_interval says)
+TRAIN_BATCH = re.compile(r'^(?:\[batch=\d+/\d+\]:|\[timing\] \{"kind":"batch")')
+TASK_LABEL = re.compile(r"^(\d+): ?")  # srun --label: the task (one per node) that printed the line
 
 
-def configuration_error(lines: Sequence[str]) -> str | None:
-    """The exception every rank of a start raised the same way before its first batch, when it is a
-    `CONFIGURATION_ERRORS` one (``ValueError: d_model must be divisible by n_heads``), else None.
-    ``lines``: the start's lines with any srun task label (``0: ``) removed. Every rank Composer's
-    launcher says exited must have printed that exception (at least two ranks, or the only one)."""
-    raised: dict[int, str] = {}
+def rank_errors(lines: Sequence[str]) -> tuple[dict[tuple[int | None, int], str], set[int], bool]:
+    """What each rank raised in a start's ``lines`` (srun task labels kept): {(task, rank): exception},
+    the ranks Composer's launcher says exited on their own, and whether a batch ended."""
+    raised: dict[tuple[int | None, int], str] = {}
     exited: set[int] = set()
-    for line in lines:
+    for raw in lines:
+        label = TASK_LABEL.match(raw)
+        task, line = (int(label.group(1)), raw[label.end() :]) if label else (None, raw)
         if TRAIN_BATCH.match(line):
-            return None  # it trained: whatever failed later is not the configuration
+            return raised, exited, True
         if m := RANK_EXCEPTION.match(line):
-            raised[int(m.group(1))] = f"{m.group(2)}: {m.group(3)}" if m.group(3) else m.group(2)
+            raised[(task, int(m.group(1)))] = f"{m.group(2)}: {m.group(3)}" if m.group(3) else m.group(2)
         elif m := RANK_EXITED.match(line):
             exited.add(int(m.group(1)))
+    return raised, exited, False
+
+
+def configuration_error(lines: Sequence[str], nodes: int = 1) -> str | None:
+    """The exception the ranks of a start raised the same way before its first batch on every one of
+    its ``nodes``, when it is a `CONFIGURATION_ERRORS` one (``ValueError: d_model must be divisible by
+    n_heads``), else None. ``lines``: the start's lines, srun task labels (``0: ``) kept. Ranks on
+    every node must have printed it (at least two ranks unless the job has one node), and every rank
+    Composer's launcher says exited on its own: one node's error (a broken node-local environment,
+    a stuck process's shared memory) is a node's fault, not the configuration's."""
+    raised, exited, trained = rank_errors(lines)
     errors = set(raised.values())
-    if len(errors) != 1 or not exited or not exited <= set(raised):
+    if trained or len(errors) != 1 or not exited <= {rank for _, rank in raised}:
+        return None
+    tasks = {task for task, _ in raised}
+    every_node = tasks == {None} if nodes <= 1 else tasks >= set(range(nodes))
+    if not every_node or (nodes > 1 and len(raised) < 2):
         return None
     (error,) = errors
     return error if error.split(":", 1)[0] in CONFIGURATION_ERRORS else None
+
+
+def repeated_configuration_error(lines: Sequence[str], previous: Sequence[str]) -> str | None:
+    """The `CONFIGURATION_ERRORS` exception that this start's ranks and the previous start's raised
+    alike before their first batch, where not every node's output showed it (srun's
+    ``--kill-on-bad-exit`` may end a node before it prints): the second time, it is the configuration."""
+    found = []
+    for start in (lines, previous):
+        raised, _, trained = rank_errors(start)
+        errors = set(raised.values())
+        if trained or len(errors) != 1:
+            return None
+        found.append(errors.pop())
+    same = found[0] == found[1]
+    return found[0] if same and found[0].split(":", 1)[0] in CONFIGURATION_ERRORS else None

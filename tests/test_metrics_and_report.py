@@ -14,6 +14,7 @@ from test_case.published_runs import DEFAULT_BASELINE, load_baseline
 from test_case.report.compare import compare_to_baseline
 from test_case.report.log_parser import parse_composer_log
 from test_case.report.metrics import steady_state_window, summarise_run
+from test_case.report.plots import scaling_file_names
 from test_case.report.records import RunSummary
 from test_case.report.render import scaling_title
 from tests.conftest import REPO_ROOT
@@ -554,13 +555,18 @@ def test_a_scaling_series_holds_one_batch_figure_and_one_sweep(tmp_path: Path) -
     titles = [scaling_title(g) for g in scaling_groups(runs)]
     assert any("global batch 256: strong scaling" in t for t in titles)
     assert any("32 samples per device: weak scaling" in t for t in titles)
+    # one file per series: the batch tells them apart, and a sweep of the same setup gets its own
+    names = scaling_file_names(scaling_groups(runs))
+    assert sorted(names) == ["scaling-mpt-125m-h100-sxm-32perdev.png", "scaling-mpt-125m-h100-sxm-gbs256.png"]
+    swept = [*runs, run(8, 256, 40.0, sweep="7"), run(16, 256, 72.0, sweep="7")]
+    assert len(set(scaling_file_names(scaling_groups(swept)))) == len(scaling_groups(swept)) == 4
 
 
 # report.csv's columns before #31 point 5, in order: users' scripts read them by name (and position)
 LEGACY_CSV_COLUMNS = [
     "name", "log_file", "job_id", "model", "status", "failure", "failure_line", "device", "gpu", "n_params",
-    "world_size", "nodes", "procs_per_node", "scheduler", "precision", "max_seq_len", "nodelist", "log_ends_at",
-    "dataset_sample_tokens", "dataset_tokenizer", "eval_data_overlap", "global_batch_size",
+    "world_size", "nodes", "procs_per_node", "scheduler", "precision", "max_seq_len",
+    "dataset_sample_tokens", "dataset_tokenizer", "global_batch_size",
     "activation_checkpointing", "microbatch", "fsdp_sharding", "fsdp_mixed_precision", "attn_impl", "alibi",
     "flash_attn", "cuda", "nccl", "driver", "restarts", "last_batch", "max_duration", "duration_unit", "completed",
     "loss_first", "loss_min", "final_train_loss", "has_nan", "first_nan_batch", "tokens_per_sec",
@@ -618,6 +624,9 @@ def test_the_csv_keeps_its_columns_and_adds_goodput_eval_and_stream_columns(tmp_
         "final_eval_loss",
         "stream_shares_within_error",
         "sweep_id",
+        "nodelist",
+        "log_ends_at",
+        "eval_data_overlap",
         *[f"goodput.{k}" for k in run["goodput"] if k != "goodput"],
         "eval_loss_by_domain.c4",
         "eval_loss_by_domain.wikipedia",

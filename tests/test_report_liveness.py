@@ -100,6 +100,27 @@ def test_a_kill_during_start_up_is_named_and_a_starting_run_is_not(tmp_path: Pat
     )
 
 
+def test_a_script_killed_alone_while_its_ranks_train_on_is_still_running() -> None:
+    """kill -9 of the script's pid leaves the launcher and its ranks training (they carry LOCAL_JOB_ID)."""
+    script = training_script_stand_in()
+    job = f"local-20261205-120000-{script.pid}"
+    rank = subprocess.Popen(["sleep", "120"], env={**os.environ, "LOCAL_JOB_ID": job})
+    try:
+        script.kill()
+        script.wait()
+        alive = liveness(job, socket.gethostname())
+        rank.kill()
+        rank.wait()
+        gone = liveness(job, socket.gethostname())
+    finally:
+        for proc in (script, rank):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert alive.state == "running" and f"but pid {rank.pid} of its run still runs" in alive.how
+    assert gone.state == "gone" and gone.how == f"pid {script.pid} is not running on {socket.gethostname()}"
+
+
 def test_what_cannot_be_asked_stays_unknown(tmp_path: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])  # a live pid that is not the training script: a reused pid
     try:

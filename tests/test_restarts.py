@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from test_case.failure_lines import configuration_error
+from test_case.failure_lines import configuration_error, repeated_configuration_error
 from test_case.report.log_parser import parse_composer_log
 from test_case.report.metrics import summarise_run
 from test_case.report.render import format_table
@@ -342,3 +342,14 @@ def test_an_error_every_rank_raised_before_the_first_batch_is_a_configuration_er
     assert configuration_error(["[batch=1/60]:", *ranks]) is None
     nccl = [x.replace("ValueError: d_model must be divisible by n_heads", "RuntimeError: NCCL error") for x in ranks]
     assert configuration_error(nccl) is None
+    # two nodes under srun --label: ranks on both must have raised it; one node's error is that node's
+    both = [f"{task}: {x}" for task, x in ((0, ranks[1]), (1, ranks[6].replace("rank1", "rank2")))]
+    assert configuration_error(both, nodes=2) == "ValueError: d_model must be divisible by n_heads"
+    assert configuration_error([*both[:1], "1: srun: error: node2: task 1: Killed"], nodes=2) is None
+    assert configuration_error([f"0: {x}" for x in ranks], nodes=2) is None
+    # ... unless the start before failed the same way before its first batch
+    assert repeated_configuration_error(both[:1], both[:1]) == "ValueError: d_model must be divisible by n_heads"
+    assert repeated_configuration_error(both[:1], ["0: [batch=1/60]:", *both[:1]]) is None
+    assert repeated_configuration_error(both[:1], [x.replace("d_model", "n_layers") for x in both[:1]]) is None
+    # a batch that ended, as rank_timing says whatever console_log_interval is
+    assert configuration_error(['[timing] {"kind":"batch","batch":1,"time":1.0}', *ranks]) is None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 from test_case.acceptance.manifest import PREFIX as MANIFEST_PREFIX
@@ -233,11 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: list[Path] = []
     if not args.no_plots and runs:
-        from test_case.report.plots import plot_goodput, plot_run, plot_scaling
+        from test_case.report.plots import plot_goodput, plot_run, plot_scaling, scaling_file_names
 
-        same_name = Counter((g.model, g.gpu, g.procs_per_node, g.scheduler) for g in scaling)
         plots = [plot_run(run, out_dir) for run in runs] + [
-            plot_scaling(g, out_dir, same_name[(g.model, g.gpu, g.procs_per_node, g.scheduler)] > 1) for g in scaling
+            plot_scaling(g, out_dir, name) for g, name in zip(scaling, scaling_file_names(scaling), strict=True)
         ]
         if (bars := plot_goodput(runs, out_dir)) is not None:
             plots.append(bars)

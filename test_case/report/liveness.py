@@ -6,7 +6,8 @@ see, never of the log's age (a large final save is silent for minutes).
   its end line was cut short (``scancel``, a node lost, the job killed with its batch script).
 - A run without Slurm (job id ``local-<time>-<pid>``, the training script's pid): on the host the
   run header names, ``/proc/<pid>/cmdline`` of a process that is still the training script (not a
-  zombie, not a reused pid): running, else gone (kill -9 of the script).
+  zombie, not a reused pid), or any process whose environment carries its ``LOCAL_JOB_ID`` (the
+  script killed alone, its ranks training on): running, else gone.
 - Anything else (another host, no ``squeue``): unknown, and the report says it cannot tell.
 
 `last_time` is when the log last said anything with a time (the job's start line, a batch end, a
@@ -31,6 +32,22 @@ from test_case.report.records import JobWithoutTraining, RunSummary
 LOCAL_ID = re.compile(r"^local-\d{8}-\d{6}-(\d+)$")
 TRAINING_SCRIPT = "2.train-mpt-manual-distributed"  # what the local run's pid must still be running
 SQUEUE_TIMEOUT_S = 10.0
+# squeue's states of a job that has ended (listed only with SQUEUE_STATES or -t asking for them)
+ENDED = frozenset(
+    (
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "SPECIAL_EXIT",
+        "TIMEOUT",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -48,13 +65,13 @@ def liveness(job_id: str | None, host: str | None, run_name: str | None = None) 
         return Liveness("unknown", "the log names no job")
     local = LOCAL_ID.match(job_id)
     if local:
-        return _local(int(local.group(1)), host)
+        return _local(int(local.group(1)), host, job_id)
     if job_id.startswith("local-"):
         return Liveness("unknown", f"{job_id} carries no pid (an older suite)")
     return _slurm(job_id, run_name)
 
 
-def _local(pid: int, host: str | None) -> Liveness:
+def _local(pid: int, host: str | None, job_id: str) -> Liveness:
     here = socket.gethostname()
     if host and host != here:
         return Liveness("unknown", f"the run was on {host}, not on this host ({here})")
@@ -62,12 +79,35 @@ def _local(pid: int, host: str | None) -> Liveness:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
     except OSError:
-        return Liveness("gone", f"pid {pid} is not running on {here}")
-    if state in ("Z", "X", "x"):
-        return Liveness("gone", f"pid {pid} has exited on {here} (a zombie, not reaped yet)")
-    if TRAINING_SCRIPT.encode() not in cmdline:
-        return Liveness("gone", f"pid {pid} on {here} is another program now (the run's process is gone)")
-    return Liveness("running", f"pid {pid} is running on {here}")
+        gone = Liveness("gone", f"pid {pid} is not running on {here}")
+    else:
+        if state in ("Z", "X", "x"):
+            gone = Liveness("gone", f"pid {pid} has exited on {here} (a zombie, not reaped yet)")
+        elif TRAINING_SCRIPT.encode() not in cmdline:
+            gone = Liveness("gone", f"pid {pid} on {here} is another program now (the run's process is gone)")
+        else:
+            return Liveness("running", f"pid {pid} is running on {here}")
+    # the script killed alone (kill -9 of its pid): its launcher and ranks may train on
+    if (child := _process_of_run(job_id)) is not None:
+        return Liveness("running", f"the script (pid {pid}) is gone, but pid {child} of its run still runs on {here}")
+    return gone
+
+
+def _process_of_run(job_id: str) -> int | None:
+    """A live process of this user whose environment carries ``LOCAL_JOB_ID=<job_id>`` (the training
+    script exports it to the launcher and every rank), or None."""
+    wanted = f"LOCAL_JOB_ID={job_id}".encode()
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            if wanted in (pid_dir / "environ").read_bytes().split(b"\0"):
+                state = (pid_dir / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+                if state not in ("Z", "X", "x"):
+                    return int(pid_dir.name)
+        except OSError:
+            continue
+    return None
 
 
 def _slurm(job_id: str, run_name: str | None) -> Liveness:
@@ -85,6 +125,8 @@ def _slurm(job_id: str, run_name: str | None) -> Liveness:
     except (OSError, subprocess.TimeoutExpired) as err:
         return Liveness("unknown", f"squeue did not answer ({err})")
     states = out.stdout.split()
+    if out.returncode == 0 and states and states[0] in ENDED:  # SQUEUE_STATES=all lists ended jobs too
+        return Liveness("gone", f"Slurm job {job_id} has ended ({states[0]})")
     if out.returncode == 0 and states:
         name = states[1] if len(states) > 1 else ""
         if run_name and name and run_name != f"{name}-{job_id}":

@@ -80,10 +80,36 @@ def plot_goodput(runs: list[RunSummary], out_dir: Path) -> Path | None:
     return path
 
 
-def plot_scaling(group: ScalingGroup, out_dir: Path, name_the_batch: bool = False) -> Path:
-    """``scaling-<model>-<gpu>[-<processes per node>pn][-local][-gbs<N>|-<N>perdev].png``: tokens/s per
-    device and efficiency against world size, with the ideal of linear scaling (the smallest run's
-    rate per device). ``name_the_batch``: another series of the report has the same name without it."""
+def scaling_file_name(group: ScalingGroup, detail: int = 0) -> str:
+    """``scaling-<model>-<gpu>[-<processes per node>pn][-local].png``; with ``detail`` 1 the series'
+    batch is added (``-gbs<N>`` or ``-<N>perdev``), with 2 also its sweep, precision and sequence
+    length: the report names each series with the least detail that tells it from the others."""
+    parts = [group.model or "model", group.gpu or "unknown-gpu"]
+    if group.procs_per_node:
+        parts.append(f"{group.procs_per_node}pn")
+    if group.scheduler == "local":
+        parts.append("local")
+    if detail >= 1 and group.global_batch_size:
+        parts.append(f"gbs{group.global_batch_size}")
+    elif detail >= 1 and group.batch_per_device:
+        parts.append(f"{group.batch_per_device:g}perdev")
+    if detail >= 2:
+        parts += [f"sweep{group.sweep_id or '-none'}", str(group.precision), f"seq{group.max_seq_len}"]
+    return f"scaling-{_safe('-'.join(parts))}.png"
+
+
+def scaling_file_names(groups: list[ScalingGroup]) -> list[str]:
+    """Each series' file name (`scaling_file_name`), distinct within the report."""
+    for detail in (0, 1, 2):
+        names = [scaling_file_name(g, detail) for g in groups]
+        if len(set(names)) == len(names):
+            return names
+    return [name.replace(".png", f"-{i}.png") for i, name in enumerate(names, start=1)]
+
+
+def plot_scaling(group: ScalingGroup, out_dir: Path, name: str | None = None) -> Path:
+    """``name`` (`scaling_file_names`, by default `scaling_file_name`): tokens/s per device and
+    efficiency against world size, with the ideal of linear scaling (the smallest run's rate per device)."""
     points = group.points
     sizes = [p.world_size for p in points]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -101,16 +127,7 @@ def plot_scaling(group: ScalingGroup, out_dir: Path, name_the_batch: bool = Fals
     fig.suptitle(f"Scaling of {scaling_title(group)}")
     fig.legend(loc="lower left")
     fig.tight_layout()
-    parts = [group.model or "model", group.gpu or "unknown-gpu"]
-    if group.procs_per_node:
-        parts.append(f"{group.procs_per_node}pn")
-    if group.scheduler == "local":
-        parts.append("local")
-    if name_the_batch and group.global_batch_size:
-        parts.append(f"gbs{group.global_batch_size}")
-    elif name_the_batch and group.batch_per_device:
-        parts.append(f"{group.batch_per_device:g}perdev")
-    path = out_dir / f"scaling-{_safe('-'.join(parts))}.png"
+    path = out_dir / (name or scaling_file_name(group))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

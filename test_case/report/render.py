@@ -125,7 +125,8 @@ DEFINITIONS = """\
 - **peak mem GB**: the largest `memory/peak_reserved_mem` Composer's memory monitor logged.
 - **hours to 1T tokens** = 1e12 / tokens/s / 3600; **GPU-hours to 1T tokens** = that x world size (GPU runs).
 - **scaling efficiency** = tokens/s/dev / tokens/s/dev of the smallest run of the same model, GPU,
-  precision, sequence length, processes per node and scheduler (1.0 = linear).
+  precision, sequence length, processes per node, scheduler and sweep that holds the same global
+  batch (strong scaling) or batch per device (weak scaling) (1.0 = linear).
 - **baseline ratio** = tokens/s/dev / the published tokens/s per GPU for the same GPU, model and GPU
   count; `below` when under 1 - tolerance.
 - **compute s** (per node, "Rank timing"): the time a rank spends in the forward pass of its
@@ -539,7 +540,14 @@ def format_markdown(
 
 # report.csv's columns after the first ones (every scalar field of a run, in report.json's order): new
 # columns are appended, never inserted or renamed, so that scripts reading the CSV keep working
-CSV_APPENDED = ("final_eval_loss", "stream_shares_within_error", "sweep_id")
+CSV_APPENDED = (  # columns added since, at the end: a script that reads the CSV by position keeps working
+    "final_eval_loss",
+    "stream_shares_within_error",
+    "sweep_id",
+    "nodelist",
+    "log_ends_at",
+    "eval_data_overlap",
+)
 STREAM_SHARE_COLUMNS = ("drawn_samples", "drawn", "planned", "sampling_error", "within_error")
 
 

@@ -19,10 +19,12 @@ exports: `FACTS_ENV`, `NODE_STATES_ENV`), prints a person's sentence and a ``fai
 * **the count**: failures in a row without a new checkpoint. A failure after which the run had
   saved a newer checkpoint than at the failure before counts 1 again: a long run that fails now and
   then keeps going, a crash loop stops. More than ``MAX_RESTARTS`` (default 3) in a row: ``stop``;
-* **a configuration error**: when every rank raised the same `CONFIGURATION_ERRORS` exception
-  before the first batch (`test_case.failure_lines.configuration_error`), the job stops at once:
-  a requeue would fail the same way. The script then exits 2, the exit code of a configuration
-  mistake that `launch check` catches; any other failure that stops the job exits 1;
+* **a configuration error**: when the ranks on every node raised the same `CONFIGURATION_ERRORS`
+  exception before the first batch (`test_case.failure_lines.configuration_error`), or this start
+  and the one before raised the same one (`repeated_configuration_error`: a node ended by srun
+  before it printed), the job stops at once: a requeue would fail the same way. The script then
+  exits 2, the exit code of a configuration mistake that `launch check` catches; any other failure
+  that stops the job exits 1;
 * **the exclusion**: the node named is added to the job's excluded nodes when the partition keeps
   enough usable nodes (not down, drained or failing) for the job's node count without it.
 
@@ -44,7 +46,15 @@ from datetime import datetime
 from pathlib import Path
 
 from test_case import restart_events
-from test_case.failure_lines import FAILURE_LINE, RANK_KILLED_BY_SIGNAL, LogLine, configuration_error, failure_cause
+from test_case.failure_lines import (
+    FAILURE_LINE,
+    RANK_KILLED_BY_SIGNAL,
+    TASK_LABEL,
+    LogLine,
+    configuration_error,
+    failure_cause,
+    repeated_configuration_error,
+)
 from test_case.restart_events import RestartEvent
 from test_case.training.heartbeat import interval_s, read_beats, silent_ranks
 
@@ -53,7 +63,6 @@ MAX_RESTARTS_ENV = "MAX_RESTARTS"
 FACTS_ENV = "SLURM_JOB_FACTS"  # ``scontrol show job -o $SLURM_JOB_ID``, exported by the batch script
 NODE_STATES_ENV = "PARTITION_NODE_STATES"  # ``sinfo -h -N -p PARTITION -o '%N %T'``, lines joined by ','
 START_LINE = re.compile(r"^\[([^\]]+)\] job (\S+) start (\d+) on (\S+)$")
-TASK_LABEL = re.compile(r"^(\d+): ?")
 TIME_LIMIT_LINE = "time limit near: requeueing job"
 NODE_FAILURE_LINE = re.compile(r"^srun: error: Node failure on (\S+)$")  # Slurm lost a node of the step
 SIGNAL_NAMES = {
@@ -366,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = starts[-1]
     checkpoint_batch = newest_checkpoint_batch(local_save_folder(cfg, Path.cwd()))
-    if error := configuration_error([TASK_LABEL.sub("", line, count=1) for line in start.lines]):
+    previous = starts[-2].lines if len(starts) > 1 else None
+    error = configuration_error(start.lines, len(start.nodes) or 1)
+    if error is None and previous is not None:
+        error = repeated_configuration_error(start.lines, previous)
+    if error:
         event, sentence = configuration_stop(
             start, plan.job_id, error, limit, checkpoint_batch, _hosts(facts.get("ExcNodeList", "")), now_iso()
         )

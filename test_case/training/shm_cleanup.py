@@ -72,12 +72,16 @@ def held_segments(shm: Path, proc: Path = Path("/proc")) -> set[str]:
                     path = line.rstrip("\n").split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
                     if path.startswith(prefix):
                         held.add(path[len(prefix) :].removesuffix(" (deleted)"))
-            for fd in (pid_dir / "fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith(prefix):
-                    held.add(target[len(prefix) :])
+            fds = list((pid_dir / "fd").iterdir())
         except OSError:  # gone meanwhile, or another user's
             continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith(prefix):
+                held.add(target[len(prefix) :])
     return held
 
 
