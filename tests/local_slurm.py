@@ -247,7 +247,7 @@ class LocalSlurmCluster:
             "SlurmctldTimeout=30",
             f"SlurmdTimeout={self.slurmd_timeout}",
             "MinJobAge=600",
-            "KillWait=5",
+            "KillWait=12",  # the training script waits up to KillWait - 2 s for its step before its end line
         ]
         for i, name in enumerate(self.node_names, start=1):
             lines.append(
