@@ -21,9 +21,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from test_case.acceptance.cli import main as acceptance_main
-from test_case.acceptance.plan import gpus_per_node_of
+from test_case.acceptance.plan import gpu_target, gpus_per_node_of, published_configs
 from test_case.published_runs import DEFAULT_BASELINE, load_baseline, published_row
-from test_case.training.launch import NodePlan, training_config
+from test_case.training.launch import NodePlan, published_config, training_config
 from test_case.training.memory_fit import (
     GIB,
     TrainingShape,
@@ -191,13 +191,22 @@ def test_published_config_runs_the_published_microbatch_and_checkpointing(
     assert out.returncode == 0, out.stderr
     assert "device_train_microbatch_size=6 fsdp_config.activation_checkpointing=false" in out.stdout
     data = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1]), "SAVE_ROOT": str(tmp_path)}
-    checked = launch("check", "mpt-7b", {**env, **data}, "variables.max_seq_len=128")
-    assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.startswith(
+    chosen = (
         "launch: mpt-7b on 8 h100-80gb runs llm-foundry's published configuration: precision amp_bf16, microbatch 6, "
         "activation checkpointing off, FSDP sharding FULL_SHARD, FSDP mixed precision DEFAULT (published 10,643 "
         "tokens/s/GPU, MFU 46.44 %)\n"
     )
+    # the run's own sequence length picks the row: the demo data's 128 tokens have none (before: the
+    # yaml's 2048 row was announced for a run at 128); at 2048 (no data of that length here) it is found
+    checked = launch("check", "mpt-7b", {**env, **data}, "variables.max_seq_len=128")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(
+        "launch: no published mpt-7b run on 8 h100-sxm at seq_len 128 with a precision this Composer runs: the "
+        "yaml's configuration runs (its throughput is not compared)\n"
+    ), checked.stdout
+    at_128 = training_config(yaml, plan, env, ["variables.max_seq_len=128"])
+    assert at_128.device_train_microbatch_size == 8  # the yaml's, not the 2048 row's 6
+    assert f"launch: {published_config(plan, env, yaml, ['variables.max_seq_len=2048'])[1]}\n" == chosen
     # a published run needs about 68 of 78 GiB per GPU: it fits
     assert "needs about" in fit_line(shape_of(cfg), "mpt-7b", 1, 8, "h100-sxm", 80.0)[1]  # type: ignore[arg-type]
     assert estimate(shape_of(cfg), 8, 8, 80.0).total / GIB == pytest.approx(67.6, abs=0.1)  # type: ignore[arg-type]
@@ -266,3 +275,11 @@ def test_the_sweep_is_refused_at_plan_time_when_a_model_does_not_fit(capsys: pyt
 )
 def test_gpus_per_node_from_the_sbatch_options(options: list[str], gpus: int | None) -> None:
     assert gpus_per_node_of(options) == gpus
+
+
+def test_the_sweep_picks_the_published_row_of_the_sequence_length_it_runs() -> None:
+    target = gpu_target("h100-sxm", ["--gpus-per-node=8"])
+    chosen, (line,) = published_configs(["mpt-7b"], [1], target)
+    assert "device_train_microbatch_size=6" in chosen[("mpt-7b", 1)] and "published 10,643" in line
+    chosen, (line,) = published_configs(["mpt-7b"], [1], target, ["variables.max_seq_len=128"])
+    assert chosen[("mpt-7b", 1)] == [] and line.startswith("no published mpt-7b run on 8 h100-sxm at seq_len 128")

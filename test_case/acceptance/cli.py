@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None, submit: Callable[[list[str]], str] =
         if args.published_config and not args.gpu_type:
             raise PlanError("--published-config needs --gpu-type: the published runs are per GPU type")
         target = gpu_target(args.gpu_type, args.sbatch_args) if args.gpu_type else None
-        published, chosen = published_configs(models, nodes, target) if target and args.published_config else ({}, [])
+        published, chosen = (
+            published_configs(models, nodes, target, args.override) if target and args.published_config else ({}, [])
+        )
         subs = plan_sweep(
             models,
             nodes,

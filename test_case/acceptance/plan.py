@@ -21,6 +21,7 @@ GPUs' memory (`test_case.training.memory_fit`; GPUs per node from the sbatch opt
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -216,15 +217,16 @@ def memory_lines(subs: list[Submission], target: GpuTarget) -> tuple[list[str], 
 
 
 def published_configs(
-    models: list[str], nodes: list[int], target: GpuTarget
+    models: list[str], nodes: list[int], target: GpuTarget, user: Sequence[str] = ()
 ) -> tuple[dict[tuple[str, int], list[str]], list[str]]:
     """``--published-config``: per (model, node count), the overrides of llm-foundry's published run
-    of the same GPU, GPU count and sequence length (`test_case.report.compare.published_row`), and a
-    line per choice."""
+    of the same GPU, GPU count and sequence length (the yaml's after the ``user`` overrides;
+    `test_case.published_runs.published_row`), and a line per choice."""
     overrides: dict[tuple[str, int], list[str]] = {}
     lines = []
     for model in models:
-        seq_len = OmegaConf.select(OmegaConf.load(resolve_yaml(model)), "max_seq_len")
+        merged = OmegaConf.merge(OmegaConf.load(resolve_yaml(model)), OmegaConf.from_dotlist(list(user)))
+        seq_len = OmegaConf.select(merged, "max_seq_len")
         for n in nodes:
             gpus = n * target.gpus_per_node
             row = published_row(model, target.gpu, gpus, int(seq_len)) if isinstance(seq_len, int) else None

@@ -182,7 +182,9 @@ def resolve_yaml(model: str) -> Path:
     return path
 
 
-def config_overrides(plan: NodePlan, env: Mapping[str, str], yaml: Path | None = None) -> list[str]:
+def config_overrides(
+    plan: NodePlan, env: Mapping[str, str], yaml: Path | None = None, user: Sequence[str] = ()
+) -> list[str]:
     """OmegaConf dotlist the suite always passes; the user's own overrides come after and win.
 
     With ``MIXTURE`` set (and the ``yaml``, whose ``eval_loader`` the per-stream eval loaders copy),
@@ -192,7 +194,7 @@ def config_overrides(plan: NodePlan, env: Mapping[str, str], yaml: Path | None =
         if env.get(var):
             out.append(f"variables.{key}={env[var]}")
     if yaml is not None:
-        out += published_config(plan, env, yaml)[0]
+        out += published_config(plan, env, yaml, user)[0]
     if env.get("MIXTURE") and yaml is not None:
         from omegaconf import OmegaConf
 
@@ -201,10 +203,13 @@ def config_overrides(plan: NodePlan, env: Mapping[str, str], yaml: Path | None =
     return out
 
 
-def published_config(plan: NodePlan, env: Mapping[str, str], yaml: Path) -> tuple[list[str], str | None]:
+def published_config(
+    plan: NodePlan, env: Mapping[str, str], yaml: Path, user: Sequence[str] = ()
+) -> tuple[list[str], str | None]:
     """With ``PUBLISHED_CONFIG=1``: the overrides of llm-foundry's published run of this model, GPU
-    (this node's, or ``GPU_TYPE``), world size and sequence length, and the line that says what was
-    chosen (`test_case.report.compare.published_row`); nothing without it."""
+    (this node's, or ``GPU_TYPE``), world size and sequence length (the run's: the yaml's after the
+    ``user`` overrides), and the line that says what was chosen
+    (`test_case.published_runs.published_row`); nothing without it."""
     if env.get("PUBLISHED_CONFIG", "0") in ("", "0"):
         return [], None
     from omegaconf import OmegaConf
@@ -214,7 +219,7 @@ def published_config(plan: NodePlan, env: Mapping[str, str], yaml: Path) -> tupl
     gpu = env.get("GPU_TYPE") or (first_gpu_name() if plan.gpus_per_node else None)
     if gpu is None:
         return [], "PUBLISHED_CONFIG=1: no GPU on this node and no GPU_TYPE: the yaml's configuration runs"
-    seq_len = OmegaConf.select(OmegaConf.load(yaml), "max_seq_len")
+    seq_len = OmegaConf.select(OmegaConf.merge(OmegaConf.load(yaml), OmegaConf.from_dotlist(list(user))), "max_seq_len")
     seq = seq_len if isinstance(seq_len, int) else 0
     per_node, nodes = planned_gpus(env, plan.gpus_per_node, plan.num_nodes)
     row = published_row(yaml.stem, gpu, per_node * nodes, seq)
@@ -244,7 +249,7 @@ def composer_command(plan: NodePlan, yaml: Path, overrides: list[str], env: Mapp
         "-m",
         "test_case.training.foundry_train",
         str(yaml),
-        *config_overrides(plan, env, yaml),
+        *config_overrides(plan, env, yaml, overrides),
         *overrides,
     ]
 
@@ -258,7 +263,7 @@ def training_config(yaml: Path, plan: NodePlan, env: Mapping[str, str], override
     from omegaconf import DictConfig, OmegaConf
 
     merged = OmegaConf.merge(
-        OmegaConf.load(yaml), OmegaConf.from_dotlist([*config_overrides(plan, env, yaml), *overrides])
+        OmegaConf.load(yaml), OmegaConf.from_dotlist([*config_overrides(plan, env, yaml, overrides), *overrides])
     )
     assert isinstance(merged, DictConfig)
     return merged
@@ -696,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "plan":
         print(" ".join(cmd))
         return 0
-    if (chosen := published_config(plan, env, yaml)[1]) and (args.action == "check" or plan.node_rank == 0):
+    if (chosen := published_config(plan, env, yaml, args.overrides)[1]) and (
+        args.action == "check" or plan.node_rank == 0
+    ):
         print(f"launch: {chosen}", flush=True)
     if args.action == "check":
         print(f"launch: {' '.join([args.model, *args.overrides])}: configuration and data are fine")
