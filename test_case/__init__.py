@@ -5,7 +5,10 @@
 ``gpu_peaks``               GPU names -> peak TFLOP/s, the denominator of MFU (shared)
 ``published_runs``          llm-foundry's published runs, read once for the report and the launch
 ``training/``               what a training job runs on each node
-  ``launch``                Slurm facts -> one node's plan, preflight checks, run header, Composer
+  ``node_plan``             Slurm facts -> one node's plan (the lowest layer of a start)
+  ``run_config``            the yaml with the suite's and the user's overrides, checked
+  ``start_checks``          what would fail later, found before any rank starts
+  ``launch``                the command on each node: plan, check, run header, exec Composer
   ``checkpoints``           resume from the newest complete checkpoint after a kill during a save
   ``foundry_train``         ``llmfoundry train`` with the per-node signal-file fix (Composer's entry)
 ``report/``                 ``python report.py``: logs -> figures -> tables, files and plots

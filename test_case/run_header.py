@@ -1,7 +1,7 @@
 """The run header: the one contract between the training launch and the report.
 
 Node 0 of every training job prints it at each start, before Composer starts, as
-``[run-header] key: value`` lines (`RunHeader.lines`); `test_case.training.launch` fills it in.
+``[run-header] key: value`` lines (`RunHeader.lines`); `test_case.training.header` fills it in.
 The report's parser collects those lines (`parse_line`) and `RunHeader.from_fields` turns them back
 into this record, so every key is written and read through the fields below, with their types.
 

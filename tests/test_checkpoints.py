@@ -22,8 +22,10 @@ from test_case.training.checkpoints import (
     is_complete_checkpoint,
     repair_save_folder,
 )
-from test_case.training.launch import plan_node, prepare_resume, resolve_yaml, training_config
+from test_case.training.launch import prepare_resume
+from test_case.training.node_plan import plan_node
 from test_case.training.restarts import newest_checkpoint_batch
+from test_case.training.run_config import resolve_yaml, training_config
 
 COMPOSER_FILENAME = "ep{epoch}-ba{batch}-rank{rank}.pt"
 

@@ -12,7 +12,9 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from test_case.training.launch import composer_command, plan_node, resolve_yaml
+from test_case.training.launch import composer_command
+from test_case.training.node_plan import plan_node
+from test_case.training.run_config import resolve_yaml
 from tests.conftest import REPO_ROOT
 
 DOCKERFILE = (REPO_ROOT / "0.llm-foundry.Dockerfile").read_text()

@@ -40,7 +40,7 @@ from test_case.report.records import RunSummary
 from test_case.report.stragglers import STRAGGLER_RATIO
 from test_case.restart_events import RestartEvent
 from test_case.timing_events import RankTimes
-from test_case.training.launch import expand_hostlist
+from test_case.training.node_plan import expand_hostlist
 from test_case.training.restarts import events_in
 from tests.conftest import REPO_ROOT
 from tests.local_slurm import LocalSlurmCluster, pid_alive, rank_pid, rank_pids

@@ -72,3 +72,82 @@ def test_training_and_the_report_never_import_each_other() -> None:
     assert {m: sorted(i) for m, i in training.items() if any(n.startswith("test_case.report") for n in i)} == {}
     assert {m: sorted(i) for m, i in report.items() if any(n.startswith("test_case.training") for n in i)} == {}
     assert any("test_case.gpu_peaks" in i for i in training.values())  # the check reads real imports
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every module of test_case/ -> the test_case modules it imports, read from the syntax tree: the
+    imports inside functions and under ``TYPE_CHECKING`` count too (a circle hidden in a function is
+    still a circle). ``from package import name`` counts as importing the module ``package.name`` when
+    there is one, else the package."""
+    import ast
+
+    root = REPO_ROOT / "test_case"
+    modules = {
+        ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in sorted(root.rglob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from . import x, from .x import y
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parent, *([base] if base else [])])
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in modules:
+                        edges.add(f"{base}.{alias.name}")
+                    elif base in modules:
+                        edges.add(base)
+        graph[name] = edges - {name}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles: every strongly connected group of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circle_anywhere_in_test_case() -> None:
+    """Layers import downwards only: the node plan and the run config below launch, restarts and the
+    preflight; the shared records below training and the report."""
+    graph = _module_graph()
+    assert "test_case.training.launch" in graph and graph["test_case.launch"] == {"test_case.training.launch"}
+    assert _circles(graph) == []
+
+
+def test_the_circle_finder_finds_a_circle_hidden_in_a_function() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _circles(graph) == [["a", "b", "c"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []

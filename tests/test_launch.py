@@ -18,23 +18,20 @@ import pytest
 
 from test_case.report.log_parser import parse_composer_log
 from test_case.training.config_check import batch_problem
-from test_case.training.launch import (
-    CHECKPOINT_BYTES_PER_PARAM,
+from test_case.training.header import run_header
+from test_case.training.launch import composer_command
+from test_case.training.node_plan import (
     PORT_BASE,
     PORT_SPAN,
     LaunchError,
     NodePlan,
-    checkpoint_bytes,
-    composer_command,
     count_gpus,
     expand_hostlist,
     master_port,
     plan_node,
-    preflight,
-    resolve_yaml,
-    run_header,
-    training_config,
 )
+from test_case.training.run_config import resolve_yaml, training_config
+from test_case.training.start_checks import CHECKPOINT_BYTES_PER_PARAM, checkpoint_bytes, start_problems
 from tests.conftest import REPO_ROOT
 
 
@@ -151,7 +148,7 @@ def test_run_header_round_trips_through_the_parser() -> None:
 
 
 def test_torch_cuda_is_read_from_torchs_version_file(tmp_path: Path) -> None:
-    from test_case.training.launch import torch_cuda
+    from test_case.training.header import torch_cuda
 
     build = tmp_path / "version.py"
     build.write_text("__version__ = '2.7.0+cu128'\ncuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n")
@@ -242,7 +239,7 @@ def test_preflight_passes_with_data_tokenizer_and_save_folder(
     env = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1]), "SAVE_ROOT": str(tmp_path / "ck")}
     plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
     yaml = resolve_yaml("mpt-tiny-cpu")
-    assert preflight(yaml, plan, training_config(yaml, plan, env), tmp_path) == []
+    assert start_problems(yaml, plan, training_config(yaml, plan, env), tmp_path) == []
     assert (tmp_path / "ck" / "mpt-train-local-1" / "checkpoints").is_dir()
 
 
@@ -250,7 +247,7 @@ def test_preflight_names_each_problem_and_the_fix(tmp_path: Path) -> None:
     env = {"DATA_ROOT": str(tmp_path / "nodata"), "TOKENIZER": "/no/such/tokenizer", "SAVE_ROOT": "/proc/ckpt"}
     plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
     yaml = resolve_yaml("mpt-7b")
-    problems = preflight(yaml, plan, training_config(yaml, plan, env), tmp_path)
+    problems = start_problems(yaml, plan, training_config(yaml, plan, env), tmp_path)
     assert len(problems) == 5, problems
     train, evaluation, tokenizer, save, flash = problems
     assert f"dataset split 'train_small' not found at {tmp_path}/nodata/train_small/index.json" in train
@@ -337,7 +334,7 @@ def test_preflight_refuses_data_that_does_not_fit_the_model(
 
     def problems(*overrides: str, **env_extra: str) -> list[str]:
         cfg = training_config(yaml, plan, env | env_extra, overrides)
-        return preflight(yaml, plan, cfg, tmp_path)
+        return start_problems(yaml, plan, cfg, tmp_path)
 
     assert problems() == []
     seq = problems("variables.max_seq_len=256")
@@ -363,7 +360,7 @@ def test_preflight_refuses_data_that_does_not_fit_the_model(
 
 
 def test_run_header_names_the_dataset_it_trains_on(mds_root: Path, demo_assets: tuple[Path, Path]) -> None:
-    from test_case.training.launch import train_dataset_facts
+    from test_case.training.run_config import train_dataset_facts
 
     env = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1])}
     plan = plan_node({"LOCAL_JOB_ID": "local-1"}, gpus=0)
@@ -486,10 +483,10 @@ def test_preflight_names_a_full_dev_shm_and_a_checkpoint_folder_without_room(
     with tmpfs(tmp_path / "ck", "16m") as ck, tmpfs(tmp_path / "shm", "512m") as shm:
         env = {"DATA_ROOT": str(mds_root), "TOKENIZER": str(demo_assets[1]), "SAVE_ROOT": str(ck)}
         cfg = training_config(yaml, plan, env)
-        assert preflight(yaml, plan, cfg, tmp_path, shm=shm) == []  # 11 MB checkpoint, 384 MiB of shm: room
+        assert start_problems(yaml, plan, cfg, tmp_path, shm=shm) == []  # 11 MB checkpoint, 384 MiB of shm: room
         (ck / "other-run.bin").write_bytes(b"\0" * (8 << 20))
         (shm / "leftover").write_bytes(b"\0" * (300 << 20))
-        problems = preflight(yaml, plan, cfg, tmp_path, shm=shm)
+        problems = start_problems(yaml, plan, cfg, tmp_path, shm=shm)
     assert len(problems) == 2, problems
     full_shm, no_room = problems
     assert full_shm.startswith(f"{shm} on {socket.gethostname()} has 212 MiB free of 512 MiB and 1 process(es) need")

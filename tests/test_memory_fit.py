@@ -23,7 +23,6 @@ from omegaconf import OmegaConf
 from test_case.acceptance.cli import main as acceptance_main
 from test_case.acceptance.plan import gpu_target, gpus_per_node_of, published_configs
 from test_case.published_runs import DEFAULT_BASELINE, load_baseline, published_row
-from test_case.training.launch import NodePlan, published_config, training_config
 from test_case.training.memory_fit import (
     GIB,
     TrainingShape,
@@ -34,6 +33,8 @@ from test_case.training.memory_fit import (
     shape_of,
     smallest_fitting_nodes,
 )
+from test_case.training.node_plan import NodePlan
+from test_case.training.run_config import published_config, training_config
 from tests.conftest import REPO_ROOT
 
 GPU_OUTPUTS = REPO_ROOT.parent / "shared" / "gpu-outputs"

@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 from preprocessing.cli import main as preprocess
 from test_case.report.log_parser import parse_log_file
 from test_case.report.metrics import summarise_run
-from test_case.training.launch import plan_node, training_config
 from test_case.training.mixture import MixtureError, load_mixture, mixture_overrides
+from test_case.training.node_plan import plan_node
+from test_case.training.run_config import training_config
 from tests.conftest import DOMAINS, REPO_ROOT, preprocess_args, write_domain_sample
 
 

@@ -29,6 +29,8 @@ from test_case.restart_events import PREFIX, RestartEvent, parse_line
 from test_case.training import restarts
 from test_case.training.heartbeat import Beat, read_beats, silent_ranks
 from test_case.training.restarts import (
+    Failure,
+    Partition,
     RestartError,
     Start,
     blame,
@@ -216,10 +218,16 @@ def event(start: int, in_a_row: int, batch: int | None, action: str = "requeue")
     return RestartEvent("failure", "9", start, NOW, "x", "node2", action, in_a_row, 3, batch)  # type: ignore[arg-type]
 
 
-def decision(earlier: list[RestartEvent], batch: int | None, node: str | None = "node2", **kw: object) -> RestartEvent:
+def decision(
+    earlier: list[RestartEvent],
+    batch: int | None,
+    node: str | None = "node2",
+    limit: int = 3,
+    excluded: tuple[str, ...] = (),
+    states: dict[str, str] = IDLE3,
+) -> RestartEvent:
     start = Start(len(earlier), NOW, ["node1", "node2"], [], 1)
-    args: dict = {"limit": 3, "excluded": [], "states": IDLE3, "num_nodes": 2, **kw}
-    ev, _ = decide(start, "9", "cause", node, earlier, batch, now=NOW, **args)
+    ev, _ = decide(Failure("9", start, "cause", node, batch, excluded, NOW), earlier, limit, Partition(states, 2))
     return ev
 
 
@@ -236,16 +244,17 @@ def test_failures_count_in_a_row_until_a_new_checkpoint() -> None:
 def test_the_node_is_excluded_only_when_the_partition_keeps_enough_nodes() -> None:
     assert decision([], 10).excluded == ["node2"]
     assert decision([], 10, node=None).excluded == []
-    assert decision([], 10, excluded=["node3"]).excluded == ["node3"]  # node1 alone is too few
+    assert decision([], 10, excluded=("node3",)).excluded == ["node3"]  # node1 alone is too few
     assert decision([], 10, states={**IDLE3, "node3": "down*"}).excluded == []
     assert decision([], 10, states={**IDLE3, "node4": "drained"}).excluded == ["node2"]
-    assert decision([], 10, excluded=["node2"]).excluded == ["node2"]  # already
+    assert decision([], 10, excluded=("node2",)).excluded == ["node2"]  # already
 
 
 def test_the_decision_sentences_name_the_count_and_the_fix() -> None:
     start = Start(2, NOW, ["node1", "node3"], [], 1)
     earlier = [event(0, 1, 10), event(1, 2, 10)]
-    ev, sentence = decide(start, "9", "rank 1 crashed.", "node3", earlier, 10, 2, ["node2"], IDLE3, 2, NOW)
+    failure = Failure("9", start, "rank 1 crashed.", "node3", 10, ("node2",), NOW)
+    ev, sentence = decide(failure, earlier, 2, Partition(IDLE3, 2))
     assert ev.action == "stop" and ev.failures_in_a_row == 3
     assert sentence == (
         "restarts: job 9 stops after 2 restart(s): failure 3 in a row without a new checkpoint; newest checkpoint: "

@@ -27,7 +27,7 @@ import pytest
 from preprocessing.writer_lock import LOCK
 from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import LOSS_KEY, summarise_run
-from test_case.training.launch import expand_hostlist
+from test_case.training.node_plan import expand_hostlist
 from tests.conftest import REPO_ROOT
 from tests.local_slurm import LocalSlurmCluster, rank_pid
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from test_case.training.launch import plan_node, training_config
+from test_case.training.node_plan import plan_node
+from test_case.training.run_config import training_config
 from tests.conftest import REPO_ROOT
 
 YAMLS = sorted((REPO_ROOT / "yamls").glob("*.yaml"))

@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from test_case.acceptance.manifest import JobKind, Scaling
 from test_case.published_runs import published_line, published_overrides, published_row
 from test_case.training.config_check import batch_problem, override_problems, unknown_key_problems
-from test_case.training.launch import resolve_yaml
 from test_case.training.memory_fit import GPU_MEMORY_GIB, fit_line, gpu_memory_gib, shape_of
+from test_case.training.run_config import resolve_yaml
 
 PREFLIGHT = "slurm-scripts/0.preflight.sbatch"
 TRAIN = "slurm-scripts/2.train-mpt-manual-distributed.sbatch"

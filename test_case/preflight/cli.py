@@ -36,7 +36,7 @@ from test_case.preflight.records import (
     write_part,
 )
 from test_case.preflight.verdict import build_report
-from test_case.training.launch import LaunchError, expand_hostlist, gpu_name, plan_node
+from test_case.training.node_plan import LaunchError, expand_hostlist, gpu_name, plan_node
 
 PROG = "preflight"
 PORT_OFFSET = 1  # the rendezvous port is training's + 1: a preflight and a training step never share one

@@ -1,7 +1,7 @@
 """One worker process per device: its matmul throughput, its clock, and the collectives' bandwidth.
 
 Started by the node task (`test_case.preflight.cli node`) with the rendezvous of the training
-launch (``MASTER_ADDR``/``MASTER_PORT`` from `test_case.training.launch.plan_node`, ``RANK``,
+launch (``MASTER_ADDR``/``MASTER_PORT`` from `test_case.training.node_plan.plan_node`, ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``), on the same backend training uses: NCCL on GPUs, gloo on CPUs.
 Every worker runs, in this order and in step with the others:
 

@@ -1,4 +1,4 @@
-"""Does the dataset fit the model? Checked on every node before any rank starts (`launch.preflight`).
+"""Does the dataset fit the model? Checked on every node before any rank starts (`start_checks`).
 
 The preprocessing (``python -m preprocessing``) records in each split's ``summary.json`` the sample
 length it cut (``options.concat_tokens``), the largest token id it wrote and the tokenizer it used
@@ -92,7 +92,7 @@ def eval_data_overlap(datasets: list[tuple[str, Any]], cwd: Path) -> list[str]:
     """Each eval loader whose data was preprocessed from input files the training data was made from
     too, with no holdout separating their documents (`preprocessing.splits.data_overlap`): its eval
     loss is measured on training documents. ``datasets``: the run's loaders
-    (`test_case.training.launch.loader_datasets`); judged from the splits' ``summary.json``."""
+    (`test_case.training.run_config.loader_datasets`); judged from the splits' ``summary.json``."""
     summaries: list[tuple[str, dict[str, Any]]] = []
     for name, dataset in datasets:
         if dataset.get("remote"):

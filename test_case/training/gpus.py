@@ -80,7 +80,7 @@ class NodeGpus:
 
     @property
     def trains_on(self) -> int:
-        """The GPUs this node's launch starts one rank each on (`test_case.training.launch.count_gpus`)."""
+        """The GPUs this node's launch starts one rank each on (`test_case.training.node_plan.count_gpus`)."""
         return self.allocated if self.allocated is not None else self.visible
 
 

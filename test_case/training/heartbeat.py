@@ -27,6 +27,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from test_case.training.node_plan import NodePlan
 
 DIR_ENV = "SUITE_HEARTBEAT_DIR"  # set by the launcher for every rank
 INTERVAL_ENV = "HEARTBEAT_SECONDS"
@@ -144,3 +150,10 @@ def silent_ranks(beats: list[Beat], every: float) -> list[Beat]:
         if others - b.time > limit or (b.gap_s > limit and b.gap_end >= others - every):
             silent.append(b)
     return silent if len(silent) < len(beats) else []
+
+
+def heartbeat_dir(env: Mapping[str, str], plan: NodePlan) -> Path:
+    """Where this start's ranks beat (`test_case.training.heartbeat`): beside the run's checkpoints,
+    ``SAVE_ROOT/<run-name>/heartbeats/start<restart count>``, on storage every node shares."""
+    root = Path(env.get("SAVE_ROOT") or "checkpoints").absolute()
+    return root / plan.run_name / "heartbeats" / f"start{env.get('SLURM_RESTART_COUNT') or 0}"

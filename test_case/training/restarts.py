@@ -55,8 +55,10 @@ from test_case.failure_lines import (
     failure_cause,
     repeated_configuration_error,
 )
-from test_case.restart_events import RestartEvent
-from test_case.training.heartbeat import interval_s, read_beats, silent_ranks
+from test_case.restart_events import Action, RestartEvent, StopReason
+from test_case.training.heartbeat import heartbeat_dir, interval_s, read_beats, silent_ranks
+from test_case.training.node_plan import LaunchError, NodePlan, expand_hostlist, plan_node
+from test_case.training.run_config import local_save_folder, resolve_yaml, training_config
 
 DEFAULT_MAX_RESTARTS = 3
 MAX_RESTARTS_ENV = "MAX_RESTARTS"
@@ -109,8 +111,6 @@ def usable(state: str) -> bool:
 
 
 def _hosts(hostlist: str) -> list[str]:
-    from test_case.training.launch import expand_hostlist
-
     return [] if hostlist in ("", "(null)") else expand_hostlist(hostlist)
 
 
@@ -197,89 +197,97 @@ def failures_in_a_row(earlier: Sequence[RestartEvent], checkpoint_batch: int | N
     return 1 if newer else last.failures_in_a_row + 1
 
 
+@dataclass(frozen=True)
+class Failure:
+    """What ended one start of the job, as the decision step found it."""
+
+    job_id: str
+    start: Start
+    cause: str  # one line (`blame`)
+    node: str | None  # the node the cause names, if any
+    checkpoint_batch: int | None  # batch of the newest complete checkpoint now
+    excluded: tuple[str, ...]  # the nodes the job excludes already (``ExcNodeList``)
+    time: str  # ISO 8601, when the decision is printed
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Where the job could run next: the partition's node states and the job's node count."""
+
+    states: Mapping[str, str]  # `node_states`
+    num_nodes: int
+
+
 def decide(
-    start: Start,
-    job_id: str,
-    cause: str,
-    node: str | None,
-    earlier: Sequence[RestartEvent],
-    checkpoint_batch: int | None,
-    limit: int,
-    excluded: Sequence[str],
-    states: Mapping[str, str],
-    num_nodes: int,
-    now: str,
+    failure: Failure, earlier: Sequence[RestartEvent], limit: int, partition: Partition
 ) -> tuple[RestartEvent, str]:
-    """The ``failure`` event for this start and the sentence that explains it."""
-    in_a_row = failures_in_a_row(earlier, checkpoint_batch)
-    where = f" on {node}" if node else ""
-    saved = f"newest checkpoint: batch {checkpoint_batch}" if checkpoint_batch is not None else "no checkpoint yet"
+    """The ``failure`` event for this start and the sentence that explains it: ``stop`` after more than
+    ``limit`` failures in a row (`failures_in_a_row` of the ``earlier`` events), else ``requeue``,
+    excluding the node named when the ``partition`` keeps enough usable nodes without it."""
+    f = failure
+    in_a_row = failures_in_a_row(earlier, f.checkpoint_batch)
+    where = f" on {f.node}" if f.node else ""
+    saved = f"newest checkpoint: batch {f.checkpoint_batch}" if f.checkpoint_batch is not None else "no checkpoint yet"
     row = f"failure {in_a_row} in a row without a new checkpoint; {saved}"
     if in_a_row > limit:
-        event = RestartEvent(
-            "failure",
-            job_id,
-            start.number,
-            now,
-            cause,
-            node,
-            "stop",
-            in_a_row,
-            limit,
-            checkpoint_batch,
-            list(excluded),
-            "max_restarts",
-        )
-        restarts = start.number
+        event = _event(f, "stop", in_a_row, limit, list(f.excluded), "max_restarts")
         return event, (
-            f"restarts: job {job_id} stops after {restarts} restart(s): {row}, more than MAX_RESTARTS={limit}; "
-            f"last failure{where}: {cause.rstrip('.')}. Fix what fails (see the failure above), then requeue it "
-            f"by hand: scontrol requeue {job_id}"
+            f"restarts: job {f.job_id} stops after {f.start.number} restart(s): {row}, more than "
+            f"MAX_RESTARTS={limit}; last failure{where}: {f.cause.rstrip('.')}. Fix what fails (see the failure "
+            f"above), then requeue it by hand: scontrol requeue {f.job_id}"
         )
-    exclude, note = list(excluded), ""
-    if node and node not in exclude:
-        left = [n for n, s in states.items() if n != node and n not in exclude and usable(s)]
-        if len(left) >= num_nodes:
-            exclude.append(node)
-            note = f"; the next start excludes {node}"
+    exclude, note = list(f.excluded), ""
+    if f.node and f.node not in exclude:
+        left = [n for n, s in partition.states.items() if n != f.node and n not in exclude and usable(s)]
+        if len(left) >= partition.num_nodes:
+            exclude.append(f.node)
+            note = f"; the next start excludes {f.node}"
         else:
             note = (
-                f"; {node} is not excluded: the partition would keep {len(left)} usable node(s) "
-                f"for a {num_nodes}-node job"
+                f"; {f.node} is not excluded: the partition would keep {len(left)} usable node(s) "
+                f"for a {partition.num_nodes}-node job"
             )
-    event = RestartEvent(
-        "failure", job_id, start.number, now, cause, node, "requeue", in_a_row, limit, checkpoint_batch, exclude
-    )
+    event = _event(f, "requeue", in_a_row, limit, exclude)
     return event, (
-        f"restarts: job {job_id} start {start.number} failed{where}; requeueing it ({row}, "
-        f"MAX_RESTARTS={limit}){note}: {cause}"
+        f"restarts: job {f.job_id} start {f.start.number} failed{where}; requeueing it ({row}, "
+        f"MAX_RESTARTS={limit}){note}: {f.cause}"
     )
 
 
-def configuration_stop(
-    start: Start, job_id: str, error: str, limit: int, checkpoint_batch: int | None, excluded: Sequence[str], now: str
-) -> tuple[RestartEvent, str]:
-    """The ``failure`` event and sentence of a start whose ranks all raised ``error`` before the first
-    batch (`test_case.failure_lines.configuration_error`): the job stops now, whatever MAX_RESTARTS says."""
-    event = RestartEvent(
-        "failure",
-        job_id,
-        start.number,
-        now,
-        error,
-        None,
-        "stop",
-        1,
-        limit,
-        checkpoint_batch,
-        list(excluded),
-        "configuration",
-    )
+def configuration_stop(failure: Failure, limit: int) -> tuple[RestartEvent, str]:
+    """The ``failure`` event and sentence of a start whose ranks all raised the error ``failure.cause``
+    before the first batch (`test_case.failure_lines.configuration_error`): the job stops now,
+    whatever MAX_RESTARTS says."""
+    event = _event(failure, "stop", 1, limit, list(failure.excluded), "configuration")
     return event, (
-        f"restarts: job {job_id} stops without a requeue: every rank raised the same error before the first "
-        f"batch, a configuration error that a requeue would repeat: {error}. Fix the configuration (the yaml or "
-        "the overrides), check it with python -m test_case.training.launch check MODEL [overrides], then submit "
-        "the job again"
+        f"restarts: job {failure.job_id} stops without a requeue: every rank raised the same error before the "
+        f"first batch, a configuration error that a requeue would repeat: {failure.cause}. Fix the configuration "
+        "(the yaml or the overrides), check it with python -m test_case.training.launch check MODEL [overrides], "
+        "then submit the job again"
+    )
+
+
+def _event(
+    f: Failure,
+    action: Action,
+    in_a_row: int,
+    limit: int,
+    excluded: list[str],
+    stop_reason: StopReason | None = None,
+) -> RestartEvent:
+    return RestartEvent(
+        kind="failure",
+        job_id=f.job_id,
+        start=f.start.number,
+        time=f.time,
+        cause=f.cause,
+        node=f.node,
+        action=action,
+        failures_in_a_row=in_a_row,
+        max_restarts=limit,
+        checkpoint_batch=f.checkpoint_batch,
+        excluded=excluded,
+        stop_reason=stop_reason,
     )
 
 
@@ -296,10 +304,10 @@ def restart_event(
         last = decided[-1]
         where = f" on {last.node}" if last.node else ""
         cause = f"start {previous.number} failed{where}: {last.cause}"
-        return [RestartEvent("restart", job_id, current.number, now, cause, last.node, None, last.failures_in_a_row)]
+        return [_restart(job_id, current.number, now, cause, node=last.node, failures_in_a_row=last.failures_in_a_row)]
     if any(TIME_LIMIT_LINE in line for line in previous.lines):
         cause = f"start {previous.number} reached its time limit (USR1) and requeued itself"
-        return [RestartEvent("restart", job_id, current.number, now, cause, checkpoint_batch=checkpoint_batch)]
+        return [_restart(job_id, current.number, now, cause, checkpoint_batch=checkpoint_batch)]
     failed = [m.group(1) for line in previous.lines if (m := NODE_FAILURE_LINE.match(line.strip()))]
     lost = list(dict.fromkeys(failed + [n for n in previous.nodes if n in states and not usable(states[n])]))
     if lost:
@@ -308,12 +316,42 @@ def restart_event(
         cause = f"Slurm requeued the job: {', '.join(said)}"
         in_a_row = failures_in_a_row([e for s in starts[:-1] for e in events_in(s.lines)], checkpoint_batch)
         failure = RestartEvent(
-            "failure", job_id, previous.number, now, cause, node, "requeue", in_a_row, None, checkpoint_batch
+            kind="failure",
+            job_id=job_id,
+            start=previous.number,
+            time=now,
+            cause=cause,
+            node=node,
+            action="requeue",
+            failures_in_a_row=in_a_row,
+            checkpoint_batch=checkpoint_batch,
         )
-        restart = RestartEvent("restart", job_id, current.number, now, cause, node, None, in_a_row)
+        restart = _restart(job_id, current.number, now, cause, node=node, failures_in_a_row=in_a_row)
         return [failure, restart]
     cause = f"start {previous.number} was requeued by Slurm or by hand (scontrol requeue, preemption)"
-    return [RestartEvent("restart", job_id, current.number, now, cause, checkpoint_batch=checkpoint_batch)]
+    return [_restart(job_id, current.number, now, cause, checkpoint_batch=checkpoint_batch)]
+
+
+def _restart(
+    job_id: str,
+    start: int,
+    now: str,
+    cause: str,
+    node: str | None = None,
+    failures_in_a_row: int = 0,
+    checkpoint_batch: int | None = None,
+) -> RestartEvent:
+    """A ``restart`` event: why start ``start`` of the job began."""
+    return RestartEvent(
+        kind="restart",
+        job_id=job_id,
+        start=start,
+        time=now,
+        cause=cause,
+        node=node,
+        failures_in_a_row=failures_in_a_row,
+        checkpoint_batch=checkpoint_batch,
+    )
 
 
 def newest_checkpoint_batch(save_folder: Path | None) -> int | None:
@@ -342,17 +380,31 @@ def read_log(path: str | None) -> list[str]:
         ) from err
 
 
+def print_restart_events(plan: NodePlan, env: Mapping[str, str], save_folder: Path | None) -> None:
+    """What node 0 prints at a start after a requeue, under Slurm (`test_case.training.launch`): why
+    the job restarted (`restart_event`), with the newest checkpoint in ``save_folder``."""
+    if int(env.get("SLURM_RESTART_COUNT") or 0) == 0 or FACTS_ENV not in env:
+        return
+    try:
+        lines = read_log(job_facts(env[FACTS_ENV]).get("StdOut"))
+    except RestartError as err:
+        print(f"launch: warning: {err}: the log does not say why the job restarted", flush=True)
+        return
+    events = restart_event(
+        split_starts(lines, plan.job_id),
+        plan.job_id,
+        node_states(env.get(NODE_STATES_ENV, "")),
+        newest_checkpoint_batch(save_folder),
+        now_iso(),
+    )
+    for event in events:
+        if event.kind == "restart":
+            print(f"restarts: job {plan.job_id} start {event.start}: {event.cause}", flush=True)
+        print(event.line(), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``decide``: print this start's failure event and ``requeue EXCLUDE`` or ``stop`` on stdout."""
-    from test_case.training.launch import (
-        LaunchError,
-        heartbeat_dir,
-        local_save_folder,
-        plan_node,
-        resolve_yaml,
-        training_config,
-    )
-
     parser = argparse.ArgumentParser(prog="python -m test_case.training.restarts")
     parser.add_argument("action", choices=["decide"])
     parser.add_argument("--exit-code", type=int, required=True, help="exit code of the training step")
@@ -379,29 +431,22 @@ def main(argv: list[str] | None = None) -> int:
     error = configuration_error(start.lines, len(start.nodes) or 1)
     if error is None and previous is not None:
         error = repeated_configuration_error(start.lines, previous)
+    excluded = tuple(_hosts(facts.get("ExcNodeList", "")))
     if error:
-        event, sentence = configuration_stop(
-            start, plan.job_id, error, limit, checkpoint_batch, _hosts(facts.get("ExcNodeList", "")), now_iso()
-        )
+        failure = Failure(plan.job_id, start, error, None, checkpoint_batch, excluded, now_iso())
+        event, sentence = configuration_stop(failure, limit)
         print(sentence, file=sys.stderr, flush=True)
         print(event.line(), file=sys.stderr, flush=True)
         print("stop 2")
         return 0
-    beats = heartbeat_dir(env, plan)
-    cause, node = blame(start, beats)
+    cause, node = blame(start, heartbeat_dir(env, plan))
     earlier = [e for s in starts for e in events_in(s.lines)]
+    num_nodes = int(facts.get("NumNodes", "0").split("-")[0] or 0) or plan.num_nodes
     event, sentence = decide(
-        start,
-        plan.job_id,
-        cause,
-        node,
+        Failure(plan.job_id, start, cause, node, checkpoint_batch, excluded, now_iso()),
         earlier,
-        checkpoint_batch,
         limit,
-        _hosts(facts.get("ExcNodeList", "")),
-        node_states(env.get(NODE_STATES_ENV, "")),
-        int(facts.get("NumNodes", "0").split("-")[0] or 0) or plan.num_nodes,
-        now_iso(),
+        Partition(node_states(env.get(NODE_STATES_ENV, "")), num_nodes),
     )
     print(sentence, file=sys.stderr, flush=True)
     print(event.line(), file=sys.stderr, flush=True)
