@@ -9,12 +9,6 @@
 # The plan, the batch sizes and the manifest are Python (test_case/acceptance/); this is glue.
 set -euo pipefail
 SCRIPT=3.acceptance
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# --help: what this script does and every setting it reads, with no side effect (no log, no job)
-if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
-  PYTHONPATH="$ROOT" exec python3 -m test_case.settings "$ROOT/slurm-scripts/3.acceptance.sh"
-fi
 # shellcheck source=slurm-scripts/env.sh
-source "$ROOT/slurm-scripts/env.sh"
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"   # --help, ROOT, the settings
 exec python -m test_case.acceptance submit "$@"

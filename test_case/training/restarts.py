@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from test_case import restart_events
+from test_case import job_lines, restart_events
 from test_case.failure_lines import (
     FAILURE_LINE,
     RANK_KILLED_BY_SIGNAL,
@@ -55,6 +55,7 @@ from test_case.failure_lines import (
     failure_cause,
     repeated_configuration_error,
 )
+from test_case.job_lines import JobStart
 from test_case.restart_events import Action, RestartEvent, StopReason
 from test_case.training.heartbeat import heartbeat_dir, interval_s, read_beats, silent_ranks
 from test_case.training.node_plan import LaunchError, NodePlan, expand_hostlist, plan_node
@@ -64,7 +65,6 @@ DEFAULT_MAX_RESTARTS = 3
 MAX_RESTARTS_ENV = "MAX_RESTARTS"
 FACTS_ENV = "SLURM_JOB_FACTS"  # ``scontrol show job -o $SLURM_JOB_ID``, exported by the batch script
 NODE_STATES_ENV = "PARTITION_NODE_STATES"  # ``sinfo -h -N -p PARTITION -o '%N %T'``, lines joined by ','
-START_LINE = re.compile(r"^\[([^\]]+)\] job (\S+) start (\d+) on (\S+)$")
 TIME_LIMIT_LINE = "time limit near: requeueing job"
 NODE_FAILURE_LINE = re.compile(r"^srun: error: Node failure on (\S+)$")  # Slurm lost a node of the step
 SIGNAL_NAMES = {
@@ -126,12 +126,12 @@ class Start:
 
 
 def split_starts(lines: Sequence[str], job_id: str) -> list[Start]:
-    """The job's starts in ``lines`` (its ``[time] job ID start N on NODES`` lines), in order."""
+    """The job's starts in ``lines`` (its start lines, `test_case.job_lines`), in order."""
     starts: list[Start] = []
     for i, raw in enumerate(lines):
-        m = START_LINE.match(raw.rstrip())
-        if m and m.group(2) == job_id:
-            starts.append(Start(int(m.group(3)), m.group(1), _hosts(m.group(4)), [], i + 1))
+        mark = job_lines.parse(raw.rstrip())
+        if isinstance(mark, JobStart) and mark.job_id == job_id:
+            starts.append(Start(mark.start, mark.time, _hosts(mark.nodes), [], i + 1))
         elif starts:
             starts[-1].lines.append(raw.rstrip("\n"))
     return starts
