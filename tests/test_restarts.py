@@ -290,7 +290,7 @@ def test_the_report_lists_each_restart_and_its_cause(tmp_path: Path) -> None:
     assert [e.kind for e in parsed.restart_events] == ["failure", "restart"]
     run = summarise_run(parsed)
     assert run.status == "completed" and run.restarts == 1
-    assert [e["node"] for e in run.restart_events] == ["node2", "node2"]
+    assert [e.node for e in run.restart_events] == ["node2", "node2"]
     text = format_table([run], [], [])
     assert "restart mpt-train-4: start 1 at 2026-12-01T15:45:58+00:00: start 0 failed on node2: rank 1 on node2" in text
 

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = None
     if manifest is not None:
         rows = baseline_rows if baseline_rows is not None else load_baseline(DEFAULT_BASELINE)
-        verdict = judge_sweep(manifest, runs, jobs, preflights, rows)
+        verdict = judge_sweep(manifest, runs, jobs, preflights, rows, scaling=scaling)
 
     out_dir = args.out or default_out_dir(args.paths)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,6 @@ import math
 import operator
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from datetime import datetime
 
 import numpy as np
@@ -311,7 +310,7 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         nccl=header.nccl,
         driver=header.driver,
         restarts=max(0, parsed.starts - 1),
-        restart_events=[asdict(e) for e in parsed.restart_events],
+        restart_events=list(parsed.restart_events),
     )
 
 

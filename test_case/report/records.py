@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from test_case.restart_events import RestartEvent
 from test_case.run_header import Device
 
 BaselineStatus = Literal["ok", "below", "no-match", "not-compared"]
@@ -39,6 +40,20 @@ class BaselineVerdict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+# The parts of a job's wall time (`Goodput`), in the order the report shows them: (label, field). The one
+# list of their names: the console, report.md's table and goodput.png read it.
+GOODPUT_PARTS: tuple[tuple[str, str], ...] = (
+    ("productive", "productive_s"),
+    ("start-up", "startup_s"),
+    ("checkpoint save", "checkpoint_save_s"),
+    ("checkpoint restore", "checkpoint_restore_s"),
+    ("eval", "eval_s"),
+    ("lost progress", "lost_progress_s"),
+    ("restart gap", "restart_gap_s"),
+    ("other", "other_s"),
+)
+
+
 @dataclass(frozen=True)
 class Goodput:
     """Where a job's wall time went, across its starts (`goodput`; the parts add up to ``total_s``)."""
@@ -57,10 +72,8 @@ class Goodput:
     starts: int = 1
 
     def parts(self) -> dict[str, float]:
-        """The parts of ``total_s``, by field name: they add up to it."""
-        names = ["productive_s", "startup_s", "checkpoint_save_s", "checkpoint_restore_s", "eval_s"]
-        names += ["lost_progress_s", "restart_gap_s", "other_s"]
-        return {name: getattr(self, name) for name in names}
+        """The parts of ``total_s`` (`GOODPUT_PARTS`), by field name: they add up to it."""
+        return {name: getattr(self, name) for _, name in GOODPUT_PARTS}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -115,7 +128,7 @@ class VerdictJob:
     mfu: float | None = None
     baseline: str | None = None  # ok, below, no-match, not-compared
     baseline_ratio: float | None = None
-    scaling_efficiency: float | None = None  # against the same model at the smallest node count
+    scaling_efficiency: float | None = None  # its point's in `compare.scaling_groups` (None: not a point)
     stragglers: list[str] = field(default_factory=list)  # nodes
     goodput: float | None = None
     restarts: int = 0
@@ -226,7 +239,7 @@ class RunSummary:
     nccl: str | None = None  # run header: the NCCL wheel torch loads
     driver: str | None = None  # run header: the NVIDIA driver on node 0
     restarts: int = 0
-    restart_events: list[dict[str, Any]] = field(default_factory=list)  # test_case.restart_events, as logged
+    restart_events: list[RestartEvent] = field(default_factory=list)  # test_case.restart_events, as logged
     last_batch: int | None = None
     max_duration: int | None = None
     duration_unit: str | None = None
@@ -282,7 +295,7 @@ class RunSummary:
                 continue
             if isinstance(value, BaselineVerdict | Goodput):
                 value = value.to_dict()
-            elif f.name in ("stragglers", "node_compute", "stream_shares"):
+            elif f.name in ("stragglers", "node_compute", "stream_shares", "restart_events"):
                 value = [asdict(v) for v in value]
             elif isinstance(value, list | dict):
                 value = value.copy()

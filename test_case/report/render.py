@@ -18,7 +18,7 @@ from typing import Any
 
 from test_case.preflight.records import PreflightReport
 from test_case.report.metrics import SHARE_ERRORS, describe_stream_shares
-from test_case.report.records import JobWithoutTraining, RunSummary, ScalingGroup, Verdict
+from test_case.report.records import GOODPUT_PARTS, JobWithoutTraining, RunSummary, ScalingGroup, Verdict
 
 SCHEMA_VERSION = 2
 
@@ -142,17 +142,6 @@ DEFINITIONS = """\
   its collective timeout). `test_case/report/goodput.py`.
 """
 
-GOODPUT_PARTS = (
-    ("productive", "productive_s"),
-    ("start-up", "startup_s"),
-    ("checkpoint save", "checkpoint_save_s"),
-    ("checkpoint restore", "checkpoint_restore_s"),
-    ("eval", "eval_s"),
-    ("lost progress", "lost_progress_s"),
-    ("restart gap", "restart_gap_s"),
-    ("other", "other_s"),
-)
-
 
 def _table(columns: list[Column], runs: list[RunSummary], markdown: bool = False) -> str:
     rows = [[name for name, _ in columns]] + [[cell(r) for _, cell in columns] for r in runs]
@@ -254,13 +243,13 @@ def _restart_lines(runs: list[RunSummary]) -> list[str]:
     lines = []
     for r in runs:
         for e in r.restart_events:
-            if e["kind"] == "restart":
-                lines.append(f"restart {r.name}: start {e['start']} at {e['time']}: {e['cause']}")
-            elif e["action"] == "stop":
-                where = f" on {e['node']}" if e["node"] else ""
+            if e.kind == "restart":
+                lines.append(f"restart {r.name}: start {e.start} at {e.time}: {e.cause}")
+            elif e.action == "stop":
+                where = f" on {e.node}" if e.node else ""
                 lines.append(
-                    f"stopped {r.name}: start {e['start']} failed{where} ({e['failures_in_a_row']} in a row without "
-                    f"a new checkpoint, MAX_RESTARTS={e['max_restarts']}): {e['cause']}"
+                    f"stopped {r.name}: start {e.start} failed{where} ({e.failures_in_a_row} in a row without "
+                    f"a new checkpoint, MAX_RESTARTS={e.max_restarts}): {e.cause}"
                 )
     return lines
 
