@@ -2,7 +2,8 @@
 of their own that `summarise_run` calls: `test_case.report.stragglers` (per-rank compute time) and
 `test_case.report.goodput` (where the job's wall time went).
 
-Definitions (each printed figure comes from exactly one function here):
+Definitions (each printed figure comes from exactly one function here; `test_case.report.figures`
+is the table of every figure, its formula and its function):
 
 * ``last_batch`` / ``max_duration``: N and T of the last train block header ``[batch=N/T]``.
 * steady-state window (`steady_state_window`): the train blocks that carry

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from test_case.preflight.records import PreflightReport
+from test_case.report.figures import definitions
 from test_case.report.metrics import SHARE_ERRORS, describe_stream_shares
 from test_case.report.records import GOODPUT_PARTS, JobWithoutTraining, RunSummary, ScalingGroup, Verdict
 
@@ -94,53 +95,6 @@ DETAIL_COLUMNS: list[Column] = [
     ("hours to 1T tokens", lambda r: _num(r.hours_to_1t_tokens, ",.1f")),
     ("GPU-hours to 1T tokens", lambda r: _num(r.gpu_hours_to_1t_tokens, ",.0f")),
 ]
-
-DEFINITIONS = """\
-- **status**: `completed` when the last block is `[batch=T/T]`; `failed` when, since the job's last
-  start, the log holds a failure line (a traceback, `<program>: error: ...` from srun, slurmstepd or
-  this suite, Composer's launcher reporting a crashed rank, a torch C++ error) or the job's end line
-  gives a non-zero exit code; `unfinished` otherwise (still running, or the log was cut off). Only
-  completed runs are used for scaling and baselines. The failure quoted is the first failure line,
-  or a rank ended by a signal (`Rank N crashed with exit code -9`) when there is one.
-- **batches**: N/T of the last `[batch=N/T]` block Composer printed (T is `max_duration`).
-- **restarts**: starts of the job after its first (run headers in the log - 1). Each restart's
-  cause and each stop after `MAX_RESTARTS` come from the `[restart]` lines the job printed
-  (`test_case/restart_events.py`), listed under "Restarts".
-- **window**: the batches whose blocks carry `throughput/tokens_per_sec` (Composer's SpeedMonitor
-  logs it once its window of batches has run, and again a window after a resume), minus the first
-  `--warmup` of them. Every throughput figure below is a median over this window.
-- **tokens/s**, **samples/s**: Composer's `throughput/tokens_per_sec` and `throughput/samples_per_sec`
-  (all ranks together). **tokens/s/dev** = tokens/s / world size.
-- **step s**: `1 / throughput/batches_per_sec`; **p10-p90** its 10th and 90th percentiles.
-- **TFLOP/s/dev**: llm-foundry's MPT model FLOPs per sample,
-  `(2 * n_params * seq + n_layers * 2 * 2 * d_model * seq^2) * 3`, times samples/s, / world size.
-- **MFU** = TFLOP/s/dev / peak TFLOP/s of the GPU at the run's precision (dense; table in
-  `test_case/gpu_peaks.py`). **HFU** counts the recomputed forward of activation checkpointing
-  (x4 instead of x3). **MFU logged** is Composer's own `throughput/device/mfu` (absent for GPUs
-  Composer does not know, e.g. H100 NVL).
-- **final train loss**: the last logged `loss/train/total`; **loss first/min** over the run.
-- **final eval loss**: the last `metrics/eval/LanguageCrossEntropy` of the eval loader; with labelled
-  eval loaders (a mixture's streams) each label's last `metrics/eval/<label>/LanguageCrossEntropy`
-  instead, under "Eval loss by domain" (`by domain` in the table).
-- **peak mem GB**: the largest `memory/peak_reserved_mem` Composer's memory monitor logged.
-- **hours to 1T tokens** = 1e12 / tokens/s / 3600; **GPU-hours to 1T tokens** = that x world size (GPU runs).
-- **scaling efficiency** = tokens/s/dev / tokens/s/dev of the smallest run of the same model, GPU,
-  precision, sequence length, processes per node, scheduler and sweep that holds the same global
-  batch (strong scaling) or batch per device (weak scaling) (1.0 = linear).
-- **baseline ratio** = tokens/s/dev / the published tokens/s per GPU for the same GPU, model and GPU
-  count; `below` when under 1 - tolerance.
-- **compute s** (per node, "Rank timing"): the time a rank spends in the forward pass of its
-  transformer blocks per batch, which no collective interrupts (the `rank_timing` callback,
-  `test_case/training/rank_timing.py`): per rank the median over its windows of N batches, per node
-  the median of its ranks; **ratio** = that / the median over all ranks. A rank whose ratio is above
-  the straggler threshold (`--straggler-threshold`, 1.15) is a **straggler**.
-- **goodput** = productive / total, where the job's wall time (its first start line to its last end
-  line, across every restart) is split into start-up (start line to training start, less the
-  restore), checkpoint restore, checkpoint save, eval, productive (batches not trained again), lost
-  progress (batches a later start trained again), restart gap (a start's end line to the next start
-  line) and other (after a start's last batch to its end line: shutdown, a failed start's wait for
-  its collective timeout). `test_case/report/goodput.py`.
-"""
 
 
 def _table(columns: list[Column], runs: list[RunSummary], markdown: bool = False) -> str:
@@ -518,7 +472,7 @@ def format_markdown(
     parts += _stream_share_markdown(runs)
     if preflights:
         parts += _preflight_markdown(preflights)
-    parts += ["## How each figure is computed", "", DEFINITIONS]
+    parts += ["## How each figure is computed", "", definitions()]
     if plots:
         parts += ["## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
     notes = _notes(runs)
