@@ -37,6 +37,7 @@ from pathlib import Path
 
 import test_case.report.records as report_records
 from test_case.report.figures import markdown_table
+from test_case.report.records import Report
 from test_case.report.render import report_document
 from test_case.settings import SCRIPTS, SETTINGS
 from tests.conftest import REPO_ROOT
@@ -255,7 +256,7 @@ def link_problems(path: Path, text: str) -> list[str]:
 
 def record_fields() -> set[str]:
     """Every field of the typed records report.json is written from, and its top-level keys."""
-    names = set(report_document([], [], [], [], []))
+    names = set(report_document(Report()))
     for record in vars(report_records).values():
         if dataclasses.is_dataclass(record) and getattr(record, "__module__", "") == report_records.__name__:
             names |= {f.name for f in dataclasses.fields(record)}

@@ -1,18 +1,23 @@
 """The report's typed records: what `metrics` and `compare` compute and `render` writes.
 
 Each record's fields are report.json's fields (docs/report.md, "report.json"); ``to_dict`` gives the JSON
-form. Nothing here computes a figure.
+form. `Report` is the whole report, built once by `cli` and formatted per output by `render`. Nothing
+here computes a figure.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from test_case.preflight.records import PreflightReport
 from test_case.restart_events import RestartEvent
 from test_case.run_header import Device
+
+SCHEMA_VERSION = 2  # report.json's
 
 BaselineStatus = Literal["ok", "below", "no-match", "not-compared"]
 # unfinished: no end line, and nothing says whether it still runs; running or killed: Slurm or this
@@ -301,3 +306,31 @@ class RunSummary:
                 value = value.copy()
             out[f.name] = value
         return out
+
+
+@dataclass
+class Report:
+    """The whole report: what the console, report.md, report.csv and report.json are formatted from
+    (`test_case.report.render`). Its fields but ``plots`` are report.json's top-level keys."""
+
+    inputs: list[str] = field(default_factory=list)  # the paths given
+    files_without_runs: list[str] = field(default_factory=list)  # log files without train metrics
+    jobs_without_training: list[JobWithoutTraining] = field(default_factory=list)
+    runs: list[RunSummary] = field(default_factory=list)  # in the order of their Slurm job ids
+    scaling: list[ScalingGroup] = field(default_factory=list)
+    preflight: list[PreflightReport] = field(default_factory=list)
+    verdict: Verdict | None = None  # an acceptance sweep's, where a manifest was found
+    plots: list[Path] = field(default_factory=list)  # the PNGs written beside report.md
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (report.json, before non-finite numbers become null)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "inputs": list(self.inputs),
+            "files_without_runs": list(self.files_without_runs),
+            "jobs_without_training": [j.to_dict() for j in self.jobs_without_training],
+            "runs": [r.to_dict() for r in self.runs],
+            "scaling": [g.to_dict() for g in self.scaling],
+            "preflight": [asdict(pf) for pf in self.preflight],
+            "verdict": self.verdict.to_dict() if self.verdict is not None else None,
+        }
