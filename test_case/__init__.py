@@ -15,8 +15,10 @@
   ``log_parser``            reads Composer logs (the only module that reads log text)
   ``metrics``               every per-run figure (the only module doing per-run arithmetic)
   ``compare``               across runs: scaling efficiency, the published-baseline gate
-  ``records``               the report's typed records (what report.json holds)
-  ``render``, ``plots``     console table, report.md/csv/json, PNGs (format only)
+  ``figures``               the table of figures: unit, formula, the function computing each
+  ``records``               the report's typed records (what report.json holds; ``Report``: all of it)
+  ``sections``, ``layout``  each section written once; laid out for the console and report.md
+  ``render``, ``plots``     one Report per output: console, report.md/csv/json; PNGs (format only)
   ``cli``                   the command line: find logs, group runs, call the above
 ``demo/``                   offline demo inputs: a C4-format sample and a small BPE tokenizer
 ==========================  ====================================================================

@@ -18,9 +18,10 @@ from test_case.acceptance.manifest import SweepJob, SweepManifest
 from test_case.acceptance.plan import PlanError, dependency_option, parse_nodes, plan_sweep
 from test_case.published_runs import DEFAULT_BASELINE, load_baseline
 from test_case.report.cli import main as report_main
+from test_case.report.compare import scaling_groups
 from test_case.report.log_parser import parse_log_file
 from test_case.report.metrics import summarise_run
-from test_case.report.records import JobWithoutTraining
+from test_case.report.records import JobWithoutTraining, RunSummary
 from test_case.report.verdict import judge_sweep
 
 DATA = Path(__file__).parent / "data"
@@ -224,4 +225,26 @@ def test_a_job_that_did_not_train_shows_the_restarts_and_state_slurm_shows() -> 
     assert (record.status, record.slurm_state, record.restarts) == ("did not train", "FAILED (NonZeroExitCode)", 3)
     assert verdict.reasons == [
         "job 7 (mpt-tiny-cpu on 3 node(s)) did not train (after 3 restart(s)): [rank0]: ValueError: ..."
+    ]
+
+
+def test_the_verdicts_scaling_efficiency_is_the_reports_one_figure() -> None:
+    """Before: the verdict kept its own baseline, the first job of the model in (model, nodes) order:
+    a slow job at 2 nodes made a faster one at 2 nodes "scale" 4.24x and hid a 4-node job's 50 %."""
+    like = {"model": "m", "gpu": "cpu", "precision": "fp32", "max_seq_len": 128, "procs_per_node": 1}
+    runs = [
+        RunSummary(f"run-{job}", f"{job}.out", job_id=job, status="completed", world_size=nodes, nodes=nodes,
+                   global_batch_size=16, scheduler="slurm", tokens_per_sec_per_device=rate, **like)  # type: ignore[arg-type]
+        for job, nodes, rate in (("3", 2, 1422.0), ("2", 2, 6024.0), ("12", 4, 3012.0))
+    ]  # fmt: skip
+    manifest = SweepManifest(
+        "2", "2026-12-01T19:00:00+00:00", ["m"], [2, 4], "strong", 0.1, 0.9, None,
+        [SweepJob("train", r.job_id or "", r.nodes or 0, "m", 16) for r in runs],
+    )  # fmt: skip
+    verdict = judge_sweep(manifest, runs, [], [], [], state=lambda j: None, slurm_restarts=lambda j: None)
+    efficiency = {j.job_id: j.scaling_efficiency for j in verdict.jobs}
+    points = {p.run: p.efficiency for g in scaling_groups(runs) for p in g.points}
+    assert efficiency == {"3": None, "2": 1.0, "12": 0.5} and points == {"run-2": 1.0, "run-12": 0.5}
+    assert verdict.reasons == [
+        "job 12 (m on 4 node(s)): scaling efficiency 0.50 against its smallest node count, below 0.90"
     ]

@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import test_case.report.records as report_records
+from test_case.report.figures import markdown_table
+from test_case.report.records import Report
 from test_case.report.render import report_document
 from test_case.settings import SCRIPTS, SETTINGS
 from tests.conftest import REPO_ROOT
@@ -254,7 +256,7 @@ def link_problems(path: Path, text: str) -> list[str]:
 
 def record_fields() -> set[str]:
     """Every field of the typed records report.json is written from, and its top-level keys."""
-    names = set(report_document([], [], [], [], []))
+    names = set(report_document(Report()))
     for record in vars(report_records).values():
         if dataclasses.is_dataclass(record) and getattr(record, "__module__", "") == report_records.__name__:
             names |= {f.name for f in dataclasses.fields(record)}
@@ -355,3 +357,8 @@ def test_planted_fakes_are_reported() -> None:
     # and the real ones pass the same checks
     assert flag_problems("`python report.py logs/ --jobs 1`") == []
     assert make_target_problems("`make check`") == []
+
+
+def test_the_figure_list_of_docs_report_md_is_the_table_of_figures() -> None:
+    """docs/report.md's "Figures" is `test_case.report.figures.markdown_table()`, pasted as it prints."""
+    assert markdown_table() in (REPO_ROOT / "docs" / "report.md").read_text()

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from test_case.published_runs import DEFAULT_BASELINE, load_baseline
+from test_case.report.cells import scaling_title
 from test_case.report.compare import compare_to_baseline
 from test_case.report.log_parser import parse_composer_log
 from test_case.report.metrics import steady_state_window, summarise_run
 from test_case.report.plots import scaling_file_names
 from test_case.report.records import RunSummary
-from test_case.report.render import scaling_title
 from tests.conftest import REPO_ROOT
 
 
@@ -311,18 +311,20 @@ def test_the_baseline_gate_compares_only_the_published_configuration() -> None:
     verdict = compare_to_baseline(same, rows, 0.10)
     assert verdict.status == "ok" and verdict.ratio == pytest.approx(10496 / 10643)
     # what ran, stated per run: the configuration and the attention kernel
-    from test_case.report.render import _setup_lines
+    from test_case.report.records import Report
+    from test_case.report.sections import setup
 
     header = ["[run-header] job_id: 9", "[run-header] flash_attn: 2.7.4.post1"]
     stated = summarise_run(parse_composer_log([*header, *seven_b_log(8, True, "PURE")[1:]]))
     assert (stated.attn_impl, stated.alibi, stated.flash_attn) == ("flash", True, "2.7.4.post1")
-    assert _setup_lines([stated]) == [
+    assert list(setup(Report(runs=[stated])).console) == [
         f"setup {stated.name}: precision amp_bf16, microbatch 8, activation checkpointing on, FSDP FULL_SHARD / PURE, "
         "attention flash with ALiBi, flash-attn 2.7.4.post1"
     ]
     stack = ["[run-header] driver: 570.124.06", "[run-header] cuda: 12.8", "[run-header] nccl: 2.26.2"]
     with_stack = summarise_run(parse_composer_log([*header, *stack, *seven_b_log(8, True, "PURE")[1:]]))
-    assert _setup_lines([with_stack])[0].endswith("flash-attn 2.7.4.post1; driver 570.124.06, CUDA 12.8, NCCL 2.26.2")
+    (line,) = setup(Report(runs=[with_stack])).console
+    assert str(line).endswith("flash-attn 2.7.4.post1; driver 570.124.06, CUDA 12.8, NCCL 2.26.2")
     slow = summarise_run(parse_composer_log(seven_b_log(6, False, "DEFAULT", samples_per_sec=30.0)))
     assert compare_to_baseline(slow, rows, 0.10).status == "below"
 
@@ -649,7 +651,8 @@ STREAM_FIELDS = ("drawn_samples", "drawn", "planned", "sampling_error", "within_
 
 def test_small_figures_keep_three_significant_digits_never_zero(tmp_path: Path) -> None:
     """#31 point 5.5: the tiny model on CPU does 0.0356 TFLOP/s per device; the table said 0.0."""
-    from test_case.report.render import _num, _pct
+    from test_case.report.cells import num as _num
+    from test_case.report.cells import pct as _pct
 
     stdout, markdown, _, run = report_of(tmp_path, golden_variant(2))
     assert run["tflops_per_device"] == pytest.approx(0.035551, rel=1e-4)

@@ -24,6 +24,7 @@ import pytest
 from test_case.failure_lines import configuration_error, repeated_configuration_error
 from test_case.report.log_parser import parse_composer_log
 from test_case.report.metrics import summarise_run
+from test_case.report.records import Report
 from test_case.report.render import format_table
 from test_case.restart_events import PREFIX, RestartEvent, parse_line
 from test_case.training import restarts
@@ -299,8 +300,8 @@ def test_the_report_lists_each_restart_and_its_cause(tmp_path: Path) -> None:
     assert [e.kind for e in parsed.restart_events] == ["failure", "restart"]
     run = summarise_run(parsed)
     assert run.status == "completed" and run.restarts == 1
-    assert [e["node"] for e in run.restart_events] == ["node2", "node2"]
-    text = format_table([run], [], [])
+    assert [e.node for e in run.restart_events] == ["node2", "node2"]
+    text = format_table(Report(runs=[run]))
     assert "restart mpt-train-4: start 1 at 2026-12-01T15:45:58+00:00: start 0 failed on node2: rank 1 on node2" in text
 
 

@@ -1,2 +1,3 @@
 """The report: Composer logs parsed (`log_parser`), figures computed (`metrics`, `compare`), rendered
-(`render`, `plots`); `cli` is the command behind ``python report.py``."""
+(`sections`, `layout`, `cells`, `render`, `plots`) from one typed `records.Report`; `cli` is the
+command behind ``python report.py``."""

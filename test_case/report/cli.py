@@ -3,7 +3,8 @@
 PATH is a log file or a folder searched recursively for ``*.out``/``*.log``/``*.txt``/``*.err``.
 Files are grouped into runs by their run name (one Slurm job writes one file, appended to across
 requeues; `group_runs`). Parsing lives in `log_parser`, per-run arithmetic in `metrics`,
-comparisons in `compare`, output in `render` and `plots` (all in `test_case.report`).
+comparisons in `compare`; the whole report is one `records.Report`, formatted per output by `render`
+(console, report.md, report.csv, report.json) and drawn by `plots` (all in `test_case.report`).
 
 ``preflight_<job-id>.json`` files of 0.preflight.sbatch found there are reported too (per-node
 table, bus bandwidth plot), and an ``acceptance_<sweep-id>.json`` manifest of 3.acceptance.sh
@@ -30,7 +31,7 @@ from test_case.report.compare import compare_to_baseline, scaling_groups
 from test_case.report.liveness import refine
 from test_case.report.log_parser import ParsedLog, parse_log_file
 from test_case.report.metrics import USED_TRAIN_KEYS, job_without_training, summarise_run
-from test_case.report.records import JobWithoutTraining, RunSummary
+from test_case.report.records import JobWithoutTraining, Report, RunSummary
 from test_case.report.render import format_table, report_document, write_reports
 from test_case.report.stragglers import STRAGGLER_RATIO
 from test_case.report.verdict import judge_sweep
@@ -151,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def draw_plots(report: Report, out_dir: Path) -> list[Path]:
+    """The PNGs of the report (`test_case.report.plots`, imported only here: matplotlib is slow to load)."""
+    if not (report.runs or report.preflight):
+        return []
+    from test_case.report.plots import plot_goodput, plot_preflight, plot_run, plot_scaling, scaling_file_names
+
+    plots = [plot_run(run, out_dir) for run in report.runs]
+    plots += [
+        plot_scaling(g, out_dir, name)
+        for g, name in zip(report.scaling, scaling_file_names(report.scaling), strict=True)
+    ]
+    if report.runs and (bars := plot_goodput(report.runs, out_dir)) is not None:
+        plots.append(bars)
+    return plots + [plot_preflight(pf, out_dir) for pf in report.preflight if pf.bandwidth]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, compute, compare, render; see the module docstring for exit codes."""
     args = build_parser().parse_args(argv)
@@ -226,34 +243,23 @@ def main(argv: list[str] | None = None) -> int:
     verdict = None
     if manifest is not None:
         rows = baseline_rows if baseline_rows is not None else load_baseline(DEFAULT_BASELINE)
-        verdict = judge_sweep(manifest, runs, jobs, preflights, rows)
+        verdict = judge_sweep(manifest, runs, jobs, preflights, rows, scaling=scaling)
 
+    report = Report([str(p) for p in args.paths], empty, jobs, runs, scaling, preflights, verdict)
     out_dir = args.out or default_out_dir(args.paths)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots: list[Path] = []
-    if not args.no_plots and runs:
-        from test_case.report.plots import plot_goodput, plot_run, plot_scaling, scaling_file_names
-
-        plots = [plot_run(run, out_dir) for run in runs] + [
-            plot_scaling(g, out_dir, name) for g, name in zip(scaling, scaling_file_names(scaling), strict=True)
-        ]
-        if (bars := plot_goodput(runs, out_dir)) is not None:
-            plots.append(bars)
-    if not args.no_plots and preflights:
-        from test_case.report.plots import plot_preflight
-
-        plots += [plot_preflight(pf, out_dir) for pf in preflights if pf.bandwidth]
-    document = report_document(runs, scaling, [str(p) for p in args.paths], empty, jobs, preflights, verdict)
-    written = write_reports(out_dir, runs, scaling, jobs, document, plots, preflights, verdict)
+    if not args.no_plots:
+        report.plots = draw_plots(report, out_dir)
+    written = write_reports(out_dir, report)
     if args.json:
-        print(json.dumps(document, indent=2))
+        print(json.dumps(report_document(report), indent=2))
     else:
-        print(format_table(runs, scaling, jobs, preflights, verdict), end="")
+        print(format_table(report), end="")
         listed_as_jobs = {j.log_file for j in jobs}
         for name in empty:
             if name not in listed_as_jobs:
                 print(f"no runs in {name}")
-        print(f"wrote {', '.join(str(p) for p in written + plots)}")
+        print(f"wrote {', '.join(str(p) for p in written + report.plots)}")
     if verdict is not None and verdict.status == "FAIL":
         return 4
     if not runs and not preflights and verdict is None:

@@ -3,7 +3,8 @@
 * Scaling: completed runs of the same model, GPU type (or cpu), precision, sequence length,
   processes per node and scheduler (Slurm or the script run without it) at different world sizes.
   ``efficiency = tokens_per_sec_per_device / tokens_per_sec_per_device of the smallest run``
-  (1.0 is perfect linear scaling).
+  (1.0 is perfect linear scaling). The one definition of the figure: the acceptance verdict reads a
+  job's from here (`scaling_point`).
 * Baseline: the row of a CSV in the format of ``reference/llm-foundry-mpt-benchmarks.csv``
   (`test_case.published_runs` reads it: every row of llm-foundry's published MPT table, with the
   configuration each ran) of the same GPU type, model, number of GPUs and sequence length, and of
@@ -16,6 +17,9 @@
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
 
 from test_case.gpu_peaks import BASELINE_NAME
 from test_case.published_runs import BaselineRow, setup_text, shown
@@ -144,3 +148,18 @@ def scaling_groups(runs: list[RunSummary]) -> list[ScalingGroup]:
             )
         )
     return out
+
+
+def scaling_point(
+    run: RunSummary, scaling: Sequence[ScalingGroup], kind: Literal["weak", "strong"]
+) -> ScalingPoint | None:
+    """The run's point in the series of ``kind`` (``strong``: one global batch; ``weak``: one batch per
+    device) that holds it, or None where it is none: no other world size of its kind, or a faster run
+    of its kind at its size stands for that size."""
+    for group in scaling:
+        if (group.global_batch_size if kind == "strong" else group.batch_per_device) is None:
+            continue
+        for point in group.points:
+            if point.run == run.name:
+                return point
+    return None

@@ -28,6 +28,7 @@ from typing import Literal
 
 from test_case.report.log_parser import ParsedLog
 from test_case.report.records import JobWithoutTraining, RunSummary
+from test_case.timing_events import TimingEvent, WallEvent
 
 LOCAL_ID = re.compile(r"^local-\d{8}-\d{6}-(\d+)$")
 TRAINING_SCRIPT = "2.train-mpt-manual-distributed"  # what the local run's pid must still be running
@@ -152,9 +153,9 @@ def last_time(parsed: ParsedLog) -> datetime | None:
     return max(aware, default=None)
 
 
-def _time(event: object) -> float | None:
-    value = getattr(event, "time", None)
-    return value if isinstance(value, float) else None
+def _time(event: TimingEvent) -> float | None:
+    """A wall-clock event's time (Unix seconds); None for the other events."""
+    return event.time if isinstance(event, WallEvent) and isinstance(event.time, float) else None
 
 
 def refine(runs: list[RunSummary], jobs: list[JobWithoutTraining]) -> list[JobWithoutTraining]:

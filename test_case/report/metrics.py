@@ -2,7 +2,8 @@
 of their own that `summarise_run` calls: `test_case.report.stragglers` (per-rank compute time) and
 `test_case.report.goodput` (where the job's wall time went).
 
-Definitions (each printed figure comes from exactly one function here):
+Definitions (each printed figure comes from exactly one function here; `test_case.report.figures`
+is the table of every figure, its formula and its function):
 
 * ``last_batch`` / ``max_duration``: N and T of the last train block header ``[batch=N/T]``.
 * steady-state window (`steady_state_window`): the train blocks that carry
@@ -44,7 +45,6 @@ import math
 import operator
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from datetime import datetime
 
 import numpy as np
@@ -311,7 +311,7 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         nccl=header.nccl,
         driver=header.driver,
         restarts=max(0, parsed.starts - 1),
-        restart_events=[asdict(e) for e in parsed.restart_events],
+        restart_events=list(parsed.restart_events),
     )
 
 

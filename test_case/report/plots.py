@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from test_case.preflight.records import PreflightReport
-from test_case.report.records import RunSummary, ScalingGroup
-from test_case.report.render import GOODPUT_PARTS, scaling_title
+from test_case.report.cells import scaling_title
+from test_case.report.records import GOODPUT_PARTS, RunSummary, ScalingGroup
 
 
 def _safe(name: str) -> str:

@@ -1,17 +1,23 @@
 """The report's typed records: what `metrics` and `compare` compute and `render` writes.
 
 Each record's fields are report.json's fields (docs/report.md, "report.json"); ``to_dict`` gives the JSON
-form. Nothing here computes a figure.
+form. `Report` is the whole report, built once by `cli` and formatted per output by `render`. Nothing
+here computes a figure.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from test_case.preflight.records import PreflightReport
+from test_case.restart_events import RestartEvent
 from test_case.run_header import Device
+
+SCHEMA_VERSION = 2  # report.json's
 
 BaselineStatus = Literal["ok", "below", "no-match", "not-compared"]
 # unfinished: no end line, and nothing says whether it still runs; running or killed: Slurm or this
@@ -39,6 +45,20 @@ class BaselineVerdict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+# The parts of a job's wall time (`Goodput`), in the order the report shows them: (label, field). The one
+# list of their names: the console, report.md's table and goodput.png read it.
+GOODPUT_PARTS: tuple[tuple[str, str], ...] = (
+    ("productive", "productive_s"),
+    ("start-up", "startup_s"),
+    ("checkpoint save", "checkpoint_save_s"),
+    ("checkpoint restore", "checkpoint_restore_s"),
+    ("eval", "eval_s"),
+    ("lost progress", "lost_progress_s"),
+    ("restart gap", "restart_gap_s"),
+    ("other", "other_s"),
+)
+
+
 @dataclass(frozen=True)
 class Goodput:
     """Where a job's wall time went, across its starts (`goodput`; the parts add up to ``total_s``)."""
@@ -57,10 +77,8 @@ class Goodput:
     starts: int = 1
 
     def parts(self) -> dict[str, float]:
-        """The parts of ``total_s``, by field name: they add up to it."""
-        names = ["productive_s", "startup_s", "checkpoint_save_s", "checkpoint_restore_s", "eval_s"]
-        names += ["lost_progress_s", "restart_gap_s", "other_s"]
-        return {name: getattr(self, name) for name in names}
+        """The parts of ``total_s`` (`GOODPUT_PARTS`), by field name: they add up to it."""
+        return {name: getattr(self, name) for _, name in GOODPUT_PARTS}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -115,7 +133,7 @@ class VerdictJob:
     mfu: float | None = None
     baseline: str | None = None  # ok, below, no-match, not-compared
     baseline_ratio: float | None = None
-    scaling_efficiency: float | None = None  # against the same model at the smallest node count
+    scaling_efficiency: float | None = None  # its point's in `compare.scaling_groups` (None: not a point)
     stragglers: list[str] = field(default_factory=list)  # nodes
     goodput: float | None = None
     restarts: int = 0
@@ -226,7 +244,7 @@ class RunSummary:
     nccl: str | None = None  # run header: the NCCL wheel torch loads
     driver: str | None = None  # run header: the NVIDIA driver on node 0
     restarts: int = 0
-    restart_events: list[dict[str, Any]] = field(default_factory=list)  # test_case.restart_events, as logged
+    restart_events: list[RestartEvent] = field(default_factory=list)  # test_case.restart_events, as logged
     last_batch: int | None = None
     max_duration: int | None = None
     duration_unit: str | None = None
@@ -282,9 +300,37 @@ class RunSummary:
                 continue
             if isinstance(value, BaselineVerdict | Goodput):
                 value = value.to_dict()
-            elif f.name in ("stragglers", "node_compute", "stream_shares"):
+            elif f.name in ("stragglers", "node_compute", "stream_shares", "restart_events"):
                 value = [asdict(v) for v in value]
             elif isinstance(value, list | dict):
                 value = value.copy()
             out[f.name] = value
         return out
+
+
+@dataclass
+class Report:
+    """The whole report: what the console, report.md, report.csv and report.json are formatted from
+    (`test_case.report.render`). Its fields but ``plots`` are report.json's top-level keys."""
+
+    inputs: list[str] = field(default_factory=list)  # the paths given
+    files_without_runs: list[str] = field(default_factory=list)  # log files without train metrics
+    jobs_without_training: list[JobWithoutTraining] = field(default_factory=list)
+    runs: list[RunSummary] = field(default_factory=list)  # in the order of their Slurm job ids
+    scaling: list[ScalingGroup] = field(default_factory=list)
+    preflight: list[PreflightReport] = field(default_factory=list)
+    verdict: Verdict | None = None  # an acceptance sweep's, where a manifest was found
+    plots: list[Path] = field(default_factory=list)  # the PNGs written beside report.md
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (report.json, before non-finite numbers become null)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "inputs": list(self.inputs),
+            "files_without_runs": list(self.files_without_runs),
+            "jobs_without_training": [j.to_dict() for j in self.jobs_without_training],
+            "runs": [r.to_dict() for r in self.runs],
+            "scaling": [g.to_dict() for g in self.scaling],
+            "preflight": [asdict(pf) for pf in self.preflight],
+            "verdict": self.verdict.to_dict() if self.verdict is not None else None,
+        }

@@ -11,8 +11,13 @@ state where ``scontrol`` can still tell (`slurm_state`). The sweep FAILs for eac
   complete, a restart during the sweep (its cause), a straggler rank (its node), throughput more
   than the manifest's ``tolerance`` below the published baseline (`compare_to_baseline`; a run
   without a published row of its configuration is not judged on it, and the verdict's ``notes`` say
-  "throughput not compared" with why), scaling efficiency (tokens/s per device against
-  the same model's run at the smallest node count) below the manifest's ``scaling_threshold``.
+  "throughput not compared" with why), scaling efficiency below the manifest's ``scaling_threshold``.
+
+Scaling efficiency is the report's one figure (`test_case.report.compare.scaling_groups`): the job's
+point in the series of the sweep's kind (weak: one batch per device; strong: one global batch) of
+like runs (model, GPU, precision, sequence length, processes per node, scheduler, sweep), the
+fastest run at each size standing for it, against the smallest size. A job that is no point of such
+a series (the only size of its kind, or a faster job at its size) has none and is not judged on it.
 
 Everything else it reports without judging: tokens/s per device, MFU, goodput, the fabric's peak
 bus bandwidth against expectation.
@@ -28,8 +33,8 @@ from collections.abc import Callable, Sequence
 from test_case.acceptance.manifest import SweepJob, SweepManifest
 from test_case.preflight.records import PreflightReport
 from test_case.published_runs import BaselineRow
-from test_case.report.compare import compare_to_baseline
-from test_case.report.records import JobWithoutTraining, RunSummary, Verdict, VerdictJob
+from test_case.report.compare import compare_to_baseline, scaling_groups, scaling_point
+from test_case.report.records import JobWithoutTraining, RunSummary, ScalingGroup, Verdict, VerdictJob
 
 SlurmState = Callable[[str], str | None]
 
@@ -106,13 +111,15 @@ def judge_sweep(
     baseline: list[BaselineRow],
     state: SlurmState = slurm_state,
     slurm_restarts: Callable[[str], int | None] = slurm_restarts,
+    scaling: Sequence[ScalingGroup] | None = None,
 ) -> Verdict:
-    """The verdict (module docstring)."""
+    """The verdict (module docstring); ``scaling`` the report's scaling groups of ``runs`` (made here
+    when not given)."""
+    scaling = scaling_groups(list(runs)) if scaling is None else scaling
     reasons, nodes, fabric = _preflight_reasons(manifest, preflights, state)
     preflight_failed = bool(reasons)
     by_job = {r.job_id: r for r in runs}
     untrained = {j.job_id: j for j in jobs}
-    smallest: dict[str, float] = {}  # model -> tokens/s per device at its smallest node count that completed
     out: list[VerdictJob] = []
     notes: list[str] = []
     for job in sorted(manifest.train_jobs, key=lambda j: (j.model or "", j.nodes)):
@@ -140,7 +147,7 @@ def judge_sweep(
             record.reasons.append(f"{_describe(job)} {run.status}: {run.failure or '; '.join(run.warnings)}")
             continue
         if record.restarts:
-            causes = [e["cause"] for e in run.restart_events if e["kind"] == "restart"]
+            causes = [e.cause for e in run.restart_events if e.kind == "restart"]
             record.reasons.append(
                 f"{_describe(job)} restarted {record.restarts} time(s): {'; '.join(causes) or 'requeued'}"
             )
@@ -160,11 +167,9 @@ def judge_sweep(
                 f"{verdict.tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU, "
                 f"more than {100 * manifest.tolerance:.0f}% below"
             )
-        per_device = run.tokens_per_sec_per_device
-        if per_device is not None and job.model is not None:
-            base = smallest.setdefault(job.model, per_device)
-            record.scaling_efficiency = round(per_device / base, 4) if base > 0 else None
-            if record.scaling_efficiency is not None and record.scaling_efficiency < manifest.scaling_threshold:
+        if (point := scaling_point(run, scaling, manifest.scaling)) is not None:
+            record.scaling_efficiency = round(point.efficiency, 4)
+            if record.scaling_efficiency < manifest.scaling_threshold:
                 record.reasons.append(
                     f"{_describe(job)}: scaling efficiency {record.scaling_efficiency:.2f} against its smallest node "
                     f"count, below {manifest.scaling_threshold:.2f}"
