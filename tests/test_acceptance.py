@@ -18,7 +18,7 @@ from test_case.acceptance.manifest import SweepJob, SweepManifest
 from test_case.acceptance.plan import PlanError, dependency_option, parse_nodes, plan_sweep
 from test_case.published_runs import DEFAULT_BASELINE, load_baseline
 from test_case.report.cli import main as report_main
-from test_case.report.log_parser import parse_log_file
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import summarise_run
 from test_case.report.records import JobWithoutTraining
 from test_case.report.verdict import judge_sweep

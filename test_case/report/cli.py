@@ -28,7 +28,8 @@ from test_case.preflight.records import PreflightReport
 from test_case.published_runs import DEFAULT_BASELINE, BaselineError, load_baseline
 from test_case.report.compare import compare_to_baseline, scaling_groups
 from test_case.report.liveness import refine
-from test_case.report.log_parser import ParsedLog, parse_log_file
+from test_case.report.log_lines import ParsedLog
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import USED_TRAIN_KEYS, job_without_training, summarise_run
 from test_case.report.records import JobWithoutTraining, RunSummary
 from test_case.report.render import format_table, report_document, write_reports

@@ -28,7 +28,7 @@ from datetime import datetime
 
 import numpy as np
 
-from test_case.report.log_parser import ParsedLog
+from test_case.report.log_lines import ParsedLog
 from test_case.report.records import Goodput
 from test_case.timing_events import WallEvent
 

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from test_case.report.log_parser import ParsedLog
+from test_case.report.log_lines import ParsedLog
 from test_case.report.records import JobWithoutTraining, RunSummary
 
 LOCAL_ID = re.compile(r"^local-\d{8}-\d{6}-(\d+)$")

@@ -1,4 +1,6 @@
-"""Parsing of Composer console logs into metric blocks: the only module that reads log text.
+"""What each line of a Composer console log means: the log's records (`ParsedLog`) and `LineParser`,
+which reads one line at a time and defines the meaning of every line. Reading a large file fast is
+`test_case.report.log_reading`; whatever way a file is read, the result is `LineParser`'s.
 
 A training log is Composer's console output, possibly interleaved from several nodes and prefixed
 by ``srun -l`` (``0: ``) or split into Composer launcher sections (``----------Begin global rank 1
@@ -25,48 +27,47 @@ those of higher ranks are dropped as soon as a lower one appears) and, with ``ke
 train metrics it names. Memory therefore grows with the number of batches of one rank times the
 kept metrics, not with the size of the file.
 
-How it reads (`LogParser`): `LogParser.feed_line` gives each line its meaning, one line at a time.
-Most of a log is metric blocks whose lines repeat the keys of the block before, so
-`LogParser.feed_text` reads a block with one regular expression built from those keys (a "shape")
-and hands every other line to `feed_line`; both paths give the same result, which the tests check
-on real and generated logs. A large file is cut at block headers into parts that worker processes
-parse at the same time (`parse_log_file`); a part is merged only where its lines mean the same
-without the state of the parts before it, and is read again in order otherwise.
+A line's meaning can depend on the lines before it (a metric line belongs to the block above it, an
+unprefixed line to the launcher section it is in). A parser made with ``detached=True`` reads a
+later part of a file without them and marks every line whose meaning needs them
+(`LineParser.depends_on_earlier`, `LineParser.assumed_no_section`), so that a reader of parts
+(`test_case.report.log_reading`) knows which parts it may merge and which it must read again.
+
+At about 420 lines the module is a little over the suite's 400: it is the line forms above, the
+records they fill and the one parser that gives them their meaning, kept together so that each line
+form is defined in one place.
 """
 
 from __future__ import annotations
 
-import codecs
-import functools
-import gc
-import io
-import itertools
-import multiprocessing
-import os
 import re
 import sys
 from array import array
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 from test_case import restart_events, run_header, timing_events
-from test_case.failure_lines import FAILURE_LINE, FAILURE_STARTS, LogLine
+from test_case.failure_lines import FAILURE_LINE, LogLine
 from test_case.restart_events import RestartEvent
 from test_case.run_header import RunHeader
 from test_case.timing_events import TimingEvent
+
+# Pieces of the line patterns below that `test_case.report.log_reading` also builds its patterns of
+# many lines from, so that a line has one definition: a rank prefix as ``srun -l`` prints it (the
+# text that RANK_PREFIX takes), a step header ``[epoch=E][batch=N/T]:`` (groups: epoch, unit, N, T)
+# and a batch's timing event as the callback prints it (`timing_events.line`; groups: batch, time).
+RANK_PREFIX_TEXT = r"\d+: ?"
+STEP_HEADER = r"(?:\[epoch=(\d+)\])?\[(batch|token|sample)=(\d+)(?:/(\d+))?\]:"
+BATCH_END = r'\[timing\] \{"kind":"batch","batch":(\d+),"time":(\d+(?:\.\d*)?)\}'
 
 RANK_PREFIX = re.compile(r"^(\d+): ?")
 QUOTE_PREFIX = re.compile(r"^(?:> ?|\[std(?:out|err)\]: ?)")
 LAUNCHER_SECTION = re.compile(r"^-{3,}(Begin|End) global rank (\d+) (?:STDOUT|STDERR)-{3,}\s*$")
 # A block header ``[batch=N/T]:``, or the one-line form of Composer <= 0.11 ``[batch=N/T]: key: value``
 # (also ``[epoch=E][batch=N/T]: ...`` and LLM-Shearing's ``[metric][batch=N]: key: value``).
-STEP_LINE = re.compile(
-    r"^(?:\[metric\])?(?:\[epoch=(\d+)\])?\[(batch|token|sample)=(\d+)(?:/(\d+))?\]:"
-    r"(?: ([^\s:][^:]*?): (.*?))?\s*$"
-)
+STEP_LINE = re.compile(r"^(?:\[metric\])?" + STEP_HEADER + r"(?: ([^\s:][^:]*?): (.*?))?\s*$")
 METRIC_LINE = re.compile(r"^\s*(Train|Eval) ([^\s:][^:]*?): (.*?)\s*$")
 EVAL_PROGRESS = re.compile(r"^\[Eval batch=(\d+)/(\d+)\] Eval on (.+?)(:?)\s*$")
 CONFIG_KEYS = {
@@ -91,43 +92,8 @@ CONFIG_LINE = re.compile(r"^\s*(" + "|".join(CONFIG_KEYS) + r"): (\S.*?)\s*$")
 # What the training script prints first and last at each start (slurm-scripts/2.train-...sbatch).
 JOB_LINE = re.compile(r"^\[([^\]]+)\] job (\S+) (?:start (\d+) on \S.*|end: exit code (\d+)(?: \(.*\))? after \d+ s)$")
 # A batch's timing event as the callback prints it (`timing_events.line`), read without json.
-BATCH_END_LINE = re.compile(r'^\[timing\] \{"kind":"batch","batch":(\d+),"time":(\d+(?:\.\d*)?)\}$')
-# The same line in `LogParser.feed_text`, with its rank prefix (as RANK_PREFIX takes it) and newline.
-BATCH_END_TEXT = re.compile(r'((?:\d+: ?)?)\[timing\] \{"kind":"batch","batch":(\d+),"time":(\d+(?:\.\d*)?)\}[ \t]*\n')
+BATCH_END_LINE = re.compile("^" + BATCH_END + "$")
 MAX_FAILURES = 20  # failure lines kept per start: the first ones, which name the cause
-
-# The block path of `LogParser.feed_text`: a block header line in Composer's own form (rank prefix or
-# none, no other prefix, no trailing text), and metric lines ``<prefix><TAB> Train key: value``, each
-# a case of METRIC_LINE, as `feed_line` would read them.
-BLOCK_HEADER = re.compile(r"((?:\d+: ?)?)(?:\[epoch=(\d+)\])?\[(batch|token|sample)=(\d+)(?:/(\d+))?\]:[ \t]*\n")
-BLOCK_HEADER_BYTES = re.compile(rb"\n(?:\d+: ?)?(?:\[epoch=\d+\])?\[(?:batch|token|sample)=\d+(?:/\d+)?\]:[ \t]*\r?\n")
-
-
-METRIC_BODY_LINE = re.compile(r"\t Train ([^\s:][^:\n]*+): [^\S\n]*+\S[^\n]*+\n")
-KEPT_VALUE = r"[^\S\n]*+(\S(?:[^\n]*\S)?)[^\S\n]*+\n"  # the value without surrounding whitespace
-SKIPPED_VALUE = r"[^\S\n]*+\S[^\n]*+\n"
-MAX_SHAPES = 256  # distinct block shapes kept compiled per file
-RECENT_SHAPES = 4  # shapes tried per rank prefix before learning one (with and without throughput, ...)
-CHUNK_BYTES = 1 << 22  # read at a time
-PARALLEL_MIN_BYTES = 64 << 20  # smallest part worth a process of its own
-SPLIT_WINDOW_BYTES = 1 << 20  # how far past a cut point to look for a block header
-
-
-# The noise path of `LogParser.feed_text`: a run of consecutive lines of one rank prefix (or of none)
-# that `feed_line` would only count as unknown: Python logging, warnings, tracebacks, the config
-# dump's other keys and its keys already read. After the prefix (taken whole, as RANK_PREFIX takes
-# it), optional spaces, then a character that is no whitespace, ``[``, ``>`` or ``-``, and never a
-# ``Train ``/``Eval `` metric, a failure line nor a config key still to read; or two or more spaces and then ``-``
-# or ``>`` (a YAML list item). Any other line goes to `feed_line`.
-@functools.lru_cache(maxsize=64)
-def noise_pattern(read_keys: frozenset[str]) -> re.Pattern[str]:
-    """The noise path's pattern once the config keys ``read_keys`` have been read."""
-    to_read = [k for k in CONFIG_KEYS if k not in read_keys]
-    not_read = r"(?!(?:Train|Eval) )(?!" + FAILURE_STARTS + ")"
-    not_read += r"(?!(?:" + "|".join(to_read) + r"): )" if to_read else ""
-    body = r"(?:[ \t]*+" + not_read + r"[^\s\[>\-]|[ \t]{2}[ \t]*+[>\-])[^\n]*+\n"
-    return re.compile(rf"(?:(?>(\d+: ?)){body}(?:\1{body})*+|(?!\d+:){body}(?:(?!\d+:){body})*+)")
-
 
 Value = float | int | str
 
@@ -253,26 +219,16 @@ class _Incoming:
 INCOMING = _Incoming()
 
 
-def _rank_order(rank: int | None) -> int:
+def rank_order(rank: int | None) -> int:
+    """Orders ranks as the reporting rank is chosen: unprefixed lines (``None``) first, then by rank."""
     return -1 if rank is None else rank
 
 
-@dataclass(slots=True)
-class _Shape:
-    """A regular expression for the metric lines of one block, learned from a block of one prefix."""
-
-    pattern: re.Pattern[str]
-    lines: int  # metric lines it matches
-    kept: tuple[str, ...]  # keys whose values its groups capture, in order
-    next_metric: str  # a line after the match that starts with this may be one more metric line
-
-
-class LogParser:
-    """The state of parsing one log, fed in file order (`feed_line`, `feed_text`, `feed_file`).
+class LineParser:
+    """The state of parsing one log, fed one line at a time and in file order (`feed_line`).
 
     ``detached=True`` parses a later part of a file without the state of the parts before it; every
-    line whose meaning depends on that state sets `depends_on_earlier` (or `assumed_no_section`),
-    and `absorb` merges such a part into the parser of the parts before it.
+    line whose meaning depends on that state sets `depends_on_earlier` (or `assumed_no_section`).
     """
 
     def __init__(self, path: str = "<memory>", keep: AbstractSet[str] | None = None, detached: bool = False):
@@ -286,33 +242,22 @@ class LogParser:
         self.section_known = not detached
         self.assumed_no_section = False  # detached: an unprefixed line was read as outside a section
         self.depends_on_earlier = False  # detached: a line's meaning needs the parts before
-        self.shapes: dict[str, list[_Shape]] = {}  # per rank prefix: its latest block shapes, the last first
-        self.noise = noise_pattern(frozenset())
-        self.known_shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
-        self.prefix_ranks: dict[str, int] = {}
-        self.totals: dict[str | None, int] = {}
         self.train_stack: dict[int | None, list[MetricBlock]] = {}  # per rank: its stored train blocks
         self.restarted = False  # a start of the job was read (a detached part then ignores the failures before it)
         self.dropped = MetricBlock("train", "batch", 0, 0, None, 0)  # absorbs the lines of blocks not kept
-
-    def __getstate__(self) -> dict[str, object]:
-        """Compiled shapes stay behind when a worker sends its part back."""
-        state = self.__dict__.copy()
-        state["shapes"], state["known_shapes"], state["noise"] = {}, {}, None
-        return state
 
     def _keeps(self, key: str) -> bool:
         return self.keep is None or key in self.keep
 
     def _store(self, rank: int | None, block: MetricBlock) -> bool:
         """Add ``block`` if ``rank`` can be the reporting rank; drop higher ranks' blocks."""
-        order = _rank_order(rank)
+        order = rank_order(rank)
         if self.best is not None and order > self.best:
             return False
         if block.kind == "train":
             if self.best is None or order < self.best:
                 self.best = order
-                for other in [r for r in self.log.blocks if _rank_order(r) > order]:
+                for other in [r for r in self.log.blocks if rank_order(r) > order]:
                     del self.log.blocks[other]
                     self.train_stack.pop(other, None)
             self.train_stack.setdefault(rank, []).append(block)
@@ -384,7 +329,7 @@ class LogParser:
                 return
             if progress := EVAL_PROGRESS.match(stripped):
                 if progress.group(4):
-                    if self.best is not None and _rank_order(rank) > self.best:
+                    if self.best is not None and rank_order(rank) > self.best:
                         self.current[rank] = self.dropped  # a higher rank's eval: read, not kept
                         return
                     last_train = self._last_train(rank)
@@ -434,7 +379,6 @@ class LogParser:
             parsed = parse_value(value)
             if key not in self.log.config and (CONFIG_KEYS[key] is not int or isinstance(parsed, int)):
                 self.log.config[key] = parsed
-                self.noise = noise_pattern(frozenset(self.log.config))  # its next lines are noise
                 return
         if FAILURE_LINE.match(stripped):
             if len(self.log.failures) < MAX_FAILURES:
@@ -465,182 +409,6 @@ class LogParser:
         elif self._keeps(key):
             block.metrics[key] = parse_value(value)
 
-    def feed_text(self, text: str, end: int | None = None) -> None:
-        """Read the complete lines of ``text[:end]`` (it ends with a newline): whole blocks at a time
-        where their lines have the shape of the block before, every other line with `feed_line`."""
-        end = len(text) if end is None else end
-        pos = 0
-        header = BLOCK_HEADER.match
-        batch_end_line = BATCH_END_TEXT.match
-        shapes, current, totals = self.shapes, self.current, self.totals
-        while pos < end:
-            m = header(text, pos, end)
-            if m is None:
-                if run := self.noise.match(text, pos, end):  # unknown lines of one prefix, as feed_line counts them
-                    lines = text.count("\n", pos, run.end())
-                    self.number += lines
-                    self.log.unknown_lines += lines
-                    current[self._prefix_rank(run.group(1) or "")] = None
-                    pos = run.end()
-                    continue
-                if batch_end := batch_end_line(text, pos, end):  # one per batch: read here, as feed_line would
-                    self.number += 1
-                    current[self._prefix_rank(batch_end.group(1))] = None
-                    self.log.batch_ends.append(self.number, int(batch_end.group(2)), float(batch_end.group(3)))
-                    pos = batch_end.end()
-                    continue
-                newline = text.index("\n", pos, end)
-                self.feed_line(text[pos:newline])
-                pos = newline + 1
-                continue
-            prefix, epoch, unit, n, total = m.groups()
-            rank = self._prefix_rank(prefix)
-            body_start = m.end()
-            body = None
-            for shape in shapes.get(prefix, ()):  # the shape of the block before, else of one before it
-                body = shape.pattern.match(text, body_start, end)
-                if body is not None and not text.startswith(shape.next_metric, body.end()):
-                    break
-                body = None
-            if body is None:
-                shape = self._learn_shape(text, body_start, end, prefix)  # a new shape, or a longer one
-                body = shape.pattern.match(text, body_start, end)
-                assert body is not None  # a shape matches the block it was learned from
-            recent = shapes[prefix]
-            if recent[0] is not shape:
-                recent.remove(shape)
-                recent.insert(0, shape)
-            self.number += 1
-            if self.best is not None and _rank_order(rank) > self.best:
-                current[rank] = self.dropped  # a higher rank's block: read, not kept
-            else:
-                values = body.groups()
-                try:  # parse_value's common cases, without a call per value
-                    parsed: list[Value] = [int(v) if v.isdecimal() else float(v) for v in values]
-                except ValueError:
-                    parsed = [parse_value(v) for v in values]
-                total_steps = totals.get(total)
-                if total_steps is None:
-                    total_steps = totals[total] = int(total or 0)  # one int object per distinct T
-                block = MetricBlock(
-                    "train",
-                    unit,
-                    int(n),
-                    total_steps,
-                    int(epoch) if epoch else None,
-                    self.number,
-                    dict(zip(shape.kept, parsed, strict=True)),
-                )
-                self._store(rank, block)
-                current[rank] = block
-            self.number += shape.lines
-            pos = body.end()
-
-    def _prefix_rank(self, prefix: str) -> int | None:
-        """The rank of a line with this rank prefix (``"3: "``), or of an unprefixed line."""
-        if prefix:
-            rank = self.prefix_ranks.get(prefix)
-            if rank is None:
-                rank = self.prefix_ranks[prefix] = int(prefix[: prefix.index(":")])
-            return rank
-        if not self.section_known:
-            self.assumed_no_section = True
-        return self.section_rank
-
-    def _learn_shape(self, text: str, pos: int, end: int, prefix: str) -> _Shape:
-        """The shape of the block whose metric lines start at ``pos``."""
-        keys: list[str] = []
-        while text.startswith(prefix, pos) and (line := METRIC_BODY_LINE.match(text, pos + len(prefix), end)):
-            keys.append(sys.intern(line.group(1)))
-            pos = line.end()
-        shape = self.known_shapes.get((prefix, tuple(keys)))
-        if shape is None:
-            start = re.escape(prefix) + r"\t Train "
-            pattern = "".join(
-                start + re.escape(k) + ": " + (KEPT_VALUE if self._keeps(k) else SKIPPED_VALUE) for k in keys
-            )
-            kept = tuple(k for k in keys if self._keeps(k))
-            shape = _Shape(re.compile(pattern), len(keys), kept, prefix + "\t Train ")
-            if len(self.known_shapes) < MAX_SHAPES:
-                self.known_shapes[(prefix, tuple(keys))] = shape
-        recent = self.shapes.setdefault(prefix, [])
-        if shape not in recent:
-            recent.insert(0, shape)
-            del recent[RECENT_SHAPES:]
-        return shape
-
-    def feed_file(self, path: Path, start: int = 0, end: int | None = None) -> None:
-        """Read bytes ``start:end`` of a file (``start`` at a line start), as text mode would decode them:
-        UTF-8 with undecodable bytes replaced, ``\r\n`` and ``\r`` read as newlines."""
-        decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(errors="replace"), translate=True)
-        carry = ""
-        with path.open("rb") as fh:
-            fh.seek(start)
-            left = (path.stat().st_size if end is None else end) - start
-            while left > 0:
-                data = fh.read(min(CHUNK_BYTES, left))
-                if not data:
-                    break
-                left -= len(data)
-                text = carry + decoder.decode(data)
-                cut = text.rfind("\n") + 1
-                self.feed_text(text, cut)
-                carry = text[cut:]
-        text = carry + decoder.decode(b"", final=True)
-        cut = text.rfind("\n") + 1
-        self.feed_text(text, cut)
-        if text[cut:]:
-            self.feed_line(text[cut:])
-
-    def absorb(self, later: LogParser) -> bool:
-        """Append the part that the detached parser ``later`` read after this one's; False (and no
-        change) when its lines would mean something else after this part: read that part again."""
-        if later.depends_on_earlier or (later.assumed_no_section and self.section_rank is not None):
-            return False
-        log = self.log
-        for rank, blocks in later.log.blocks.items():
-            for block in blocks:
-                block.line += self.number
-            log.blocks.setdefault(rank, []).extend(blocks)
-        # Read in order, the reporting rank would be the lower of the two (a block counts as train by
-        # its kind when stored: an Eval line may turn it into an eval block later, in either order).
-        bests = [b for b in (self.best, later.best) if b is not None]
-        self.best = min(bests) if bests else None
-        for rank, stack in later.train_stack.items():
-            self.train_stack.setdefault(rank, []).extend(stack)
-        for rank in [r for r in log.blocks if self.best is not None and _rank_order(r) > self.best]:
-            del log.blocks[rank]
-            self.train_stack.pop(rank, None)
-        self.current.update(later.current)
-        if later.section_known:
-            self.section_rank = later.section_rank
-        log.header_fields.update(later.log.header_fields)
-        config_keys = len(log.config)
-        for key, value in later.log.config.items():
-            if key in log.config:
-                log.unknown_lines += 1  # read in order, a second dump of a key is not config
-            else:
-                log.config[key] = value
-        if len(log.config) != config_keys:
-            self.noise = noise_pattern(frozenset(log.config))
-        log.starts += later.log.starts
-        log.restart_events.extend(later.log.restart_events)
-        log.job_marks.extend(JobMark(m.line + self.number, m.kind, m.time) for m in later.log.job_marks)
-        log.timing_events.extend((n + self.number, e) for n, e in later.log.timing_events)
-        log.batch_ends.extend(later.log.batch_ends, self.number)
-        later_failures = [LogLine(f.number + self.number, f.text) for f in later.log.failures]
-        if later.restarted:
-            log.failures, log.end_code = later_failures, later.log.end_code
-            self.restarted = True
-        else:
-            log.failures = (log.failures + later_failures)[:MAX_FAILURES]
-            if later.log.end_code is not None:
-                log.end_code = later.log.end_code
-        log.job_id = later.log.job_id or log.job_id
-        log.unknown_lines += later.log.unknown_lines
-        self.number += later.number
-        return True
-
     def finish(self) -> ParsedLog:
         """The parsed log."""
         self.log.lines = self.number
@@ -652,88 +420,7 @@ def parse_composer_log(lines: Iterable[str], path: str = "<memory>", keep: Abstr
 
     ``keep`` names the train metrics to store (default: all); eval metrics are all stored.
     """
-    parser = LogParser(path, keep)
+    parser = LineParser(path, keep)
     for raw in lines:
         parser.feed_line(raw)
     return parser.finish()
-
-
-def _parse_part(path: str, keep: AbstractSet[str] | None, start: int, end: int, sender: Connection) -> None:
-    """Worker process: parse bytes ``start:end`` of ``path`` without the parts before them; send the
-    parser back (the worker then exits and frees its memory)."""
-    parser = LogParser(path, keep, detached=True)
-    parser.feed_file(Path(path), start, end)
-    sender.send(parser)
-    sender.close()
-
-
-def split_points(path: Path, parts: int) -> list[int]:
-    """Offsets that cut ``path`` into about ``parts`` equal parts, each starting at a block header
-    line where one is near (else at a line start); the first is 0 and the last the file size."""
-    size = path.stat().st_size
-    points = [0]
-    with path.open("rb") as fh:
-        for i in range(1, parts):
-            fh.seek(size * i // parts)
-            window = fh.read(SPLIT_WINDOW_BYTES)
-            header = BLOCK_HEADER_BYTES.search(window)
-            newline = window.find(b"\n")
-            if header is None and newline < 0:
-                continue
-            point = fh.tell() - len(window) + (header.start() + 1 if header else newline + 1)
-            if points[-1] < point < size:
-                points.append(point)
-    return [*points, size]
-
-
-def default_jobs() -> int:
-    """Processes `parse_log_file` uses: the CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def parse_log_file(
-    path: Path,
-    keep: AbstractSet[str] | None = None,
-    jobs: int | None = None,
-    min_part_bytes: int = PARALLEL_MIN_BYTES,
-) -> ParsedLog:
-    """Parse one file; undecodable bytes are replaced, not fatal. A file of at least
-    ``min_part_bytes`` per process is split into ``jobs`` parts parsed at the same time (where
-    processes can be forked); the result is the same as reading it line by line."""
-    jobs = default_jobs() if jobs is None else jobs
-    parts = min(jobs, path.stat().st_size // max(1, min_part_bytes))
-    points = split_points(path, parts) if parts > 1 and "fork" in multiprocessing.get_all_start_methods() else []
-    parser = LogParser(str(path), keep)
-    collecting = gc.isenabled()
-    gc.disable()  # parsing makes no reference cycles; collections over the growing heap only cost time
-    try:
-        if len(points) <= 2:
-            parser.feed_file(path)
-            return parser.finish()
-        later_parts = list(itertools.pairwise(points))[1:]
-        context = multiprocessing.get_context("fork")
-        workers = []
-        for start, end in later_parts:
-            receiver, sender = context.Pipe(duplex=False)
-            worker = context.Process(target=_parse_part, args=(str(path), keep, start, end, sender), daemon=True)
-            worker.start()
-            sender.close()
-            workers.append((worker, receiver))
-        try:
-            parser.feed_file(path, 0, points[1])
-            for (start, end), (worker, receiver) in zip(later_parts, workers, strict=True):
-                try:
-                    later = receiver.recv()
-                except EOFError:  # the worker died (killed, out of memory): read its part here
-                    later = None
-                worker.join()
-                if later is None or not parser.absorb(later):
-                    parser.feed_file(path, start, end)
-        finally:
-            for worker, _ in workers:
-                if worker.is_alive():
-                    worker.kill()
-        return parser.finish()
-    finally:
-        if collecting:
-            gc.enable()
