@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def train(workdir: Path, data: Path, tokenizer: Path, batches: int, enabled: bool, n: int) -> float:
     """One run of the training script; its median step time (s)."""
-    from test_case.report.log_parser import parse_log_file
+    from test_case.report.log_reading import parse_log_file
     from test_case.report.metrics import summarise_run
 
     run = Path(tempfile.mkdtemp(prefix=f"run{n}-", dir=workdir))  # a fresh run: nothing to resume

@@ -12,7 +12,8 @@
   ``checkpoints``           resume from the newest complete checkpoint after a kill during a save
   ``foundry_train``         ``llmfoundry train`` with the per-node signal-file fix (Composer's entry)
 ``report/``                 ``python report.py``: logs -> figures -> tables, files and plots
-  ``log_parser``            reads Composer logs (the only module that reads log text)
+  ``log_lines``             what each line of a Composer log means (each line form defined once)
+  ``log_reading``           reads a large log fast (block shapes, worker processes), same result
   ``metrics``               every per-run figure (the only module doing per-run arithmetic)
   ``compare``               across runs: scaling efficiency, the published-baseline gate
   ``figures``               the table of figures: unit, formula, the function computing each

@@ -1,6 +1,6 @@
 """Failure lines: which lines of a training log say that a start failed, and which one names why.
 
-Shared by the report (`test_case.report.log_parser` collects these lines, `test_case.report.metrics`
+Shared by the report (`test_case.report.log_lines` collects these lines, `test_case.report.metrics`
 quotes the cause) and the restart decisions of a running job (`test_case.training.restarts`), so
 that both name the same line.
 """

@@ -254,7 +254,7 @@ def _memory_note(work: Path, gpus: int) -> str:
     try:
         from omegaconf import OmegaConf
 
-        from test_case.report.log_parser import parse_log_file
+        from test_case.report.log_reading import parse_log_file
         from test_case.training.memory_fit import estimate, memory_of_this_node, shape_of
 
         (log,) = sorted((work / "logs").glob("mpt-train_*.out"))

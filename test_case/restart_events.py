@@ -11,7 +11,7 @@ as one ``[restart] {json}`` line (`RestartEvent.line`) after a sentence a person
   (the failure decided above, a node Slurm marked down, the time limit, a requeue by hand).
 
 The log is the record: the decision step reads the earlier ``failure`` events back from it to count
-failures in a row, and the report (`test_case.report.log_parser`) collects both kinds.
+failures in a row, and the report (`test_case.report.log_lines`) collects both kinds.
 """
 
 from __future__ import annotations

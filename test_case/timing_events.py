@@ -16,7 +16,7 @@ Global rank 0 of every training run (`test_case.training.rank_timing`, on by def
 "Compute time" is the time a rank spends in the forward pass of its transformer blocks in a batch
 (all micro-batches): work that is its own, which no collective interrupts under DDP or FSDP, so a
 slow GPU or node shows as a slow rank instead of making every rank wait as long (docs/training.md, "Rank
-timing and goodput"). The report (`test_case.report.log_parser`) collects the events;
+timing and goodput"). The report (`test_case.report.log_lines`) collects the events;
 `test_case.report.goodput` and `test_case.report.stragglers` compute from them.
 """
 

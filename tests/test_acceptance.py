@@ -19,7 +19,7 @@ from test_case.acceptance.plan import PlanError, dependency_option, parse_nodes,
 from test_case.published_runs import DEFAULT_BASELINE, load_baseline
 from test_case.report.cli import main as report_main
 from test_case.report.compare import scaling_groups
-from test_case.report.log_parser import parse_log_file
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import summarise_run
 from test_case.report.records import JobWithoutTraining, RunSummary
 from test_case.report.verdict import judge_sweep

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from test_case.acceptance.manifest import SweepManifest
-from test_case.report.log_parser import parse_log_file
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import summarise_run
 from test_case.report.stragglers import STRAGGLER_RATIO
 from test_case.timing_events import RankTimes

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from test_case.report.log_parser import ParsedLog, parse_composer_log, parse_log_file
+from test_case.report.log_lines import ParsedLog, parse_composer_log
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import LOSS_KEY, summarise_run
 from test_case.report.records import RunSummary
 from test_case.report.stragglers import STRAGGLER_RATIO

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from test_case.report.log_parser import parse_composer_log
+from test_case.report.log_lines import parse_composer_log
 from test_case.training.config_check import batch_problem
 from test_case.training.header import run_header
 from test_case.training.launch import composer_command

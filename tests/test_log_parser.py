@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_case.report.log_parser import parse_composer_log, parse_log_file, parse_value
+from test_case.report.log_lines import parse_composer_log, parse_value
+from test_case.report.log_reading import parse_log_file
 from tests.conftest import SHARED, examples
 
 BLOCK = """\

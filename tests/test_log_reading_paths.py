@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_case.report import log_parser
-from test_case.report.log_parser import LogParser, ParsedLog, parse_composer_log, parse_log_file, split_points
+from test_case.report import log_reading
+from test_case.report.log_lines import ParsedLog, parse_composer_log
+from test_case.report.log_reading import LogReader, parse_log_file, split_points
 from test_case.report.metrics import USED_TRAIN_KEYS
 from tests.conftest import SHARED, examples
 
@@ -139,7 +140,7 @@ def log_lines(draw: st.DrawFn) -> list[str]:
 def test_generated_logs_read_the_same_every_way(
     lines: list[str], crlf: bool, bad_bytes: bool, final_newline: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(log_parser, "CHUNK_BYTES", 37)  # cut blocks, lines and CRLF pairs everywhere
+    monkeypatch.setattr(log_reading, "CHUNK_BYTES", 37)  # cut blocks, lines and CRLF pairs everywhere
     text = ("\r\n" if crlf else "\n").join(lines) + ("\n" if final_newline and lines else "")
     data = text.encode("utf-8")
     if bad_bytes and data:
@@ -150,8 +151,8 @@ def test_generated_logs_read_the_same_every_way(
     assert_same(path, KEEP)
 
 
-def feed_text_counting_lines(parser: LogParser, text: str) -> list[str]:
-    """``parser.feed_text(text)``; the lines it handed to `LogParser.feed_line` one at a time."""
+def feed_text_counting_lines(parser: LogReader, text: str) -> list[str]:
+    """``parser.feed_text(text)``; the lines it handed to `LogReader.feed_line` one at a time."""
     calls: list[str] = []
     feed_line = parser.feed_line
 
@@ -173,7 +174,7 @@ def test_noise_path_skips_logging_and_config_lines_but_reads_every_line_that_cou
         "0:   - 0.9\n1: /venv/composer/callbacks/memory_monitor.py:137: UserWarning: CUDA only\n1:   d_model: 128\n"
         "0: [batch=1/9]:\n0: \t Train loss/train/total: 6.5\n0: noise\n0: \t Train loss/train/total: 1.0\n"
     )
-    parser = LogParser()
+    parser = LogReader()
     calls = feed_text_counting_lines(parser, text)
     log = parser.finish()
     # rank 1's d_model is noise once rank 0's was read
@@ -190,7 +191,7 @@ def test_block_path_reads_most_lines_and_relearns_when_the_shape_changes() -> No
     block = "0: [batch={n}/9]:\n0: \t Train loss/train/total: {v}\n0: \t Train time/batch: {n}\n"
     extra = "0: \t Train throughput/tokens_per_sec: 100.0\n"
     text = "".join(block.format(n=n, v=9 - n) + (extra if n > 4 else "") for n in range(1, 10))
-    parser = LogParser(keep={"loss/train/total", "throughput/tokens_per_sec"})
+    parser = LogReader(keep={"loss/train/total", "throughput/tokens_per_sec"})
     calls = feed_text_counting_lines(parser, text)
     log = parser.finish()
     assert calls == []  # every line was read as part of a block
@@ -212,10 +213,10 @@ def test_parts_start_at_block_headers_and_a_part_that_needs_the_one_before_is_re
     data = path.read_bytes()
     assert len(points) == 5 and all(data[p : p + 7] == b"[batch=" for p in points[1:-1])
     # Later parts hold unprefixed lines of rank 1's section: read alone they would be rank None.
-    later = LogParser(str(path), detached=True)
+    later = LogReader(str(path), detached=True)
     later.feed_file(path, points[2], points[3])
     assert later.assumed_no_section
-    first = LogParser(str(path))
+    first = LogReader(str(path))
     first.feed_file(path, 0, points[2])
     assert not first.absorb(later)
     log = parse_log_file(path, jobs=4, min_part_bytes=1)
@@ -229,7 +230,7 @@ def test_a_block_turned_eval_after_it_was_stored_still_decides_the_reporting_ran
     path = tmp_path / "eval-after-train.log"
     path.write_text("[batch=0/30]:\n\t Eval metrics/eval/X: 6.6\n0: [batch=0/30]:\n0: \t Train loss/train/total: 1.0\n")
     cut = path.read_text().index("0: [batch")
-    first, later = LogParser(str(path)), LogParser(str(path), detached=True)
+    first, later = LogReader(str(path)), LogReader(str(path), detached=True)
     first.feed_file(path, 0, cut)
     later.feed_file(path, cut)
     assert list(later.log.blocks) == [0]  # read alone, the second part reports rank 0

@@ -13,7 +13,7 @@ import pytest
 from test_case.published_runs import DEFAULT_BASELINE, load_baseline
 from test_case.report.cells import scaling_title
 from test_case.report.compare import compare_to_baseline
-from test_case.report.log_parser import parse_composer_log
+from test_case.report.log_lines import parse_composer_log
 from test_case.report.metrics import steady_state_window, summarise_run
 from test_case.report.plots import scaling_file_names
 from test_case.report.records import RunSummary

@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from preprocessing.cli import main as preprocess
-from test_case.report.log_parser import parse_log_file
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import summarise_run
 from test_case.training.mixture import MixtureError, load_mixture, mixture_overrides
 from test_case.training.node_plan import plan_node

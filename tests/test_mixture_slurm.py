@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_case.report.log_parser import parse_log_file
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import summarise_run
 from test_case.timing_events import StreamDraws
 from tests.conftest import DOMAINS, REPO_ROOT, write_domain_sample

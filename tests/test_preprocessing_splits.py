@@ -16,7 +16,7 @@ import pytest
 
 from preprocessing.cli import main
 from preprocessing.splits import Holdout, is_validation_split
-from test_case.report.log_parser import parse_composer_log
+from test_case.report.log_lines import parse_composer_log
 from test_case.report.metrics import summarise_run
 from tests.conftest import REPO_ROOT, preprocess_args, write_domain_sample
 from tests.test_launch import run_launch

@@ -18,7 +18,8 @@ import pytest
 from test_case import timing_events
 from test_case.report.cli import main as report_main
 from test_case.report.goodput import goodput
-from test_case.report.log_parser import parse_composer_log, parse_log_file
+from test_case.report.log_lines import parse_composer_log
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import summarise_run
 from test_case.report.stragglers import stragglers
 from test_case.timing_events import RankHosts, RankTimes, WallEvent

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from test_case.failure_lines import configuration_error, repeated_configuration_error
-from test_case.report.log_parser import parse_composer_log
+from test_case.report.log_lines import parse_composer_log
 from test_case.report.metrics import summarise_run
 from test_case.report.records import Report
 from test_case.report.render import format_table

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from preprocessing.writer_lock import LOCK
-from test_case.report.log_parser import ParsedLog, parse_log_file
+from test_case.report.log_lines import ParsedLog
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import LOSS_KEY, summarise_run
 from test_case.training.node_plan import expand_hostlist
 from tests.conftest import REPO_ROOT
@@ -195,7 +196,7 @@ def test_report_reads_the_two_node_log(uninterrupted: TrainRun, tmp_path: Path) 
 
 
 def parse_log_file_text(text: str) -> ParsedLog:
-    from test_case.report.log_parser import parse_composer_log
+    from test_case.report.log_lines import parse_composer_log
 
     return parse_composer_log(text.splitlines())
 

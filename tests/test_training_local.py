@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from test_case.report.log_parser import parse_composer_log, parse_log_file
+from test_case.report.log_lines import parse_composer_log
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import DEVICE_TOKENS_PER_SEC, LOSS_KEY, steady_state_window, summarise_run
 from test_case.timing_events import RankTimes, WallEvent
 from tests.conftest import REPO_ROOT

@@ -1,3 +1,3 @@
-"""The report: Composer logs parsed (`log_parser`), figures computed (`metrics`, `compare`), rendered
-(`sections`, `layout`, `cells`, `render`, `plots`) from one typed `records.Report`; `cli` is the
-command behind ``python report.py``."""
+"""The report: Composer logs parsed (`log_lines`, a large file read fast by `log_reading`), figures
+computed (`metrics`, `compare`), rendered (`sections`, `layout`, `cells`, `render`, `plots`) from one
+typed `records.Report`; `cli` is the command behind ``python report.py``."""

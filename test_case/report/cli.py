@@ -2,7 +2,7 @@
 
 PATH is a log file or a folder searched recursively for ``*.out``/``*.log``/``*.txt``/``*.err``.
 Files are grouped into runs by their run name (one Slurm job writes one file, appended to across
-requeues; `group_runs`). Parsing lives in `log_parser`, per-run arithmetic in `metrics`,
+requeues; `group_runs`). Parsing lives in `log_lines` (read fast by `log_reading`), per-run arithmetic in `metrics`,
 comparisons in `compare`; the whole report is one `records.Report`, formatted per output by `render`
 (console, report.md, report.csv, report.json) and drawn by `plots` (all in `test_case.report`).
 
@@ -29,7 +29,8 @@ from test_case.preflight.records import PreflightReport
 from test_case.published_runs import DEFAULT_BASELINE, BaselineError, load_baseline
 from test_case.report.compare import compare_to_baseline, scaling_groups
 from test_case.report.liveness import refine
-from test_case.report.log_parser import ParsedLog, parse_log_file
+from test_case.report.log_lines import ParsedLog
+from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import USED_TRAIN_KEYS, job_without_training, summarise_run
 from test_case.report.records import JobWithoutTraining, Report, RunSummary
 from test_case.report.render import format_table, report_document, write_reports

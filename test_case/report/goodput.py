@@ -1,7 +1,7 @@
 """Goodput: where a training job's wall time went, across every start of the job.
 
 From the job's own start and end lines and the timing events of rank 0 (`test_case.timing_events`),
-as `test_case.report.log_parser` collected them. The job's wall time runs from its first start line
+as `test_case.report.log_lines` collected them. The job's wall time runs from its first start line
 to its last end line (or the last event, for a log that ends without one) and is split into parts
 that add up to it exactly (docs/training.md, "Rank timing and goodput"):
 
@@ -28,7 +28,7 @@ from datetime import datetime
 
 import numpy as np
 
-from test_case.report.log_parser import ParsedLog
+from test_case.report.log_lines import ParsedLog
 from test_case.report.records import Goodput
 from test_case.timing_events import WallEvent
 

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from test_case.report.log_parser import ParsedLog
+from test_case.report.log_lines import ParsedLog
 from test_case.report.records import JobWithoutTraining, RunSummary
 from test_case.timing_events import TimingEvent, WallEvent
 

@@ -54,7 +54,7 @@ from test_case.failure_lines import cancelled_by_user, failure_cause
 from test_case.gpu_peaks import peak_tflops
 from test_case.report.goodput import goodput
 from test_case.report.liveness import last_time
-from test_case.report.log_parser import MetricBlock, ParsedLog, Value
+from test_case.report.log_lines import MetricBlock, ParsedLog, Value
 from test_case.report.records import JobWithoutTraining, RunSummary, StreamShare
 from test_case.report.stragglers import STRAGGLER_RATIO, stragglers
 from test_case.run_header import NONE

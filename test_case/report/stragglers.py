@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import statistics
 
-from test_case.report.log_parser import ParsedLog
+from test_case.report.log_lines import ParsedLog
 from test_case.report.records import NodeCompute, Straggler
 from test_case.timing_events import RankHosts, RankTimes
 
