@@ -8,6 +8,7 @@ real build only.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -151,8 +152,11 @@ def test_the_imported_image_lands_where_the_scripts_look() -> None:
 
 
 def resolved_image(root: Path, image: str | None) -> str:
+    """IMAGE as env.sh resolves it in a suite at ``root`` (env.sh's suite is the folder above it)."""
+    (root / "slurm-scripts").mkdir(exist_ok=True)
+    shutil.copy(REPO_ROOT / "slurm-scripts" / "env.sh", root / "slurm-scripts")
     setting = "unset IMAGE" if image is None else f"export IMAGE={image!r}"
-    script = f'{setting}; ROOT={str(root)!r}; VENV=/nonexistent; source {REPO_ROOT}/slurm-scripts/env.sh; echo "$IMAGE"'
+    script = f'{setting}; VENV=/nonexistent; source {root}/slurm-scripts/env.sh; echo "$IMAGE"'
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.strip()
 
 
