@@ -23,7 +23,7 @@ callback prints them (`test_case.timing_events`): a ``batch`` line after its blo
 Each log is timed, alternately and in fresh processes, ``--repeats`` times:
 
 * bare: ``for line in open(path, encoding="utf-8", errors="replace"): n += 1``
-* report: ``python report.py LOG --no-plots --out DIR`` (all CPUs), and the same with ``--jobs 1``
+* report: ``python report.py LOG --no-plots --out DIR`` (all CPUs), and the same with ``--workers 1``
 
 It prints the median wall time and peak memory (all processes of the command together, see
 `benchmarks.timing`) of each and their ratios. Targets (1 GB, 2 cores): long run at most 2.5x
@@ -243,10 +243,10 @@ def measure(kind: str, log: Path, out: Path, repeats: int) -> None:
     for i in range(repeats):
         bare.append(timed([sys.executable, "-c", BARE, str(log)]))
         report.append(timed(command))
-        single.append(timed([*command, "--jobs", "1"]))
+        single.append(timed([*command, "--workers", "1"]))
         print(
             f"{kind} run {i + 1}: bare {bare[-1][0]:.2f} s {bare[-1][1]:.0f} MB | report {report[-1][0]:.2f} s "
-            f"{report[-1][1]:.0f} MB | report --jobs 1 {single[-1][0]:.2f} s {single[-1][1]:.0f} MB",
+            f"{report[-1][1]:.0f} MB | report --workers 1 {single[-1][0]:.2f} s {single[-1][1]:.0f} MB",
             flush=True,
         )
     b, r = statistics.median(s for s, _ in bare), statistics.median(s for s, _ in report)
@@ -257,7 +257,7 @@ def measure(kind: str, log: Path, out: Path, repeats: int) -> None:
     print(
         f"{kind}: median bare loop {b:.2f} s, report {r:.2f} s, ratio {r / b:.2f}x (target <= {ratio_target}x); "
         f"peak memory {mem:.0f} MB (target < {mem_target:.0f} MB)\n"
-        f"{kind}: one process (--jobs 1) {one:.2f} s, ratio {one / b:.2f}x, peak memory {mem_one:.0f} MB\n"
+        f"{kind}: one process (--workers 1) {one:.2f} s, ratio {one / b:.2f}x, peak memory {mem_one:.0f} MB\n"
         f"{kind}: report read {run['last_batch']:,}/{run['max_duration']:,} as the last batch, "
         f"{run['restarts']:,} restarts, eval {sorted(run['eval'])[:1]}, window {run['window_batches']}",
         flush=True,

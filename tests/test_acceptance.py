@@ -231,7 +231,7 @@ def test_a_job_that_did_not_train_shows_the_restarts_and_state_slurm_shows() -> 
 def test_the_verdicts_scaling_efficiency_is_the_reports_one_figure() -> None:
     """Before: the verdict kept its own baseline, the first job of the model in (model, nodes) order:
     a slow job at 2 nodes made a faster one at 2 nodes "scale" 4.24x and hid a 4-node job's 50 %."""
-    like = {"model": "m", "gpu": "cpu", "precision": "fp32", "max_seq_len": 128, "procs_per_node": 1}
+    like = {"model": "m", "device_type": "cpu", "precision": "fp32", "max_seq_len": 128, "procs_per_node": 1}
     runs = [
         RunSummary(f"run-{job}", f"{job}.out", job_id=job, status="completed", world_size=nodes, nodes=nodes,
                    global_batch_size=16, scheduler="slurm", tokens_per_sec_per_device=rate, **like)  # type: ignore[arg-type]

@@ -359,6 +359,19 @@ def test_planted_fakes_are_reported() -> None:
     assert make_target_problems("`make check`") == []
 
 
+def test_the_renamed_fields_table_is_the_records_renames() -> None:
+    """docs/report.md's "Renamed fields" lists every rename report.json writes both names of, and only those."""
+    text = (REPO_ROOT / "docs" / "report.md").read_text()
+    start = text.index("## Renamed fields")
+    end = text.find("\n## ", start + 1)
+    rows = re.findall(r"^\| `([^`]+)`[^|]* \| `([^`]+)` \|", text[start : end if end > 0 else len(text)], re.MULTILINE)
+    fields = {(new.rpartition(".")[2], old.rpartition(".")[2]) for new, old in rows if not new.startswith("--")}
+    assert fields == set(report_records.RENAMED_FIELDS.items())
+    assert ("--workers (report.py)" in dict(rows) or any(n.startswith("--workers") for n, _ in rows)) and flag_problems(
+        "`python report.py logs/ --workers 1 --jobs 1`"
+    ) == []
+
+
 def test_the_figure_list_of_docs_report_md_is_the_table_of_figures() -> None:
     """docs/report.md's "Figures" is `test_case.report.figures.markdown_table()`, pasted as it prints."""
     assert markdown_table() in (REPO_ROOT / "docs" / "report.md").read_text()

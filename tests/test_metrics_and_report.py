@@ -74,7 +74,7 @@ def test_mfu_hfu_and_time_to_1t_tokens_from_the_config_dump() -> None:
     flops_per_sample = (2 * 125e6 * 2048 + 12 * 2 * 2 * 768 * 2048**2) * 3
     assert run.tflops_per_device is not None and run.mfu is not None and run.hours_to_1t_tokens is not None
     assert run.tflops_per_device == pytest.approx(flops_per_sample * 80 / 16 / 1e12)
-    assert run.gpu == "h100-sxm" and run.peak_tflops == 989.5
+    assert run.device_type == "h100-sxm" and run.peak_tflops == 989.5
     assert run.mfu == pytest.approx(run.tflops_per_device / 989.5)
     assert run.hfu == pytest.approx(run.mfu * 4 / 3)  # activation checkpointing recomputes the forward
     assert run.mfu_logged == 0.4 and run.peak_mem_reserved_gb == 62.0
@@ -93,7 +93,7 @@ def test_mfu_is_unknown_with_a_reason_never_against_a_wrong_peak() -> None:
     assert forced.tflops_per_device is not None
     assert forced.mfu == pytest.approx(forced.tflops_per_device / 100.0)
     nvl = summarise_run(parse_composer_log(gpu_log(mfu_logged=None)), gpu="NVIDIA H100 NVL")
-    assert nvl.gpu == "h100-nvl" and nvl.peak_tflops == 835.5 and nvl.mfu_logged is None
+    assert nvl.device_type == "h100-nvl" and nvl.peak_tflops == 835.5 and nvl.mfu_logged is None
     no_config = [line for line in gpu_log() if not line.startswith(("n_params", "  n_layers"))]
     assert "no llm-foundry config dump with n_params, n_layers" in summarise_run(parse_composer_log(no_config)).mfu_note
 
@@ -423,8 +423,8 @@ def test_run_status_completed_failed_unfinished_and_requeued_from_real_logs() ->
     assert (done.status, done.failure, done.completed) == ("completed", None, True)
     failed = summarise_run(parse_composer_log(golden_variant(3, "0: [batch=31/60]:", CRASH).splitlines()))
     assert (failed.status, failed.last_batch, failed.completed) == ("failed", 30, False)
-    assert failed.failure == CRASH[3] and failed.failure_line is not None
-    assert golden_variant(3, "0: [batch=31/60]:", CRASH).splitlines()[failed.failure_line - 1] == CRASH[3]
+    assert failed.failure == CRASH[3] and failed.failure_line_number is not None
+    assert golden_variant(3, "0: [batch=31/60]:", CRASH).splitlines()[failed.failure_line_number - 1] == CRASH[3]
     assert any(w.startswith("FAILED at batch 30/60: 1: RuntimeError:") for w in failed.warnings)
     # a rank killed by a signal is the cause; its peer's connection error only a consequence
     killed = summarise_run(parse_composer_log(golden_variant(3, "0: [batch=31/60]:", KILLED).splitlines()))
@@ -473,7 +473,8 @@ def test_report_of_completed_failed_never_started_and_requeued_runs(tmp_path: Pa
             "log_file": str(logs / "mpt-train_12.out"),
             "job_id": "12",
             "failure": NEVER_STARTED[1],
-            "failure_line": 2,
+            "failure_line_number": 2,
+            "failure_line": 2,  # its old name, kept (records.RENAMED_FIELDS)
             "run_name": None,
             "nodelist": None,
             "log_ends_at": "2026-11-22T06:00:04+00:00",  # its job start line: where a start-up kill stopped
@@ -482,7 +483,7 @@ def test_report_of_completed_failed_never_started_and_requeued_runs(tmp_path: Pa
     ]
     assert doc["scaling"] == []  # all three ran at world size 2: nothing to scale
     table = out.stdout.splitlines()
-    assert table[0].split()[:6] == ["run", "status", "model", "gpu", "nodes", "world"]
+    assert table[0].split()[:6] == ["run", "status", "model", "device", "nodes", "world"]
     assert table[2].split()[:6] == ["mpt-train-3", "failed", "mpt-tiny-cpu", "cpu", "2", "2"]
     assert f"did not train: job 12 ({logs / 'mpt-train_12.out'}): {NEVER_STARTED[1]} (line 2 of the log)" in out.stdout
     assert "no runs in" in out.stdout and "c4-preprocess_1.out" in out.stdout  # not a training job
@@ -491,7 +492,9 @@ def test_report_of_completed_failed_never_started_and_requeued_runs(tmp_path: Pa
     assert "warning: mpt-train-3: FAILED at batch 30/60: 1: RuntimeError:" in out.stdout
     csv_rows = (logs / "report.csv").read_text().splitlines()
     header = csv_rows[0].split(",")
-    assert csv_rows[1].split(",")[header.index("gpu")] == "cpu"  # as in the table
+    assert csv_rows[1].split(",")[header.index("gpu")] == "cpu"  # as in the table, under its old name too
+    assert csv_rows[1].split(",")[header.index("device_type")] == "cpu" and header[-2:] != ["gpu", "device_type"]
+    assert all(r["device_type"] == r["gpu"] == "cpu" for r in doc["runs"])
     assert all(r["gpu_hours_to_1t_tokens"] is None for r in doc["runs"])  # CPU runs: no GPU-hours
 
 
@@ -629,6 +632,8 @@ def test_the_csv_keeps_its_columns_and_adds_goodput_eval_and_stream_columns(tmp_
         "nodelist",
         "log_ends_at",
         "eval_data_overlap",
+        "failure_line_number",
+        "device_type",
         *[f"goodput.{k}" for k in run["goodput"] if k != "goodput"],
         "eval_loss_by_domain.c4",
         "eval_loss_by_domain.wikipedia",
@@ -704,7 +709,8 @@ def test_time_to_1t_tokens_is_in_hours_everywhere(tmp_path: Path) -> None:
 
 
 def test_a_failure_line_is_called_a_line_of_the_log(tmp_path: Path) -> None:
-    """#31 point 5.8: ``failure_line`` stays a number in report.json; where it is shown it says what it is."""
+    """#31 point 5.8, #32 step 6: ``failure_line_number`` (and its old name ``failure_line``) is a number
+    in report.json; where it is shown it says what it is."""
     text = golden_variant(2, tail=CRASH[:4])  # a traceback after the last batch
     stdout, markdown, _, run = report_of(tmp_path, text)
     number = text.splitlines().index(CRASH[3]) + 1
@@ -716,7 +722,8 @@ def test_a_failure_line_is_called_a_line_of_the_log(tmp_path: Path) -> None:
     jobs = (tmp_path / "job" / "report.md").read_text()
     assert f"| 12 | {tmp_path / 'job' / 'mpt-train_12.out'} | `{NEVER_STARTED[1]}` (line 2 of the log) |" in jobs
     doc = json.loads((tmp_path / "job" / "report.json").read_text())
-    assert doc["jobs_without_training"][0]["failure_line"] == 2  # the field keeps its name and number
+    job = doc["jobs_without_training"][0]
+    assert job["failure_line_number"] == job["failure_line"] == 2  # the old name stays beside the new
 
 
 def test_the_documented_csv_columns_are_the_csvs(tmp_path: Path) -> None:

@@ -385,7 +385,7 @@ def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
     # the killed rank is the cause, not its peer's "Connection reset by peer" printed before it
     assert re.search(r"ERROR:composer\.cli\.launcher:Rank \d crashed with exit code -9", failed["failure"]), failed
     lines = killed_rank.text.splitlines()
-    assert lines[failed["failure_line"] - 1] == failed["failure"]  # quoted from the log, line and all
+    assert lines[failed["failure_line_number"] - 1] == failed["failure"]  # quoted from the log, line and all
     # a training failure ends the job with 1, whatever the step's code (here 137: the killed rank)
     assert re.fullmatch(
         rf"\[\S+\] job {killed_rank.job_id} end: exit code 1 \(training failed; its step exited with \d+\) "

@@ -36,7 +36,7 @@ def pct(value: float | None) -> str:
 
 
 def in_log(line: int) -> str:
-    """Where a failure line is: ``failure_line`` is a line number of the log."""
+    """Where a failure line is: ``failure_line_number`` is a line number of the log."""
     return f"line {line} of the log"
 
 
@@ -52,7 +52,7 @@ COLUMNS: list[Column] = [
     ("run", lambda r: r.name),
     ("status", lambda r: r.status),
     ("model", lambda r: r.model or "-"),
-    ("gpu", lambda r: r.gpu or "-"),
+    ("device", lambda r: r.device_type or "-"),
     ("nodes", lambda r: num(r.nodes, "d")),
     ("world", lambda r: num(r.world_size, "d")),
     ("batches", lambda r: "-" if r.last_batch is None else f"{r.last_batch}/{r.max_duration}"),
@@ -88,7 +88,7 @@ DETAIL_COLUMNS: list[Column] = [
 
 def scaling_title(group: ScalingGroup) -> str:
     """What a scaling group compares, in words: never ``?`` or ``None``."""
-    where = group.gpu or "an unknown GPU"
+    where = group.device_type or "an unknown GPU"
     facts = [
         f"{group.procs_per_node} per node" if group.procs_per_node else None,
         group.precision,

@@ -148,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
-        "--jobs", type=int, default=None, help="processes that parse a large log together (default: all CPUs)"
+        "--workers",
+        "--jobs",  # its old name, kept as an alias: it never meant Slurm jobs
+        dest="workers",
+        type=int,
+        default=None,
+        help="processes that parse a large log together (default: all CPUs; --jobs is its old name)",
     )
     return p
 
@@ -179,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     if (
         args.warmup < 0
         or not 0 <= args.tolerance < 1
-        or (args.jobs is not None and args.jobs < 1)
+        or (args.workers is not None and args.workers < 1)
         or args.straggler_threshold <= 1
     ):
         print(
-            "report.py: error: --warmup must be >= 0, --tolerance in [0, 1), --jobs >= 1, --straggler-threshold > 1",
+            "report.py: error: --warmup must be >= 0, --tolerance in [0, 1), --workers >= 1, --straggler-threshold > 1",
             file=sys.stderr,
         )
         return 2
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     empty: list[str] = []
     jobs: list[JobWithoutTraining] = []
     for path in logs:
-        log = parse_log_file(path, keep=USED_TRAIN_KEYS, jobs=args.jobs)
+        log = parse_log_file(path, keep=USED_TRAIN_KEYS, jobs=args.workers)
         if log.train_blocks:
             parsed.append(log)
         else:

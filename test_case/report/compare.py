@@ -11,8 +11,9 @@
   the same configuration: precision, microbatch, activation checkpointing, FSDP sharding and
   mixed precision ("MP Mode"). A run of another configuration is not compared ("no comparable
   row", naming what differs): recomputing the forward alone costs about a third of the throughput.
-  ``ratio = tokens_per_sec_per_device / tokens_per_sec_per_gpu`` of that row; a run passes when
-  ``ratio >= 1 - tolerance``. A run that did not complete is not compared (``not-compared``).
+  ``ratio = tokens_per_sec_per_device / published_tokens_per_sec_per_gpu`` (that row's
+  ``tokens_per_sec_per_gpu``); a run passes when ``ratio >= 1 - tolerance``. A run that did not
+  complete is not compared (``not-compared``).
   A CSV without the configuration columns (an older one of yours) is compared on the first five.
 """
 
@@ -50,7 +51,7 @@ def differences(row: BaselineRow, run: RunSummary) -> list[str]:
 
 def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: float) -> BaselineVerdict:
     """The comparable row and the verdict for one run (``status``: ok, below, no-match, not-compared)."""
-    gpu = BASELINE_NAME.get(run.gpu or "", run.gpu or "")
+    gpu = BASELINE_NAME.get(run.device_type or "", run.device_type or "")
     candidates = [
         r
         for r in rows
@@ -82,8 +83,8 @@ def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: flo
         gpu=row.gpu,
         n_gpus=row.n_gpus,
         global_batch_size=row.global_batch_size,
-        tokens_per_sec_per_gpu=row.tokens_per_sec_per_gpu,
-        mfu_pct=row.mfu_pct,
+        published_tokens_per_sec_per_gpu=row.tokens_per_sec_per_gpu,
+        published_mfu_pct=row.mfu_pct,
         ratio=ratio,
         tolerance=tolerance,
     )
@@ -107,7 +108,15 @@ def scaling_groups(runs: list[RunSummary]) -> list[ScalingGroup]:
     for run in runs:
         if run.status != "completed" or not (run.tokens_per_sec_per_device and run.world_size):
             continue
-        like = (run.model, run.gpu, run.precision, run.max_seq_len, run.procs_per_node, run.scheduler, run.sweep_id)
+        like = (
+            run.model,
+            run.device_type,
+            run.precision,
+            run.max_seq_len,
+            run.procs_per_node,
+            run.scheduler,
+            run.sweep_id,
+        )
         per_device = run.global_batch_size / run.world_size if run.global_batch_size else None
         held: list[tuple[str, float | None]] = (
             [("global", float(run.global_batch_size or 0)), ("per device", per_device)] if per_device else [("", None)]

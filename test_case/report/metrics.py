@@ -334,12 +334,12 @@ def _status_figures(run: RunSummary, parsed: ParsedLog) -> None:
         return
     where = f"at batch {run.last_batch}/{run.max_duration}" if run.last_batch is not None else "before training"
     if (cancel := cancelled_by_user(parsed.failures)) is not None:
-        run.status, run.failure, run.failure_line = "cancelled", cancel.text, cancel.number
+        run.status, run.failure, run.failure_line_number = "cancelled", cancel.text, cancel.number
         run.warnings.append(f"CANCELLED {where} (scancel): {cancel.text.strip()}; not used for scaling or baselines")
     elif cause is not None or parsed.end_code not in (None, 0):
         run.status = "failed"
         if cause is not None:
-            run.failure, run.failure_line = cause.text, cause.number
+            run.failure, run.failure_line_number = cause.text, cause.number
         else:
             run.failure = f"the job ended with exit code {parsed.end_code}"
         run.warnings.append(f"FAILED {where}: {run.failure}; not used for scaling or baselines")
@@ -434,7 +434,7 @@ def _flops_figures(run: RunSummary, parsed: ParsedLog, gpu: str | None, peak_ove
     """TFLOP/s per device, MFU and HFU (or, in ``mfu_note``, why they are unknown)."""
     cfg = parsed.config
     n_layers, d_model = _as_int(cfg.get("n_layers")), _as_int(cfg.get("d_model"))
-    run.gpu = gpu or parsed.header.gpu_name or ("cpu" if run.device == "cpu" else None)
+    run.device_type = gpu or parsed.header.gpu_name or ("cpu" if run.device == "cpu" else None)
     missing = [
         k
         for k, v in {
@@ -456,15 +456,15 @@ def _flops_figures(run: RunSummary, parsed: ParsedLog, gpu: str | None, peak_ove
     run.tflops_per_device = flops * run.samples_per_sec / run.world_size / 1e12
     if peak_override is not None:
         run.peak_tflops = peak_override
-    elif run.gpu == "cpu":
+    elif run.device_type == "cpu":
         run.mfu_note = "MFU not computed: a CPU run has no GPU peak (pass --peak-tflops to compare anyway)"
         return
     else:
-        peak = peak_tflops(run.gpu, run.precision)
+        peak = peak_tflops(run.device_type, run.precision)
         if peak.tflops is None:
             run.mfu_note = f"MFU unknown: {peak.reason}"
             return
-        run.peak_tflops, run.gpu = peak.tflops, peak.gpu
+        run.peak_tflops, run.device_type = peak.tflops, peak.gpu
     run.mfu = run.tflops_per_device / run.peak_tflops
     if run.activation_checkpointing:
         run.hfu = run.mfu * 4 / 3

@@ -84,7 +84,7 @@ def scaling_file_name(group: ScalingGroup, detail: int = 0) -> str:
     """``scaling-<model>-<gpu>[-<processes per node>pn][-local].png``; with ``detail`` 1 the series'
     batch is added (``-gbs<N>`` or ``-<N>perdev``), with 2 also its sweep, precision and sequence
     length: the report names each series with the least detail that tells it from the others."""
-    parts = [group.model or "model", group.gpu or "unknown-gpu"]
+    parts = [group.model or "model", group.device_type or "unknown-gpu"]
     if group.procs_per_node:
         parts.append(f"{group.procs_per_node}pn")
     if group.scheduler == "local":

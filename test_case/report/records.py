@@ -19,6 +19,28 @@ from test_case.run_header import Device
 
 SCHEMA_VERSION = 2  # report.json's
 
+# report.json fields renamed to say what they hold, new name -> old name. Both are written, the old one
+# right after the new, with the same value (docs/report.md, "Renamed fields"): scripts that read the
+# old name keep working; there is no release process to retire them. report.csv keeps the old column
+# where it was and appends the new one (`test_case.report.render.CSV_APPENDED`).
+RENAMED_FIELDS: dict[str, str] = {
+    "failure_line_number": "failure_line",  # a line number of the log, not a line
+    "device_type": "gpu",  # a GPU type (h100-sxm) or "cpu"
+    "published_tokens_per_sec_per_gpu": "tokens_per_sec_per_gpu",  # the published row's, not the run's
+    "published_mfu_pct": "mfu_pct",  # the published row's MFU in percent
+}
+
+
+def with_old_names(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every renamed field's old name after its new one (`RENAMED_FIELDS`)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        out[key] = value
+        if key in RENAMED_FIELDS:
+            out[RENAMED_FIELDS[key]] = value
+    return out
+
+
 BaselineStatus = Literal["ok", "below", "no-match", "not-compared"]
 # unfinished: no end line, and nothing says whether it still runs; running or killed: Slurm or this
 # host's processes say so (`test_case.report.liveness`)
@@ -35,14 +57,14 @@ class BaselineVerdict:
     gpu: str | None = None  # the matched row's GPU, GPU count, global batch, throughput and MFU
     n_gpus: int | None = None
     global_batch_size: int | None = None
-    tokens_per_sec_per_gpu: float | None = None
-    mfu_pct: float | None = None
-    ratio: float | None = None  # tokens/s per device / the row's tokens/s per GPU
+    published_tokens_per_sec_per_gpu: float | None = None
+    published_mfu_pct: float | None = None
+    ratio: float | None = None  # the run's tokens/s per device / the row's tokens/s per GPU
     tolerance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: the fields that apply to this status."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """JSON form: the fields that apply to this status (and the old names of renamed ones)."""
+        return with_old_names({k: v for k, v in asdict(self).items() if v is not None})
 
 
 # The parts of a job's wall time (`Goodput`), in the order the report shows them: (label, field). The one
@@ -164,15 +186,15 @@ class JobWithoutTraining:
     log_file: str
     job_id: str | None
     failure: str | None  # the line that says why, if the log has one
-    failure_line: int | None
+    failure_line_number: int | None  # its line number in the log
     run_name: str | None = None  # the run header's
     nodelist: str | None = None  # the run header's: Slurm hostlist, or the host outside Slurm
     log_ends_at: str | None = None  # the last time the log printed (ISO 8601)
     restarts: int = 0  # starts after the first that the log shows (a requeued job)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return asdict(self)
+        """JSON form (and the old names of renamed fields)."""
+        return with_old_names(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -192,7 +214,7 @@ class ScalingGroup:
     node, scheduler, batch per device and sweep at two or more world sizes."""
 
     model: str | None
-    gpu: str | None  # the GPU table key, or "cpu"
+    device_type: str | None  # the GPU table key (h100-sxm), or "cpu"
     precision: str | None
     max_seq_len: int | None
     procs_per_node: int | None
@@ -204,7 +226,7 @@ class ScalingGroup:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return asdict(self) | {"points": [asdict(p) for p in self.points]}
+        return with_old_names(asdict(self) | {"points": [asdict(p) for p in self.points]})
 
 
 @dataclass
@@ -217,9 +239,9 @@ class RunSummary:
     model: str | None = None
     status: RunStatus = "unfinished"  # see metrics._status_figures and liveness.refine
     failure: str | None = None  # the line that says why it failed
-    failure_line: int | None = None  # its line in the log
+    failure_line_number: int | None = None  # its line number in the log
     device: Device | None = None  # "gpu" or "cpu", from the run header
-    gpu: str | None = None
+    device_type: str | None = None  # the GPU type (a key of test_case.gpu_peaks), or "cpu"
     n_params: int | None = None
     world_size: int | None = None
     nodes: int | None = None
@@ -305,7 +327,7 @@ class RunSummary:
             elif isinstance(value, list | dict):
                 value = value.copy()
             out[f.name] = value
-        return out
+        return with_old_names(out)
 
 
 @dataclass

@@ -87,8 +87,8 @@ def baseline(report: Report) -> Section:
         else:
             lines.append(
                 f"baseline {r.name}: {b.status.upper()} {100 * (b.ratio or 0):.1f}% of "
-                f"{b.tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU published for {b.gpu} x{b.n_gpus} "
-                f"(MFU {b.mfu_pct or 0:.1f}%), tolerance {100 * (b.tolerance or 0):.0f}%"
+                f"{b.published_tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU published for {b.gpu} x{b.n_gpus} "
+                f"(MFU {b.published_mfu_pct or 0:.1f}%), tolerance {100 * (b.tolerance or 0):.0f}%"
             )
     return Section("baseline", "Baseline", tuple(lines))
 
@@ -98,14 +98,19 @@ def jobs(report: Report) -> Section:
     found = report.jobs_without_training
     lines = tuple(
         f"did not train: job {j.job_id or '(no id)'} ({j.log_file}): "
-        + (f"{j.failure} ({in_log(j.failure_line)})" if j.failure_line else j.failure or "no error line in the log")
+        + (
+            f"{j.failure} ({in_log(j.failure_line_number)})"
+            if j.failure_line_number
+            else j.failure or "no error line in the log"
+        )
         for j in found
     )
     rows = tuple(
         (
             j.job_id or "-",
             j.log_file,
-            f"`{j.failure or 'no error line in the log'}`" + (f" ({in_log(j.failure_line)})" if j.failure_line else ""),
+            f"`{j.failure or 'no error line in the log'}`"
+            + (f" ({in_log(j.failure_line_number)})" if j.failure_line_number else ""),
         )
         for j in found
     )

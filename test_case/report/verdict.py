@@ -164,7 +164,7 @@ def judge_sweep(
         if verdict.status == "below":
             record.reasons.append(
                 f"{_describe(job)}: {100 * (verdict.ratio or 0):.1f}% of the published "
-                f"{verdict.tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU, "
+                f"{verdict.published_tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU, "
                 f"more than {100 * manifest.tolerance:.0f}% below"
             )
         if (point := scaling_point(run, scaling, manifest.scaling)) is not None:
