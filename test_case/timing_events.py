@@ -1,7 +1,7 @@
 """Timing events: the contract between the training callback that times ranks and the report.
 
 Global rank 0 of every training run (`test_case.training.rank_timing`, on by default) prints one
-``[timing] {json}`` line per event into the job's log. Four records:
+``[timing] {json}`` line per event into the job's log. Three records, and a fourth that is no timing:
 
 * `WallEvent`: a moment, or an interval (``began`` to ``time``), in Unix seconds on rank 0's clock:
   ``fit_start`` (training starts: model, data and checkpoint loaded; ``batch`` is the batch it
@@ -11,7 +11,11 @@ Global rank 0 of every training run (`test_case.training.rank_timing`, on by def
 * `RankHosts`: at ``fit_start``, the host of every global rank;
 * `RankTimes`: every N batches, each rank's median compute time over the batches ``batch - batches
   + 1`` to ``batch``, the slowest rank, its host and its ratio to the median of all ranks
-  (`slowest_rank`, the one place that ratio is computed).
+  (`slowest_rank`, the one place that ratio is computed);
+* `StreamDraws`: a mixture's samples drawn per stream (`test_case.training.stream_draws`), printed
+  as a ``[stream-draws] {json}`` line of its own (`STREAM_DRAWS_PREFIX`; logs of older versions
+  carry it as a ``[timing]`` line of kind ``streams``, which `parse_line` still reads). It lives
+  here because it shares the form, the printing rank and the reader of the timing lines.
 
 "Compute time" is the time a rank spends in the forward pass of its transformer blocks in a batch
 (all micro-batches): work that is its own, which no collective interrupts under DDP or FSDP, so a
@@ -28,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 PREFIX = "[timing] "
+STREAM_DRAWS_PREFIX = "[stream-draws] "  # `StreamDraws`' own line
 
 WallKind = Literal["fit_start", "batch", "checkpoint_save", "restore", "eval", "fit_end"]
 WALL_KINDS = ("fit_start", "batch", "checkpoint_save", "restore", "eval", "fit_end")
@@ -93,11 +98,13 @@ def slowest_rank(compute_s: list[float]) -> tuple[int, float]:
 
 
 def line(event: TimingEvent) -> str:
-    """``[timing] {json}``: one line, compact, keys in declaration order (``kind`` first)."""
+    """``[timing] {json}`` (``[stream-draws] {json}`` for `StreamDraws`): one line, compact, keys in
+    declaration order (``kind`` first)."""
     raw: dict[str, Any] = asdict(event)
     if isinstance(event, WallEvent):
         raw = {"kind": raw.pop("kind"), **{k: v for k, v in raw.items() if v is not None}}
-    return PREFIX + json.dumps(raw, separators=(",", ":"))
+    prefix = STREAM_DRAWS_PREFIX if isinstance(event, StreamDraws) else PREFIX
+    return prefix + json.dumps(raw, separators=(",", ":"))
 
 
 def _build(raw: dict[str, Any]) -> TimingEvent | None:
@@ -137,12 +144,14 @@ def _build(raw: dict[str, Any]) -> TimingEvent | None:
 
 
 def parse_line(text: str) -> TimingEvent | None:
-    """The event of a ``[timing] {json}`` line (its rank or task prefix already removed), else None
-    (a line cut short, or not an event)."""
-    if not text.startswith(PREFIX):
+    """The event of a ``[timing] {json}`` or ``[stream-draws] {json}`` line (its rank or task prefix
+    already removed), else None (a line cut short, or not an event)."""
+    draws = text.startswith(STREAM_DRAWS_PREFIX)
+    if not (draws or text.startswith(PREFIX)):
         return None
     try:
-        raw = json.loads(text[len(PREFIX) :])
+        raw = json.loads(text[len(STREAM_DRAWS_PREFIX if draws else PREFIX) :])
     except ValueError:
         return None
-    return _build(raw) if isinstance(raw, dict) else None
+    event = _build(raw) if isinstance(raw, dict) else None
+    return event if not draws or isinstance(event, StreamDraws) else None

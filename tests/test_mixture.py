@@ -214,13 +214,17 @@ def test_a_cpu_run_on_a_mixture_reports_the_eval_loss_of_each_domain(
 
 
 def test_stream_draws_lines_read_back_and_give_each_streams_share_and_its_sampling_error(tmp_path: Path) -> None:
-    """The callback's ``[timing]`` line round-trips; the report's shares use the last one; a share
-    more than 3 binomial errors from the plan is flagged; damaged lines are not events."""
+    """The callback's ``[stream-draws]`` line round-trips (an older version's ``[timing]`` line of kind
+    ``streams`` still reads); the report's shares use the last one; a share more than 3 binomial errors
+    from the plan is flagged; damaged lines are not events."""
     from test_case.timing_events import StreamDraws, line, parse_line
 
     first = StreamDraws("streams", 20, 0, ["c4", "wikipedia"], [0.7, 0.3], [200, 120])
     last = StreamDraws("streams", 40, 0, ["c4", "wikipedia"], [0.7, 0.3], [448, 192])
-    assert parse_line(line(last)) == last
+    assert line(last).startswith("[stream-draws] {") and parse_line(line(last)) == last
+    older = line(last).replace("[stream-draws] ", "[timing] ")
+    assert parse_line(older) == last  # the form logs of older versions hold
+    assert parse_line('[stream-draws] {"kind":"batch","batch":3,"time":1.0}') is None  # only stream draws
     for damaged in (
         '[timing] {"kind":"streams","batch":4,"since_batch":0,"names":["a"],"planned":[1.0],"drawn":[1,2]}',
         '[timing] {"kind":"streams","batch":4,"since_batch":0,"names":["a"],"planned":[1.0],"drawn":[-1]}',

@@ -351,6 +351,9 @@ class LineParser:
                     self._new_start()
                 self.log.header_fields[key] = value
                 return
+            if stripped.startswith(timing_events.STREAM_DRAWS_PREFIX) and (draws := timing_events.parse_line(stripped)):
+                self.log.timing_events.append((self.number, draws))
+                return
             if stripped.startswith(timing_events.PREFIX):
                 if batch_end := BATCH_END_LINE.match(stripped):
                     self.log.batch_ends.append(self.number, int(batch_end.group(1)), float(batch_end.group(2)))

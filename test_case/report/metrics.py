@@ -27,7 +27,7 @@ is the table of every figure, its formula and its function):
 * peak memory: the largest ``memory/peak_allocated_mem`` / ``memory/peak_reserved_mem`` (GB).
 * to train 1 T tokens at the measured rate: ``hours = 1e12 / tokens_per_sec / 3600`` and
   ``gpu_hours = hours * world_size``.
-* ``stream_shares`` (a mixture): from the last ``[timing]`` `StreamDraws` line (the last start's
+* ``stream_shares`` (a mixture): from the last `StreamDraws` line (``[stream-draws]``) (the last start's
   counts), per stream ``drawn = samples / all samples``, against the dataset's planned share ``p``,
   with the binomial sampling error ``sqrt(p * (1 - p) / all samples)``; ``within_error`` when
   ``|drawn - p|`` is at most `SHARE_ERRORS` (3) of them (`stream_shares`); ``stream_shares_within_error``
