@@ -1,5 +1,7 @@
 """``make bundle``: one folder, made on a connected machine, that installs and runs the suite offline.
 
+(At about 450 lines over the suite's 400: the steps below are one sequence, each a short function.)
+
 Steps, each printed as it runs:
 
 1. **Wheels** of the lock (``constraints.txt``) and the installer's own tools (pip, setuptools,
