@@ -17,17 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from preprocessing.convert import (
-    ConvertOptions,
-    OutputConflict,
-    Share,
-    claim_output,
-    fingerprint,
-    merge_parts,
-    plan_shares,
-    read_part,
-    run_parts,
-)
+from preprocessing.claim import OutputConflict, claim_output, fingerprint
+from preprocessing.convert import ConvertOptions, run_parts
 from preprocessing.inputs import (
     C4_SPLITS,
     InputError,
@@ -37,7 +28,10 @@ from preprocessing.inputs import (
     resolve_input_files,
     splittable,
 )
+from preprocessing.merge import merge_parts
+from preprocessing.shares import Share, plan_shares
 from preprocessing.splits import Holdout, is_validation_split, overlap_problem
+from preprocessing.stats import read_part
 from preprocessing.tokenizer import load_tokenizer, vocab_size
 from preprocessing.validate import ValidationError, validate_split
 from preprocessing.writer_lock import STALE_AFTER_S, SplitBusy, SplitLock, SplitLost

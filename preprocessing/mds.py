@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from preprocessing.files import write_atomic
+
 COLUMN = "tokens"
 ENCODING = "ndarray:int32"
 SIZE_LIMIT = 1 << 26  # streaming's default shard size limit
@@ -128,7 +130,7 @@ class TokenShardWriter:
 def merge_indexes(indexes: list[Path], out: Path) -> None:
     """``out/index.json`` over the shards of ``indexes`` (each ``<folder>/index.json`` beside ``out``):
     what ``streaming.base.util.merge_index(indexes, out, keep_local=True)`` writes for local folders,
-    each basename prefixed with its index's folder name; written to a temporary name, then renamed."""
+    each basename prefixed with its index's folder name; written atomically (`preprocessing.files`)."""
     shards: list[dict[str, Any]] = []
     for index in indexes:
         obj = json.loads(Path(index).read_text())
@@ -137,10 +139,7 @@ def merge_indexes(indexes: list[Path], out: Path) -> None:
                 if shard.get(key):
                     shard[key]["basename"] = os.path.join(Path(index).parent.name, shard[key]["basename"])
         shards += obj["shards"]
-    tmp = out / f".{INDEX}.{os.getpid()}"
-    with tmp.open("w") as fh:
-        json.dump({"version": 2, "shards": shards}, fh)
-    os.replace(tmp, out / INDEX)
+    write_atomic(out / INDEX, json.dumps({"version": 2, "shards": shards}))
 
 
 def read_shard(folder: Path, shard: dict[str, Any]) -> list[NDArray[Any]]:

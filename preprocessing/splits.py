@@ -30,7 +30,7 @@ from typing import Any
 
 # What a validation split's name starts with: C4's val, val_small, val_xsmall, and the usual others.
 VALIDATION_PREFIXES = ("val", "eval", "test", "heldout", "held_out")
-FINGERPRINT = "dataset.json"  # the file each split writes first (preprocessing.convert.claim_output)
+FINGERPRINT = "dataset.json"  # the file each split writes first (preprocessing.claim.claim_output)
 
 
 def is_validation_split(split: str) -> bool:

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from preprocessing.files import publish_once
+
 LOCK = ".writer.json"
 MEMBER_PREFIX = ".writer-task."
 BEAT_EVERY_S = 5.0
@@ -210,16 +212,7 @@ class SplitLock:
                 time.sleep(poll_s)
 
     def _publish(self) -> bool:
-        fd, tmp = tempfile.mkstemp(dir=self.split_dir, prefix=".writer-new-")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(asdict(self.me)) + "\n")
-        try:
-            os.link(tmp, self.lock)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        return publish_once(self.lock, json.dumps(asdict(self.me)) + "\n")
 
     def _join(self) -> None:
         self.member.write_text(f"{self.me.pid}\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,16 @@ def test_llmfoundry_text_loader_reads_the_split(mds_root: Path, demo_assets: tup
     ds = StreamingTextDataset(tokenizer=tok, max_seq_len=128, local=str(mds_root), split="val_small", batch_size=1)
     first = ds[0]
     assert first.shape == (128,)
+
+
+def test_every_file_of_a_split_is_readable_by_those_who_share_the_dataset(mds_root: Path) -> None:
+    """Created as ``open`` creates files (0666 less the umask), those written atomically too (the
+    summary, ``dataset.json``, the merged index, each part's marker: `preprocessing.files`)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for p in (mds_root / "train_small").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"summary.json", "dataset.json", "index.json", ".complete.json"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}
 
 
 def test_concatenation_matches_llmfoundry(demo_assets: tuple[Path, Path]) -> None:

@@ -2,7 +2,7 @@
 
 The preprocessing (``python -m preprocessing``) records in each split's ``summary.json`` the sample
 length it cut (``options.concat_tokens``), the largest token id it wrote and the tokenizer it used
-(`preprocessing.convert.tokenizer_identity`). A dataset that does not fit trains without an error
+(`preprocessing.merge.tokenizer_identity`). A dataset that does not fit trains without an error
 and gives wrong numbers: shorter samples than ``max_seq_len`` are padded, so the run reports FLOPs
 for tokens it never saw; ids at or above ``vocab_size`` index past the embedding (or Composer
 resizes it); another tokenizer trains on ids that mean other words. Each mismatch is one line naming
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preprocessing.convert import tokenizer_identity
+from preprocessing.merge import tokenizer_identity
 from preprocessing.splits import data_overlap
 
 SUMMARY = "summary.json"
