@@ -75,16 +75,16 @@ def test_training_and_the_report_never_import_each_other() -> None:
 
 
 def _module_graph() -> dict[str, set[str]]:
-    """Every module of test_case/ -> the test_case modules it imports, read from the syntax tree: the
+    """Every module of test_case/ and preprocessing/ -> those of them it imports, read from the syntax tree: the
     imports inside functions and under ``TYPE_CHECKING`` count too (a circle hidden in a function is
     still a circle). ``from package import name`` counts as importing the module ``package.name`` when
     there is one, else the package."""
     import ast
 
-    root = REPO_ROOT / "test_case"
     modules = {
         ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-        for p in sorted(root.rglob("*.py"))
+        for package in ("test_case", "preprocessing")
+        for p in sorted((REPO_ROOT / package).rglob("*.py"))
     }
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
@@ -139,7 +139,7 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_circle_anywhere_in_test_case() -> None:
+def test_no_import_circle_anywhere_in_test_case_or_preprocessing() -> None:
     """Layers import downwards only: the node plan and the run config below launch, restarts and the
     preflight; the shared records below training and the report."""
     graph = _module_graph()
