@@ -4,6 +4,7 @@
 ``run_header``              the run header: the one contract between training and the report
 ``gpu_peaks``               GPU names -> peak TFLOP/s, the denominator of MFU (shared)
 ``published_runs``          llm-foundry's published runs, read once for the report and the launch
+``job_lines``               the job's start and end lines (written by env.sh), parsed once
 ``training/``               what a training job runs on each node
   ``node_plan``             Slurm facts -> one node's plan (the lowest layer of a start)
   ``run_config``            the yaml with the suite's and the user's overrides, checked
