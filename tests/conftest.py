@@ -41,6 +41,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_gpu_smoke": ("training", "preflight"),
     "test_gpus": ("training", "preflight"),
     "test_habits": ("tooling",),
+    "test_health": ("preflight",),
     "test_job_lines": ("training", "report"),
     "test_launch": ("training",),
     "test_local_slurm": ("tooling",),

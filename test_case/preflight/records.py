@@ -26,6 +26,8 @@ class Check:
     unit: str = ""
     detail: str = ""  # how it was measured, or why it was skipped
     action: str = ""  # what to do when it fails
+    finding_class: str = ""  # a host health finding's class (test_case.health.findings), else empty
+    evidence: str = ""  # the tool's line the finding rests on, verbatim
 
 
 @dataclass
