@@ -215,6 +215,9 @@ def test_since_the_last_check_keeps_only_the_newer_lines(bare_path: Path) -> Non
     assert xid.lines_since(text(XID79), stamp) == text(XID79)  # no wall times: nothing can be cut, nothing hidden
     fake_tool(bare_path, "dmesg", f'{CAT} "{OUTPUTS / ISO_SXID}"')
     assert xid.read_kernel_log(since=stamp + timedelta(seconds=1)).text == ""
+    fake_tool(bare_path, "dmesg", f'[ -n "$1" ] && exit 1\n{CAT} "{OUTPUTS / XID79}"')  # no ISO: plain dmesg
+    plain = xid.read_kernel_log(since=stamp)
+    assert plain.text == text(XID79) and "no wall-clock times" in plain.reason
 
 
 def test_dcgm_333_level_2_all_pass() -> None:

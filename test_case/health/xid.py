@@ -295,17 +295,24 @@ def read_kernel_log(since: datetime | None = None, timeout: float = 30.0) -> Ker
         shown = " ".join(command)
         out = run_tool(*command, timeout=timeout)
         if out is None:
-            reasons.append(f"{command[0]}: not on PATH")
+            if f"{command[0]}: not on PATH" not in reasons:
+                reasons.append(f"{command[0]}: not on PATH")
             continue
         said = (out.stderr.strip() or out.stdout.strip()).splitlines()
         if out.returncode != 0:
             reasons.append(f"{shown}: exit {out.returncode}: {said[0] if said else 'no message'}")
             continue
-        if command[0] == "journalctl" and "not seeing messages from other users and the system" in out.stdout:
+        if (
+            command[0] == "journalctl"
+            and "not seeing messages from other users and the system" in out.stdout + out.stderr
+        ):
             reasons.append(f"{shown}: the journal hides the system's messages from this user")
             continue
-        text = out.stdout if since is None else lines_since(out.stdout, since)
-        return KernelLog(text, shown, "; ".join(reasons))
+        if since is None:
+            return KernelLog(out.stdout, shown, "; ".join(reasons))
+        if command == ("dmesg",):  # plain dmesg stamps seconds since boot
+            reasons.append(f"{shown}: no wall-clock times, so nothing before {since.isoformat()} could be left out")
+        return KernelLog(lines_since(out.stdout, since), shown, "; ".join(reasons))
     return KernelLog(None, "", "; ".join(reasons))
 
 
