@@ -180,6 +180,9 @@ def test_a_down_or_slow_ib_port_drains() -> None:
         assert [f.subject for f in drains] == ["mlx5_3 port 1"] and drains[0].source
     expected = infiniband.findings(infiniband.parse_ibstat(text), expected_rate=800)
     assert sum(f.klass == "drain" for f in expected) == 8
+    # a 200 Gb/s card of another type (an HDR storage HCA) is not held to the NDR cards' 400
+    other = text.replace(block, block.replace("Rate: 400", "Rate: 200").replace("CA type: MT4129", "CA type: MT4123"))
+    assert worst(infiniband.findings(infiniband.parse_ibstat(other))) == "monitor"
 
 
 def test_ibstat_is_read_from_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,7 +281,7 @@ def test_nvidia_smi_q_h100x8_identity() -> None:
     }
     assert {(g.remap_pending, g.remap_failure) for g in gpus} == {(False, False)}
     assert gpus[0].fields["ECC Errors/Volatile/DRAM Uncorrectable"] == "0"
-    assert gpus[0].fields["PCI/Replays Since Reset"] == "120"
+    assert gpus[0].fields["PCI/Replays Since Reset"] == "120" and gpus[0].ecc_mode_pending == "Enabled"
     assert gpu_identity.identity_facts(gpus) == {
         "driver_version": "535.183.01",
         "cuda_version": "12.2",

@@ -64,7 +64,9 @@ class GpuInfo:
     vbios: str = ""
     driver_version: str = ""
     cuda_version: str = ""
-    fields: dict[str, str] = field(default_factory=dict, repr=False)  # "Remapped Rows/Pending" -> "No"
+    # every field by its section path: "Remapped Rows/Pending", "ECC Mode/Pending",
+    # "ECC Errors/Volatile/DRAM Uncorrectable", "Retired Pages/Pending Page Blacklist", "PCI/Replays Since Reset"
+    fields: dict[str, str] = field(default_factory=dict, repr=False)
 
     def flag(self, path: str) -> bool | None:
         """A Yes/No field as a bool; None when the report does not have it (or says N/A)."""
@@ -78,6 +80,11 @@ class GpuInfo:
     @property
     def remap_failure(self) -> bool | None:
         return self.flag("Remapped Rows/Remapping Failure Occurred")
+
+    @property
+    def ecc_mode_pending(self) -> str:
+        """``ECC Mode/Pending`` (Enabled/Disabled): the ECC mode after the next reset; "" when absent."""
+        return self.fields.get("ECC Mode/Pending", "")
 
     @property
     def subject(self) -> str:

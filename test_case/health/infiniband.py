@@ -15,7 +15,8 @@ Port rules (`findings`):
   components/accelerator/nvidia/infiniband/check_thresholds.go). gpud notes such a port often comes back
   by itself: a drain here is resumed once the preflight passes again;
 * an InfiniBand port whose rate is below ``expected_rate`` or, without one, below the fastest IB port of
-  the same node: **drain**. gpud counts only ports at or above ``AtLeastRate`` (400 Gb/s for H100, H200,
+  the same CA type on the node (so that a node's HDR storage cards are not held to its NDR compute
+  cards' rate): **drain**. gpud counts only ports at or above ``AtLeastRate`` (400 Gb/s for H100, H200,
   B200), so a port trained at a lower rate counts as missing; NCCL rings run at the slowest rail;
 * an Ethernet-link-layer port that is Down: **monitor**. Management and unused ports are common (the
   fixture node has three CX-6 Dx Ethernet ports Disabled), and both Imbue (``grep -v '(Ethernet)'``)
@@ -143,11 +144,15 @@ def parse_ibstat(text: str) -> list[IbPort]:
 
 
 def findings(ports: list[IbPort], expected_rate: int | None = None) -> list[Finding]:
-    """One finding per port (module docstring); ``expected_rate`` in Gb/s, else the node's fastest IB port."""
-    ib_rates = [p.rate for p in ports if p.is_ib and p.rate is not None]
-    want = expected_rate if expected_rate is not None else max(ib_rates, default=None)
+    """One finding per port (module docstring); ``expected_rate`` in Gb/s, else the fastest IB port of
+    the same CA type on the node."""
+    fastest: dict[str, int] = {}
+    for p in ports:
+        if p.is_ib and p.rate is not None:
+            fastest[p.ca_type] = max(p.rate, fastest.get(p.ca_type, 0))
     found: list[Finding] = []
     for p in ports:
+        want = expected_rate if expected_rate is not None else fastest.get(p.ca_type)
         if not p.is_ib:
             if p.state.lower() == "active":
                 found.append(Finding(CHECK, p.name, "healthy", f"Ethernet port Active at {p.rate} Gb/s", p.evidence))
@@ -175,7 +180,7 @@ def findings(ports: list[IbPort], expected_rate: int | None = None) -> list[Find
                 )
             )
         elif want is not None and (p.rate is None or p.rate < want):
-            base = "the expected" if expected_rate is not None else "the node's fastest IB port's"
+            base = "the expected" if expected_rate is not None else f"the node's other {p.ca_type} ports'"
             found.append(
                 Finding(
                     CHECK,
