@@ -22,11 +22,15 @@ The rules (`findings`), with their sources:
   line is a speed or a width below the card's). ConnectX cards do not change link speed at idle (the
   fixture's CX-7 says ``ASPM not supported``), so a slow NIC link is a fault, not power saving;
 * a GPU link slower than its capability: **monitor** only. An idle NVIDIA GPU lowers its PCIe link
-  generation to save power and raises it again under load (nvidia-smi's ``pcie.link.gen.current``:
-  "may be reduced when the GPU is not in use"; NVIDIA's forum, "Prevent PCIe from reducing gen?",
-  forums.developer.nvidia.com/t/72537: part of the GPU's power management, no knob). The preflight
-  runs on idle GPUs, so the speed is not a reliable signal there; the width is. Imbue checks no GPU
-  link speed at all, and gpud (leptonai/gpud@4a8de33a3f02, pkg/pci) parses lspci for ACS only;
+  generation to save power and raises it again under load (nvidia-smi's documentation of the current
+  link: "These may be reduced when the GPU is not in use", quoted in NVIDIA's forum thread "Prevent
+  PCIe From Reducing Gen?", forums.developer.nvidia.com/t/prevent-pcie-from-reducing-gen/72537: part
+  of the GPU's power management, with no knob). The preflight runs on idle GPUs, so the speed is not a
+  reliable signal there. The width is: that documentation allows it to shrink too, but data-center
+  GPUs keep their lanes at idle (the recorded idle H100s: ``Width x16 (ok)`` in lspci, ``Link Width
+  Current: 16x`` at 0 % utilisation in ``nvidia-smi -q``), and Oracle's check holds the width at any
+  time. Imbue checks no GPU link speed at all, and gpud (leptonai/gpud@4a8de33a3f02, pkg/pci) parses
+  lspci for ACS only, so neither drains on a GPU's speed;
 * a switch or root port above a watched device, downgraded: the class its worst device below would get
   for the same loss (a narrower link: drain; a slower link: drain above a NIC, monitor above GPUs only,
   since the link to an idle GPU is the same link and slows with it);
