@@ -56,7 +56,7 @@ SOURCE_WIDTH = (
     "(imbue-ai/cluster-health@8f5964ac6209)"
 )
 SOURCE_GPU_SPEED = (
-    "nvidia-smi pcie.link.gen.current ('may be reduced when the GPU is not in use'); "
+    "nvidia-smi, the current PCIe link: 'These may be reduced when the GPU is not in use'; "
     "forums.developer.nvidia.com/t/prevent-pcie-from-reducing-gen/72537"
 )
 SOURCE_SWITCH = "a downstream port trains its link with the device below it (PCIe link training)"
