@@ -42,6 +42,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_gpus": ("training", "preflight"),
     "test_habits": ("tooling",),
     "test_health": ("preflight",),
+    "test_health_links": ("preflight",),
     "test_health_xid": ("preflight",),
     "test_job_lines": ("training", "report"),
     "test_launch": ("training",),
