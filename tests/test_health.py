@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -26,3 +27,81 @@ def test_a_tool_is_read_from_path_and_a_missing_one_is_none(tmp_path: Path, monk
     out = run_tool("lspci", "-vvv")
     assert out is not None and (out.returncode, out.stdout) == (3, "recorded\n")
     assert run_tool("no-such-tool-here") is None
+
+
+GPU_OUTPUTS = Path(__file__).resolve().parent.parent.parent / "shared" / "gpu-outputs"
+
+
+def fake_tools(folder: Path) -> str:
+    """A PATH of recorded outputs (../shared/gpu-outputs, sources in its INDEX.md) standing in for the
+    node's tools: dmesg (an Xid 79 from wilicc/gpu-burn#1), lspci (gpud's H100 HGX, a downgraded
+    switch port), ibstat (gpud's H100 node, 3 Ethernet ports down), nvidia-smi (gpud's A100 nvlink -s,
+    stas00's H100 nvlink -e, gpud's H100 -q with driver 535.183.01)."""
+    folder.mkdir()
+    tools = {
+        "dmesg": f"/bin/cat {GPU_OUTPUTS / 'dmesg_xid79_fallen-off-bus_aer_fragment.log'}",
+        "lspci": f"/bin/cat {GPU_OUTPUTS / 'lspci-vvv_h100-hgx_switch-downgraded_gpu_cx7_excerpt.txt'}",
+        "ibstat": f"/bin/cat {GPU_OUTPUTS / 'ibstat_h100-node_ib400-active_eth-ports-down.txt'}",
+        "nvidia-smi": (
+            f'case "$*" in "nvlink -s") /bin/cat {GPU_OUTPUTS / "nvidia-smi_nvlink-s_a100x8.txt"};; '
+            f'"nvlink -e") /bin/cat {GPU_OUTPUTS / "nvidia-smi_nvlink-e_h100_fragment.txt"};; '
+            f'"-q") /bin/cat {GPU_OUTPUTS / "nvidia-smi_q_h100x8_driver535.183.01.txt"};; *) exit 9;; esac'
+        ),
+    }
+    for name, body in tools.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return str(folder)
+
+
+def test_the_preflight_turns_each_finding_into_a_check_with_its_class_and_evidence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_case.preflight.host_health import host_health_checks
+    from test_case.preflight.records import Check, NodeResult, PreflightReport
+
+    monkeypatch.setenv("PATH", fake_tools(tmp_path / "bin"))
+    checks, facts = host_health_checks("node7")
+    gpu = checks["health.xid[GPU 0000:02:00.0]"]  # fallen off the bus: NVIDIA's RESTART_BM
+    assert (gpu.status, gpu.finding_class, gpu.measured) == ("fail", "reboot", "reboot")
+    assert gpu.evidence == "[74889.644138] NVRM: Xid (PCI:0000:02:00): 79, GPU has fallen off the bus."
+    assert "reboot node7" in gpu.action and "Xid 79" in gpu.detail
+    assert (checks["health.xid"].status, checks["health.xid"].measured) == ("pass", "reboot")
+    switch = checks["health.pcie[PCIe switch port 17:03.0]"]  # downgraded, nothing of ours below it
+    assert (switch.status, switch.finding_class) == (
+        "pass",
+        "monitor",
+    ) and "Speed 16GT/s (downgraded)" in switch.evidence
+    down = sorted(k for k in checks if k.startswith("health.infiniband["))
+    assert down == [f"health.infiniband[mlx5_{n} port 1]" for n in (2, 7, 8)]  # Ethernet ports: monitor
+    assert all(checks[k].status == "pass" and checks[k].finding_class == "monitor" for k in down)
+    assert (checks["health.nvlink"].measured, checks["health.gpu_identity"].measured) == ("healthy", "healthy")
+    assert facts["gpu_identity.driver_version"] == "535.183.01"
+    assert facts["gpu_identity.vbios_version[NVIDIA H100 80GB HBM3]"] == "96.00.74.00.01"
+    failing = sorted(k for k, c in checks.items() if c.status == "fail")
+    assert failing == ["health.xid[GPU 0000:02:00.0]"]
+    # the class and the evidence travel in preflight_<job>.json and read back
+    report = PreflightReport("7", "fail", {"node7": NodeResult("fail", 0, checks)}, [], [])
+    back = PreflightReport.from_dict(json.loads(report.to_json()))
+    assert back.nodes["node7"].checks["health.xid[GPU 0000:02:00.0]"] == gpu
+    assert Check("pass", 1, 1).finding_class == ""  # a check of another kind has none
+
+
+def test_without_the_tools_every_reader_is_skipped_with_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_case.preflight.cli import build_parser
+    from test_case.preflight.host_health import host_health_checks
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    checks, facts = host_health_checks("node7", dcgm_level=1)
+    assert {k: c.status for k, c in checks.items()} == {
+        "health.xid": "skip",
+        "health.pcie": "skip",
+        "health.infiniband": "skip" if not Path("/sys/class/infiniband").exists() else "pass",
+        "health.nvlink": "skip",
+        "health.dcgm": "skip",
+        "health.gpu_identity": "skip",
+    }
+    assert "kernel log not readable" in checks["health.xid"].detail and facts == {}
+    # PREFLIGHT_ARGS goes to both steps: the verdict accepts the node's --dcgm-level too
+    assert build_parser().parse_args(["verdict", "--parts", "p", "--job-id", "1", "--out", "o", "--dcgm-level", "2"])

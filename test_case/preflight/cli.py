@@ -24,6 +24,7 @@ from pathlib import Path
 from test_case.preflight import node_checks
 from test_case.preflight.expectations import load
 from test_case.preflight.fabric import run_worker
+from test_case.preflight.host_health import host_health_checks
 from test_case.preflight.nccl_network import network_check, rdma_devices, read_nccl_debug
 from test_case.preflight.nccl_tests import NcclTestsError, read_nccl_tests
 from test_case.preflight.records import (
@@ -70,7 +71,9 @@ def node(args: argparse.Namespace) -> int:
         Path(env.get("DATA_ROOT", "data")), env.get("SPLITS", "train_small val_small").split()
     )
     checks |= node_checks.tokenizer_checks(env.get("TOKENIZER") or "EleutherAI/gpt-neox-20b")
-    facts = node_checks.versions() | {"gpu": gpu_name() or "cpu", "instance": instance_type()}
+    health, identity = host_health_checks(host, args.dcgm_level)
+    checks |= health
+    facts = node_checks.versions() | {"gpu": gpu_name() or "cpu", "instance": instance_type()} | identity
     if len(set(names)) > 1:
         checks["gpu_model"] = Check(
             "fail",
@@ -246,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--tolerance", type=float, default=None, help="share below a published figure that fails (0.15)")
         s.add_argument(
             "--peer-tolerance", type=float, default=None, help="share below the nodes' median that fails (0.25)"
+        )
+        s.add_argument(  # read by `node`; accepted by all, as PREFLIGHT_ARGS passes the same to each
+            "--dcgm-level",
+            type=int,
+            choices=(1, 2, 3, 4),
+            default=None,
+            help="run dcgmi diag -r LEVEL on every node where dcgmi is (1: seconds, 2: minutes, 3-4: long)",
         )
         if name == "verdict":
             s.add_argument("--job-id", required=True)
