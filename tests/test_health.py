@@ -105,3 +105,41 @@ def test_without_the_tools_every_reader_is_skipped_with_why(tmp_path: Path, monk
     assert "kernel log not readable" in checks["health.xid"].detail and facts == {}
     # PREFLIGHT_ARGS goes to both steps: the verdict accepts the node's --dcgm-level too
     assert build_parser().parse_args(["verdict", "--parts", "p", "--job-id", "1", "--out", "o", "--dcgm-level", "2"])
+
+
+def test_the_node_check_runs_with_the_standard_library_alone_and_fails_a_node_to_reboot(tmp_path: Path) -> None:
+    """``python3 -S``: no site-packages (no torch, numpy or anything of the venv), as on a bare host."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    path = fake_tools(tmp_path / "bin")
+    code = "import sys, runpy; sys.argv = ['health']; runpy.run_module('test_case.health', run_name='__main__')"
+    env = {"PATH": path, "PYTHONPATH": str(REPO_ROOT), "SLURMD_NODENAME": "node7"}
+    out = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert "health: node7: xid: reboot (dmesg --time-format iso, 1 part(s))" in lines
+    assert (
+        "health: node7:   evidence: [74889.644138] NVRM: Xid (PCI:0000:02:00): 79, GPU has fallen off the bus." in lines
+    )
+    assert lines[-1].startswith("health: node7: reboot: reboot node7, then run the preflight again")
+    assert sum(line.startswith("health: node7: monitor: ") for line in lines) == 4  # 3 Ethernet ports, 1 switch port
+    as_json = subprocess.run(
+        [sys.executable, "-S", "-c", code.replace("['health']", "['health', '--json']")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    doc = json.loads(as_json.stdout)
+    assert (doc["class"], doc["readers"]["pcie"]["read"], doc["facts"]["gpu_identity.driver_version"]) == (
+        "reboot",
+        True,
+        "535.183.01",
+    )
+    healthy = subprocess.run(
+        [sys.executable, "-S", "-c", code], env={**env, "PATH": str(tmp_path)}, capture_output=True, text=True
+    )
+    assert healthy.returncode == 0 and "health: node7: xid: skipped: kernel log not readable" in healthy.stdout

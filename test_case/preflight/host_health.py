@@ -1,7 +1,7 @@
 """The host health checks of one node in the preflight: each `test_case.health` reader run, its
 findings turned into the preflight's checks, with their class and evidence line.
 
-For every reader (`READERS`: the kernel log's XID/SXID lines, PCIe links, InfiniBand ports and their
+For every reader (`test_case.health.scan`: the kernel log's XID/SXID lines, PCIe links, InfiniBand ports and their
 error counters, NVLink; then GPU firmware and identity; DCGM diagnostics at ``--dcgm-level``) the node
 gets one summary check ``health.<reader>``: ``skip`` with the reason when its tool is not on PATH or
 cannot be read, else ``pass`` with the parts read and the worst class found. Every finding that is
@@ -14,52 +14,13 @@ product names join the node's facts, which the verdict compares across nodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from test_case.health import dcgm, gpu_identity, infiniband, nvlink, pcie, xid
 from test_case.health.findings import SEVERITY, Finding, action, worst
+from test_case.health.scan import scan
 from test_case.preflight.records import Check, Value
 
 Checks = dict[str, Check]
 FAILING = ("reset", "reboot", "drain")
 SHOWN = 3  # finding summaries quoted in a summary check's detail
-
-
-def _kernel_log() -> tuple[list[Finding] | None, str]:
-    log = xid.read_kernel_log()
-    if log.text is None:
-        return None, f"kernel log not readable: {log.reason}"
-    return xid.findings(xid.parse_kernel_log(log.text)), log.source
-
-
-def _pcie() -> tuple[list[Finding] | None, str]:
-    devices = pcie.read_lspci()
-    return (None, "lspci not on PATH or it failed") if devices is None else (pcie.findings(devices), "lspci -D -vvv")
-
-
-def _infiniband() -> tuple[list[Finding] | None, str]:
-    ports = infiniband.read_ibstat()
-    counters = infiniband.read_error_counters()
-    if ports is None and counters is None:
-        return None, "no ibstat on PATH and no /sys/class/infiniband"
-    found = (infiniband.findings(ports) if ports else []) + (infiniband.counter_findings(counters) if counters else [])
-    return found, "ibstat, /sys/class/infiniband/*/ports/*/counters"
-
-
-def _nvlink() -> tuple[list[Finding] | None, str]:
-    status = nvlink.read_nvlink_status()
-    if status is None:
-        return None, "nvidia-smi nvlink -s gave nothing (no NVIDIA driver here)"
-    errors = nvlink.read_nvlink_errors()
-    return nvlink.findings(status) + (nvlink.error_findings(errors) if errors else []), "nvidia-smi nvlink -s, -e"
-
-
-READERS: dict[str, Callable[[], tuple[list[Finding] | None, str]]] = {
-    "xid": _kernel_log,
-    "pcie": _pcie,
-    "infiniband": _infiniband,
-    "nvlink": _nvlink,
-}
 
 
 def finding_checks(reader: str, found: list[Finding] | None, how: str, node: str) -> Checks:
@@ -88,26 +49,10 @@ def finding_checks(reader: str, found: list[Finding] | None, how: str, node: str
 
 
 def host_health_checks(node: str, dcgm_level: int | None = None) -> tuple[Checks, dict[str, Value]]:
-    """Every reader's checks for this node, and the GPU identity facts the nodes must agree on."""
+    """Every reader's checks for this node (`test_case.health.scan`), and the GPU identity facts the
+    nodes must agree on."""
+    found = scan(dcgm_level)
     checks: Checks = {}
-    for reader, read in READERS.items():
-        found, how = read()
-        checks |= finding_checks(reader, found, how, node)
-    if dcgm_level:
-        run = dcgm.run_diag(dcgm_level)
-        found = None if run is None else dcgm.run_findings(run)
-        checks |= finding_checks(
-            "dcgm", found, "dcgmi not on PATH" if run is None else f"dcgmi diag -r {dcgm_level}", node
-        )
-    gpus = gpu_identity.read_nvidia_smi_q()
-    found, how = (
-        (None, "nvidia-smi -q gave nothing (no NVIDIA driver here)")
-        if gpus is None
-        else (
-            gpu_identity.findings(gpus),
-            "nvidia-smi -q",
-        )
-    )
-    checks |= finding_checks("gpu_identity", found, how, node)
-    facts: dict[str, Value] = {f"gpu_identity.{k}": v for k, v in gpu_identity.identity_facts(gpus or []).items()}
-    return checks, facts
+    for reader, (findings, how) in found.readers.items():
+        checks |= finding_checks(reader, findings, how, node)
+    return checks, dict(found.facts)
