@@ -7,8 +7,8 @@ the tool's line and what to do; ``--json`` prints the same as one JSON document.
 the worst finding is ``healthy`` or ``monitor``, 1 when the node needs a GPU reset, a reboot or a
 drain, 2 for a usage mistake.
 
-Standard library only and no venv needed (``python3 -m test_case.health`` with the repository on
-``PYTHONPATH``), so that it can run on the host, outside any container: by hand, in a prolog, or
+Standard library only and no venv needed (``python3 -m test_case.health`` from the repository folder,
+or with it on ``PYTHONPATH``), so that it can run on the host, outside any container: by hand, in a prolog, or
 as the base of Slurm's HealthCheckProgram.
 """
 
