@@ -741,3 +741,37 @@ def test_the_documented_csv_columns_are_the_csvs(tmp_path: Path) -> None:
     patterns = [re.sub(r"<(label|stream|field|part)>", r"\\w+", re.escape(name)) for name in documented]
     assert "goodput.<part>" in documented and "eval_loss_by_domain.<label>" in documented
     assert [n for n, p in zip(documented, patterns, strict=True) if not any(re.fullmatch(p, c) for c in row)] == []
+
+
+def test_every_node_a_failure_a_straggler_or_the_preflight_names_is_listed_with_the_command_to_drain_it(
+    tmp_path: Path,
+) -> None:
+    """#33 point 4: the restarts' blamed node and the stragglers in one form, drained by hand only."""
+    from test_case.preflight.records import Failure, PreflightReport
+    from test_case.report.drains import suggested_drains
+    from test_case.report.records import Report
+
+    for name in ("slurm-3node-killed-rank-requeued", "slurm-3node-node2-quarter-core"):
+        (tmp_path / f"{name}.out").write_text(gzip_text(GOLDEN / f"{name}.out.gz"))
+    out = run_report(str(tmp_path), "--no-plots")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert "node node2: straggler in mpt-train-3: rank 1 computes 1.60x the median rank" in lines
+    assert any(
+        line.startswith(
+            "node node2: job 4 start 0 failed on it; excluded from its next start: rank 1 on node2 was ended"
+        )
+        for line in lines
+    )
+    command = 'scontrol update nodename=node2 state=drain reason="mpt-suite: straggler in mpt-train-3: rank 1 computes'
+    assert any(line.startswith(f"  to take it out: {command}") for line in lines)
+    assert "## Nodes to look at" in (tmp_path / "report.md").read_text()
+    assert not any(line.startswith("node node1") or line.startswith("node node3") for line in lines)
+    preflight = PreflightReport(
+        "9", "fail", {}, [Failure("node3", "health.xid[GPU 0000:02:00.0]", "reboot", "healthy", "")], []
+    )
+    (drain,) = suggested_drains(Report(preflight=[preflight]))
+    assert drain.node == "node3" and drain.reasons == (
+        "preflight job 9: health.xid[GPU 0000:02:00.0] reboot (expected healthy)",
+    )
+    assert suggested_drains(Report()) == []

@@ -9,6 +9,7 @@ record (`test_case.report.records`) shown by `test_case.report.cells`.
 from __future__ import annotations
 
 from test_case.report.cells import COLUMNS, DETAIL_COLUMNS, Column, in_log, num, pct, scaling_title
+from test_case.report.drains import suggested_drains
 from test_case.report.figures import definitions
 from test_case.report.layout import Block, Bullets, Code, Section, Table
 from test_case.report.metrics import SHARE_ERRORS, describe_stream_shares
@@ -17,7 +18,7 @@ from test_case.report.records import GOODPUT_PARTS, Report, RunSummary
 TITLE = "MPT benchmark report"
 CONSOLE_ORDER = (
     *("runs", "setup", "scaling", "baseline", "jobs", "restarts", "rank timing", "goodput"),
-    *("eval by domain", "streams", "notes", "preflight", "verdict"),
+    *("eval by domain", "streams", "notes", "preflight", "nodes", "verdict"),
 )
 
 
@@ -292,6 +293,16 @@ def verdict(report: Report) -> Section:
     return Section("verdict", "Acceptance verdict", tuple(lines), tuple(body))
 
 
+def nodes(report: Report) -> Section:
+    """Nodes a failed start, a straggler or the preflight named, each with why and the command that would
+    drain it (`test_case.report.drains`; run by hand, never by the report)."""
+    lines: list[str] = []
+    for d in suggested_drains(report):
+        lines += [f"node {d.node}: {reason}" for reason in d.reasons]
+        lines.append(f"  to take it out: {d.command}")
+    return Section("nodes", "Nodes to look at", tuple(lines), (Code(tuple(lines)),) if lines else ())
+
+
 def notes(report: Report) -> Section:
     """Why MFU is missing, and every run's warnings."""
     lines = []
@@ -316,4 +327,4 @@ def plots(report: Report) -> Section:
 def sections(report: Report) -> list[Section]:
     """Every section, in report.md's order."""
     builders = (verdict, runs_table, details, setup, scaling, baseline, jobs, restarts, rank_timing, goodput)
-    return [build(report) for build in (*builders, eval_by_domain, streams, preflight, figures, plots, notes)]
+    return [build(report) for build in (*builders, eval_by_domain, streams, preflight, nodes, figures, plots, notes)]
