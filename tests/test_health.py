@@ -143,3 +143,27 @@ def test_the_node_check_runs_with_the_standard_library_alone_and_fails_a_node_to
         [sys.executable, "-S", "-c", code], env={**env, "PATH": str(tmp_path)}, capture_output=True, text=True
     )
     assert healthy.returncode == 0 and "health: node7: xid: skipped: kernel log not readable" in healthy.stdout
+
+
+def test_a_health_finding_fails_the_node_in_the_verdict_with_its_evidence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdict's failure keeps the class and the evidence; the job log's summary prints them."""
+    from test_case.preflight.cli import summary_lines
+    from test_case.preflight.expectations import load
+    from test_case.preflight.host_health import host_health_checks
+    from test_case.preflight.records import NodePart, write_part
+    from test_case.preflight.verdict import build_report
+
+    monkeypatch.setenv("PATH", fake_tools(tmp_path / "bin"))
+    checks, facts = host_health_checks("node7")
+    (tmp_path / "parts").mkdir()
+    write_part(tmp_path / "parts" / "node-node7.json", NodePart("node7", 0, checks, facts, [1.0]))
+    report = build_report(tmp_path / "parts", ["node7"], "12", load(None))
+    (failure,) = [f for f in report.failures if f.check.startswith("health.")]
+    assert (failure.node, failure.check, failure.finding_class) == ("node7", "health.xid[GPU 0000:02:00.0]", "reboot")
+    lines = summary_lines(report)
+    evidence = (
+        "preflight:   evidence (reboot): [74889.644138] NVRM: Xid (PCI:0000:02:00): 79, GPU has fallen off the bus."
+    )
+    assert evidence in lines and report.status == "fail"

@@ -205,6 +205,8 @@ def summary_lines(report: PreflightReport) -> list[str]:
         lines.append(f"{b.collective} {b.scope} ({b.ranks} ranks, {b.backend}) busbw GB/s: {curve}{expected}")
     for f in report.failures:
         lines.append(f"{PROG}: FAIL {f.node}: {f.check}: measured {f.measured}, expected {f.expected}: {f.action}")
+        if f.evidence:
+            lines.append(f"{PROG}:   evidence ({f.finding_class}): {f.evidence}")
     return lines
 
 

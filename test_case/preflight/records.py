@@ -88,6 +88,8 @@ class Failure:
     measured: Value
     expected: Value
     action: str
+    finding_class: str = ""  # a host health finding's class (reset, reboot, drain), else empty
+    evidence: str = ""  # the tool's line the finding rests on
 
 
 @dataclass

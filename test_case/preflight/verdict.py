@@ -192,7 +192,7 @@ def build_report(
         for h, cs in checks.items()
     }
     failures = [
-        Failure(h, name, c.measured, c.expected, c.action)
+        Failure(h, name, c.measured, c.expected, c.action, c.finding_class, c.evidence)
         for h, cs in checks.items()
         for name, c in cs.items()
         if c.status == "fail"

@@ -251,7 +251,12 @@ def preflight(report: Report) -> Section:
         body += [
             f"Job {pf.job_id}: **{pf.status}** ({len(pf.nodes)} nodes{wall})",
             Table(header, tuple(rows)),
-            Bullets(tuple(f"{f.node}, {f.check}: {f.action}" for f in pf.failures)),
+            Bullets(
+                tuple(
+                    f"{f.node}, {f.check}: {f.action}" + (f" (evidence: `{f.evidence}`)" if f.evidence else "")
+                    for f in pf.failures
+                )
+            ),
         ]
     return Section("preflight", "Preflight", tuple(lines), tuple(body))
 
