@@ -225,6 +225,11 @@ class SplitLock:
         if now - self._last_beat < BEAT_EVERY_S and not force:
             return
         found = self.holder()
+        if found is None and self.member.exists() and self._publish():
+            # The last other task of this run left as this one joined (its `release` saw no member yet and
+            # freed the folder). A run that takes the folder over removes this run's member files, so
+            # ours still being here means nobody else has written it: hold it again.
+            found = self.holder()
         if found is None or found[0].run != self.me.run:
             taker = "another run took it over and has left it since" if found is None else found[0].describe()
             raise SplitLost(

@@ -101,6 +101,24 @@ def test_a_killed_process_its_parent_has_not_reaped_is_taken_over_at_once(tmp_pa
     )
 
 
+def test_a_task_that_joins_as_the_last_other_task_leaves_keeps_the_folder(tmp_path: Path) -> None:
+    """The race a 2-task Slurm job met: task 1 finished its part and released (no other member yet, so it
+    freed the folder) between task 0 seeing the lock of its own run and joining it."""
+    me = slurm_writer("909")
+    first, second = SplitLock(tmp_path, 1, me=me), SplitLock(tmp_path, 0, me=me)
+    first.acquire()
+    second.acquire()  # joined
+    (tmp_path / LOCK).unlink()  # what first.release() did before second's member file existed
+    first.member.unlink()
+    second.beat(force=True)  # holds it again instead of stopping
+    assert second.holder() is not None and second.holder()[0].run == me.run  # type: ignore[index]
+    other = SplitLock(tmp_path, 0, me=slurm_writer("910"))
+    with pytest.raises(SplitBusy):
+        other.acquire()
+    second.release()
+    assert not (tmp_path / LOCK).exists() and not list(tmp_path.glob(".writer*"))
+
+
 def test_a_silent_run_is_taken_over_after_the_timeout_and_stops_when_it_wakes(tmp_path: Path) -> None:
     silent = SplitLock(tmp_path, 0, me=slurm_writer("606"))
     silent.acquire()
