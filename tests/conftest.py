@@ -57,6 +57,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_nccl_network": ("preflight",),
     "test_nccl_tests": ("preflight",),
     "test_preflight": ("preflight",),
+    "test_preflight_numerics": ("preflight",),
     "test_preflight_slurm": ("preflight",),
     "test_preprocessing": ("preprocessing",),
     "test_preprocessing_domains": ("preprocessing",),

@@ -239,6 +239,9 @@ def test_a_run_on_this_machine_measures_gloo_collectives_and_names_missing_data(
     )
     ((node_name, node),) = doc["nodes"].items()
     assert node["checks"]["matmul"]["measured"] > 0 and node["checks"]["fabric_run"]["status"] == "pass"
+    # the node's two workers computed the numerical agreement check's workloads bit for bit alike
+    assert node["checks"]["numerics"]["status"] == "pass", node["checks"]["numerics"]
+    assert "cpu against 1 other device(s) of its kind" in node["checks"]["numerics"]["detail"]
     # the report finds it beside the logs: a per-node table, the JSON, the bus bandwidth plot
     out = tmp_path / "report"
     shown = subprocess.run(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def test_a_healthy_cluster_passes_with_measured_figures_for_every_node(
         assert checks["shm_free"]["measured"] > 0.5 and checks["dataset.train_small"]["status"] == "pass"
         assert checks["tokenizer"]["status"] == "pass" and abs(checks["clock_offset"]["measured"]) < 1
         assert checks["same.torch"]["measured"] == checks["same.torch"]["expected"]
+        assert checks["numerics"]["status"] == "pass" and "against 2 other device(s)" in checks["numerics"]["detail"]
     curves = {(b["collective"], b["scope"]): b for b in doc["bandwidth"]}
     for collective in ("all_reduce", "all_gather", "reduce_scatter"):
         curve = curves[(collective, "all nodes")]
@@ -110,14 +112,38 @@ def test_a_node_given_a_fifth_of_a_core_is_named(cluster: LocalSlurmCluster, set
     assert "preflight: FAIL node3: matmul: measured" in run.log
 
 
-def test_a_node_with_its_dev_shm_nearly_full_is_named(cluster: LocalSlurmCluster, settings: dict[str, str]) -> None:
+def on_another_cpu_path(node: str, settings: dict[str, str], folder: Path) -> dict[str, str]:
+    """``settings`` with ``node``'s tasks started on torch's scalar CPU path (``ATEN_CPU_CAPABILITY=default``,
+    as a node with another module or image would): a ``VENV`` whose activation puts a ``python`` first
+    on PATH that sets it when the hostname is ``node`` (each emulated node has its own)."""
+    real = Path(sys.executable).parent
+    (folder / "bin").mkdir(parents=True)
+    shim = folder / "bin" / "python"
+    shim.write_text(
+        f'#!/bin/bash\nif [[ "$(hostname)" == {node} ]]; then export ATEN_CPU_CAPABILITY=default; fi\n'
+        f'exec {real}/python "$@"\n'
+    )
+    shim.chmod(0o755)
+    (folder / "bin" / "activate").write_text(f'source {real}/activate\nexport PATH="{folder}/bin:$PATH"\n')
+    return {**settings, "VENV": str(folder)}
+
+
+def test_a_node_with_its_dev_shm_nearly_full_and_another_cpu_path_is_named_for_both(
+    cluster: LocalSlurmCluster, settings: dict[str, str], tmp_path: Path
+) -> None:
     with cluster.shm_filled("node2", 900):
-        run = run_preflight(cluster, settings)
+        run = run_preflight(cluster, on_another_cpu_path("node2", settings, tmp_path / "venv"))
     assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
     failures = run.report["failures"]
-    # node2 and only node2 is named, for its /dev/shm; on 2 busy cores, filling it can also leave
-    # node2's matmul a few % behind its peers' at that moment, which the report then names too
+    # node2 and only node2 is named, for its /dev/shm and its numbers; on 2 busy cores, filling
+    # /dev/shm can also leave node2's matmul a few % behind its peers' at that moment, which the
+    # report then names too
     assert {f["node"] for f in failures} == {"node2"}, failures
+    (numbers,) = [f for f in failures if f["check"] == "numerics"]
+    assert (numbers["measured"], numbers["finding_class"]) == ("differs: rank 1", "drain"), numbers
+    assert numbers["evidence"].startswith("rank 1 (cpu, CPU path NO AVX): matmul_chain sha256 "), numbers
+    assert "where 2 of the 3 devices of its kind have" in numbers["evidence"]
+    assert "state=drain" in numbers["action"]
     (failure,) = [f for f in failures if f["check"] == "shm_free"]
     assert (failure["node"], failure["check"], failure["expected"]) == ("node2", "shm_free", ">= 0.5")
     assert failure["measured"] < 0.15 and "/dev/shm" in failure["action"]

@@ -31,9 +31,11 @@ from test_case.preflight.records import (
     Bandwidth,
     BandwidthPoint,
     Check,
+    DeviceNumerics,
     NodePart,
     PreflightReport,
     bandwidth_record,
+    numerics_record,
     write_part,
 )
 from test_case.preflight.verdict import build_report
@@ -148,16 +150,20 @@ def node(args: argparse.Namespace) -> int:
     mine = next(iter(read_nccl_debug(nccl_lines).values()), None)  # the files hold this node's lines only
     checks["nccl_network"] = network_check(mine, plan.num_nodes, rdma_devices(), node_checks.DRAIN.format(node=host))
     matmul: list[float] = []
+    agreement: list[DeviceNumerics] = []
     bandwidth: list[Bandwidth] = []  # within this node (the all-node and pair curves are rank 0's)
     for local in range(procs):
         path = parts / f"rank-{plan.node_rank * procs + local}.json"
         if path.is_file():
             doc = json.loads(path.read_text())
             matmul.append(doc["matmul_tflops"])
+            agreement.append(numerics_record(doc["numerics"]))
             bandwidth += [bandwidth_record(b) for b in doc["bandwidth"] if b["scope"].startswith("within ")]
     if plan.gpus_per_node and shutil.which("all_reduce_perf"):
         bandwidth.append(nccl_tests(plan.gpus_per_node, host))
-    write_part(parts / f"node-{host}.json", NodePart(host, plan.node_rank, checks, facts, matmul, None, bandwidth))
+    write_part(
+        parts / f"node-{host}.json", NodePart(host, plan.node_rank, checks, facts, matmul, None, bandwidth, agreement)
+    )
     return 0
 
 

@@ -5,7 +5,8 @@ launch (``MASTER_ADDR``/``MASTER_PORT`` from `test_case.training.node_plan.plan_
 ``WORLD_SIZE``, ``LOCAL_RANK``), on the same backend training uses: NCCL on GPUs, gloo on CPUs.
 Every worker runs, in this order and in step with the others:
 
-1. a dense matmul on its device for about a second (bf16 on GPUs, fp32 on CPUs): TFLOP/s;
+1. a dense matmul on its device for about a second (bf16 on GPUs, fp32 on CPUs): TFLOP/s; then
+   the seeded workloads of the numerical agreement check (`test_case.preflight.numerics`);
 2. its wall clock at a barrier, gathered: each node's offset from node 0;
 3. all_reduce, all_gather and reduce_scatter over message sizes on all ranks ("all nodes"), then
    within each node when it has several devices;
@@ -30,6 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from test_case.preflight import numerics
 from test_case.preflight.records import Bandwidth, BandwidthPoint
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
@@ -139,6 +141,7 @@ def run_worker(parts: Path, timeout_s: float = 600.0, max_bytes: int | None = No
     import torch
     import torch.distributed as dist
 
+    numerics.pin_environment()  # before the first CUDA call
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
     nodes = world // local_world
@@ -156,6 +159,7 @@ def run_worker(parts: Path, timeout_s: float = 600.0, max_bytes: int | None = No
     host = socket.gethostname()
     dist.barrier()
     tflops = matmul_tflops(device)  # every device at once, as in training
+    agreement = numerics.measure(device, host, rank)
 
     hosts: list[Any] = [None] * world
     dist.all_gather_object(hosts, host)
@@ -197,6 +201,7 @@ def run_worker(parts: Path, timeout_s: float = 600.0, max_bytes: int | None = No
         "local_rank": local_rank,
         "matmul_tflops": round(tflops, 6),
         "device": str(device),
+        "numerics": asdict(agreement),
         "clock_offsets_s": offsets if rank == 0 else {},
         "bandwidth": [asdict(b) for b in bandwidth if not b.scope.startswith("pair ")]
         + ([p for r in pair_results for p in r] if rank == 0 else []),

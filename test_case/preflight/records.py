@@ -58,6 +58,27 @@ class Bandwidth:
 
 
 @dataclass
+class NumericsResult:
+    """One workload of the numerical agreement check (`test_case.preflight.numerics`) on one device."""
+
+    workload: str
+    digest: str  # SHA-256 of the result's bytes
+    checksum: float  # the result's sum
+
+
+@dataclass
+class DeviceNumerics:
+    """One device's results and what decides which devices must agree."""
+
+    host: str
+    rank: int
+    device: str  # "cuda:3" or "cpu"
+    kind: str  # device model, torch and CUDA versions: devices of one kind must agree bit for bit
+    cpu_capability: str  # torch's CPU instruction path (not pinnable from inside the process)
+    results: list[NumericsResult]
+
+
+@dataclass
 class NodePart:
     """What one node's task measured (a file in the parts folder, read by the verdict)."""
 
@@ -68,6 +89,7 @@ class NodePart:
     matmul_tflops: list[float]  # one per device (GPU, or the node's CPU process)
     clock_offset_s: float | None = None
     bandwidth: list[Bandwidth] = field(default_factory=list)  # within the node, and nccl-tests
+    numerics: list[DeviceNumerics] = field(default_factory=list)  # one per device (test_case.preflight.numerics)
 
 
 @dataclass
@@ -148,4 +170,10 @@ def read_part(path: Path) -> NodePart:
         matmul_tflops=doc["matmul_tflops"],
         clock_offset_s=doc.get("clock_offset_s"),
         bandwidth=[bandwidth_record(b) for b in doc.get("bandwidth", [])],
+        numerics=[numerics_record(n) for n in doc.get("numerics", [])],
     )
+
+
+def numerics_record(doc: dict[str, Any]) -> DeviceNumerics:
+    """A `DeviceNumerics` from its JSON."""
+    return DeviceNumerics(**{**doc, "results": [NumericsResult(**r) for r in doc["results"]]})

@@ -1,5 +1,6 @@
 """From the node tasks' parts to one `PreflightReport`: the checks that compare nodes with each
-other (versions, GPU model, matmul, write speed, clock, the pairs of the fabric test) and with the
+other (versions, GPU model, matmul, the numerical agreement of every device, write speed, clock, the
+pairs of the fabric test) and with the
 published figures of `test_case.preflight.expectations`, and the list of failures to act on."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from test_case.preflight.expectations import Expectations
 from test_case.preflight.node_checks import DRAIN
+from test_case.preflight.numerics import agreement_checks
 from test_case.preflight.records import (
     Bandwidth,
     Check,
@@ -148,6 +150,11 @@ def build_report(
                     f"published: {published.value} ({published.source}), {exp.tolerance:.0%} tolerance",
                     "check clocks and power (nvidia-smi -q -d PERFORMANCE), then " + DRAIN.format(node=host),
                 )
+    # the same numbers from the same seeded workloads on every device of one kind
+    every_device = [d for h in present for d in found[h].numerics]
+    for host, check in agreement_checks(every_device, DRAIN).items():
+        if host in checks:
+            checks[host]["numerics"] = check
     # write speed to SAVE_ROOT against the other nodes
     writes = {}
     for host in present:
