@@ -43,6 +43,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_habits": ("tooling",),
     "test_health": ("preflight",),
     "test_health_links": ("preflight",),
+    "test_health_slurm": ("preflight",),
     "test_health_xid": ("preflight",),
     "test_job_lines": ("training", "report"),
     "test_launch": ("training",),

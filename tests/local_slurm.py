@@ -154,6 +154,7 @@ class LocalSlurmCluster:
     # test see its node marked down about 30 s after the kill; a slurmd throttled to a fifth of a core
     # (the preflight's and the acceptance's slow node) still answers every ping well inside it.
     slurmd_timeout: int = 10
+    extra_config: tuple[str, ...] = ()  # slurm.conf lines added for a while (`configured`)
 
     @property
     def conf(self) -> Path:
@@ -257,7 +258,21 @@ class LocalSlurmCluster:
         for name, nodes in self.partitions().items():
             default = " Default=YES" if name == "debug" else ""
             lines.append(f"PartitionName={name} Nodes={','.join(nodes)}{default} MaxTime=INFINITE State=UP")
-        return "\n".join(lines) + "\n"
+        return "\n".join([*lines, *self.extra_config]) + "\n"
+
+    @contextlib.contextmanager
+    def configured(self, *lines: str) -> Iterator[None]:
+        """slurm.conf with ``lines`` added while the block runs: written, then ``scontrol reconfigure``
+        (the controller and every slurmd read it again); the usual file is back, and read, after."""
+        self.extra_config = lines
+        try:
+            self.conf.write_text(self.config_text())
+            _run(["scontrol", "reconfigure"], env=self.env)
+            yield
+        finally:
+            self.extra_config = ()
+            self.conf.write_text(self.config_text())
+            _run(["scontrol", "reconfigure"], env=self.env)
 
     def _start_munge(self) -> None:
         if Path("/run/munge/munge.socket.2").exists() and _processes_named("munged"):

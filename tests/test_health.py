@@ -167,3 +167,31 @@ def test_a_health_finding_fails_the_node_in_the_verdict_with_its_evidence(
         "preflight:   evidence (reboot): [74889.644138] NVRM: Xid (PCI:0000:02:00): 79, GPU has fallen off the bus."
     )
     assert evidence in lines and report.status == "fail"
+
+
+def test_dev_shm_below_half_free_is_a_node_to_reboot_with_its_figures(tmp_path: Path) -> None:
+    from test_case.health import shm
+
+    ((well,),) = [shm.findings(tmp_path, min_free=0.0)]
+    assert (well.klass, well.check, well.subject) == ("healthy", "shm", str(tmp_path))
+    ((full,),) = [shm.findings(tmp_path, min_free=1.01)]  # no folder is 101 % free
+    assert full.klass == "reboot" and full.summary.startswith("only ") and "(at least 101% expected)" in full.summary
+    assert full.evidence.startswith(f"{tmp_path}: ") and " GiB free of " in full.evidence
+    assert shm.findings(tmp_path / "missing") is None
+
+
+def test_the_drain_reason_names_the_worst_finding_and_fits_sinfo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_case.health.drain import REASON_CHARS, drain, reason
+
+    found = [
+        Finding("pcie", "GPU 0000:19:00.0", "monitor", "x8 of x16"),
+        Finding("xid", "GPU 0000:02:00.0", "reboot", "Xid 79: GPU has fallen off the bus " + "z" * 300),
+    ]
+    said = reason("reboot", found)
+    assert said.startswith("mpt-health reboot: xid GPU 0000:02:00.0: Xid 79: GPU has fallen off the bus")
+    assert len(said) == REASON_CHARS and said.endswith("...")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no scontrol: not a Slurm node
+    assert drain("node7", said).startswith("not drained: scontrol show node node7 gave nothing")

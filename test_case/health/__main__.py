@@ -7,6 +7,10 @@ the tool's line and what to do; ``--json`` prints the same as one JSON document.
 the worst finding is ``healthy`` or ``monitor``, 1 when the node needs a GPU reset, a reboot or a
 drain, 2 for a usage mistake.
 
+``--drain`` (opt-in) takes such a node out of service in Slurm (`test_case.health.drain`), but only
+when a second scan ``--confirm-after`` seconds later finds it failing too (one bad reading drains
+nothing), and only when it is not drained or down already. Nothing here resumes a node.
+
 Standard library only and no venv needed (``python3 -m test_case.health`` from the repository folder,
 or with it on ``PYTHONPATH``), so that it can run on the host, outside any container: by hand, in a prolog, or
 as the base of Slurm's HealthCheckProgram.
@@ -19,8 +23,10 @@ import json
 import os
 import socket
 import sys
+import time
 from dataclasses import asdict
 
+from test_case.health.drain import drain, reason
 from test_case.health.findings import SEVERITY, action, worst
 from test_case.health.scan import scan
 
@@ -31,6 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m test_case.health", description=__doc__.splitlines()[0])
     parser.add_argument("--dcgm-level", type=int, choices=(1, 2, 3, 4), help="also run dcgmi diag -r LEVEL")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="drain this node in Slurm (scontrol) when it needs a reset, a reboot or a drain, "
+        "confirmed by a second scan; never resumes it",
+    )
+    parser.add_argument(
+        "--confirm-after",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between the scan and the one that confirms it before --drain drains (default 5)",
+    )
     args = parser.parse_args(argv)
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     result = scan(args.dcgm_level)
@@ -58,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
                 if f.evidence:
                     print(f"health: {node}:   evidence: {f.evidence}")
         print(f"health: {node}: {klass}" + (f": {action(klass, node)}" if action(klass, node) else ""))
+    if args.drain and klass in FAILING:
+        time.sleep(args.confirm_after)
+        again = scan(args.dcgm_level)
+        confirmed = [f for findings, _ in again.readers.values() for f in findings or []]
+        if worst(confirmed) in FAILING:
+            print(f"health: {node}: confirmed by a second scan; " + drain(node, reason(worst(confirmed), confirmed)))
+        else:
+            print(
+                f"health: {node}: not drained: a second scan {args.confirm_after:g} s later found it {worst(confirmed)}"
+            )
     sys.stdout.flush()
     return 1 if klass in FAILING else 0
 

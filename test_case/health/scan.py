@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from test_case.health import dcgm, gpu_identity, infiniband, nvlink, pcie, xid
+from test_case.health import dcgm, gpu_identity, infiniband, nvlink, pcie, shm, xid
 from test_case.health.findings import Finding
 
 
@@ -52,11 +52,17 @@ def _nvlink() -> tuple[list[Finding] | None, str]:
     return nvlink.findings(status) + (nvlink.error_findings(errors) if errors else []), "nvidia-smi nvlink -s, -e"
 
 
+def _shm() -> tuple[list[Finding] | None, str]:
+    found = shm.findings()
+    return (None, "/dev/shm is not mounted here") if found is None else (found, "statvfs /dev/shm")
+
+
 READERS: dict[str, Callable[[], tuple[list[Finding] | None, str]]] = {
     "xid": _kernel_log,
     "pcie": _pcie,
     "infiniband": _infiniband,
     "nvlink": _nvlink,
+    "shm": _shm,
 }
 
 

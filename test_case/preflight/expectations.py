@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from test_case.health import shm
+
 
 @dataclass(frozen=True)
 class Expected:
@@ -55,7 +57,7 @@ class Expectations:
     tolerance: float = 0.15  # below (1 - tolerance) x a published figure fails
     peer_tolerance: float = 0.25  # below (1 - peer_tolerance) x the median of the nodes fails
     write_peer_tolerance: float = 0.5  # the same for the write speed to SAVE_ROOT, a noisier figure
-    shm_min_free_fraction: float = 0.5  # /dev/shm: at least this share free
+    shm_min_free_fraction: float = shm.MIN_FREE_FRACTION  # /dev/shm: at least this share free
     save_root_min_free_gb: float = 10.0  # SAVE_ROOT: free space for checkpoints
     clock_max_offset_s: float = 1.0  # between any node and node 0
 

@@ -9,7 +9,9 @@ not ``healthy`` becomes a check of its own, ``health.<reader>[<part>]``: ``fail`
 that take the node out of service until someone acts (reset, reboot, drain), ``pass`` for
 ``monitor`` (recorded, shown, no action), each with the finding's class, its summary, the tool's
 line it rests on and what to do (`test_case.health.findings.ACTIONS`). The GPUs' driver, VBIOS and
-product names join the node's facts, which the verdict compares across nodes.
+product names join the node's facts, which the verdict compares across nodes. The ``shm`` reader is
+left out: the preflight's own ``shm_free`` check judges /dev/shm, with a threshold its expectations
+can change.
 """
 
 from __future__ import annotations
@@ -54,5 +56,6 @@ def host_health_checks(node: str, dcgm_level: int | None = None) -> tuple[Checks
     found = scan(dcgm_level)
     checks: Checks = {}
     for reader, (findings, how) in found.readers.items():
-        checks |= finding_checks(reader, findings, how, node)
+        if reader != "shm":  # the preflight's shm_free (node_checks.shm_checks)
+            checks |= finding_checks(reader, findings, how, node)
     return checks, dict(found.facts)
