@@ -182,6 +182,9 @@ def test_nccl_tests_table_is_parsed() -> None:
 
 def test_bus_bandwidth_factors_and_node_pairs() -> None:
     assert bus_factor("all_reduce", 8) == 2 * 7 / 8 and bus_factor("all_gather", 4) == 3 / 4
+    assert (
+        bus_factor("all_to_all", 4) == 3 / 4 and bus_factor("sendrecv", 8) == 1.0
+    )  # as nccl-tests' alltoall, sendrecv
     assert node_pairs(2) == [] and node_pairs(3) == [(0, 1), (0, 2), (1, 2)]
     assert len(node_pairs(8)) == 28 and node_pairs(9)[-1] == (8, 0)
 

@@ -82,11 +82,11 @@ def test_a_healthy_cluster_passes_with_measured_figures_for_every_node(
         assert checks["same.torch"]["measured"] == checks["same.torch"]["expected"]
         assert checks["numerics"]["status"] == "pass" and "against 2 other device(s)" in checks["numerics"]["detail"]
     curves = {(b["collective"], b["scope"]): b for b in doc["bandwidth"]}
-    for collective in ("all_reduce", "all_gather", "reduce_scatter"):
+    for collective in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sendrecv"):
         curve = curves[(collective, "all nodes")]
         assert curve["ranks"] == 3 and curve["backend"] == "gloo" and len(curve["points"]) == 5
         assert all(p["busbw_gbps"] > 0 and p["time_s"] > 0 for p in curve["points"])
-        factor = 2 * 2 / 3 if collective == "all_reduce" else 2 / 3
+        factor = {"all_reduce": 2 * 2 / 3, "sendrecv": 1.0}.get(collective, 2 / 3)
         p = curve["points"][-1]
         assert p["busbw_gbps"] == pytest.approx(p["algbw_gbps"] * factor, rel=1e-3)
     assert sorted(scope for _, scope in curves if scope.startswith("pair ")) == [

@@ -8,14 +8,16 @@ Every worker runs, in this order and in step with the others:
 1. a dense matmul on its device for about a second (bf16 on GPUs, fp32 on CPUs): TFLOP/s; then
    the seeded workloads of the numerical agreement check (`test_case.preflight.numerics`);
 2. its wall clock at a barrier, gathered: each node's offset from node 0;
-3. all_reduce, all_gather and reduce_scatter over message sizes on all ranks ("all nodes"), then
-   within each node when it has several devices;
+3. all_reduce, all_gather, reduce_scatter, all_to_all and sendrecv (each rank sends to the next and
+   receives from the previous, as nccl-tests' ``sendrecv_perf``) over message sizes on all ranks
+   ("all nodes"), then within each node when it has several devices;
 4. an all_reduce of one size on the ranks of each pair of nodes (every pair up to 8 nodes, else
    each node with the next), one pair at a time: a slow node or link is in every slow pair.
 
 Figures follow nccl-tests: ``size`` is the bytes of the larger buffer (all_gather's output,
-reduce_scatter's input), ``algbw = size / time``, ``busbw = algbw x 2(n-1)/n`` for all_reduce and
-``x (n-1)/n`` for all_gather and reduce_scatter; time is the slowest rank's mean over the
+reduce_scatter's input, each rank's all_to_all buffer and sendrecv message), ``algbw = size / time``,
+``busbw = algbw x 2(n-1)/n`` for all_reduce, ``x (n-1)/n`` for all_gather, reduce_scatter and
+all_to_all, ``x 1`` for sendrecv; time is the slowest rank's mean over the
 iterations. Results go to ``PARTS/rank-<r>.json``.
 """
 
@@ -34,7 +36,7 @@ from typing import Any
 from test_case.preflight import numerics
 from test_case.preflight.records import Bandwidth, BandwidthPoint
 
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sendrecv")
 CPU_SIZES = (1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)  # 64 KiB .. 16 MiB
 GPU_SIZES = tuple(1 << s for s in range(20, 33, 2))  # 1 MiB .. 4 GiB
 CPU_PAIR_BYTES, GPU_PAIR_BYTES = 1 << 22, 1 << 30
@@ -43,7 +45,7 @@ ALL_PAIRS_UP_TO = 8
 
 def bus_factor(collective: str, n: int) -> float:
     """nccl-tests' busbw / algbw for ``n`` ranks."""
-    if n <= 1:
+    if n <= 1 or collective == "sendrecv":
         return 1.0
     return 2 * (n - 1) / n if collective == "all_reduce" else (n - 1) / n
 
@@ -99,13 +101,25 @@ def time_collective(collective: str, nbytes: int, group: Any, device: Any) -> Ba
     big = torch.ones(elems, dtype=torch.float32, device=device)
     small = torch.ones(elems // n, dtype=torch.float32, device=device)
 
+    received = torch.empty_like(big) if collective in ("all_to_all", "sendrecv") else big
+    me, ranks = dist.get_rank(), dist.get_process_group_ranks(group) if group is not None else None
+    where = ranks.index(me) if ranks else me
+    following = ranks[(where + 1) % n] if ranks else (where + 1) % n
+    preceding = ranks[(where - 1) % n] if ranks else (where - 1) % n
+
     def once() -> None:
         if collective == "all_reduce":
             dist.all_reduce(big, group=group)
         elif collective == "all_gather":
             dist.all_gather_into_tensor(big, small, group=group)
-        else:
+        elif collective == "reduce_scatter":
             dist.reduce_scatter_tensor(small, big, group=group)
+        elif collective == "all_to_all":
+            dist.all_to_all_single(received, big, group=group)
+        else:  # sendrecv: to the next rank of the group, from the previous one
+            ops = [dist.P2POp(dist.isend, big, following, group), dist.P2POp(dist.irecv, received, preceding, group)]
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
 
     def sync() -> None:
         if device.type == "cuda":

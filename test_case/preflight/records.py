@@ -37,14 +37,14 @@ class BandwidthPoint:
     bytes: int
     time_s: float  # per operation, the slowest rank's
     algbw_gbps: float  # bytes / time
-    busbw_gbps: float  # algbw x the collective's factor (all_reduce 2(n-1)/n, all_gather and reduce_scatter (n-1)/n)
+    busbw_gbps: float  # algbw x the collective's factor (all_reduce 2(n-1)/n, sendrecv 1, the others (n-1)/n)
 
 
 @dataclass
 class Bandwidth:
     """One collective over message sizes, on one set of ranks."""
 
-    collective: str  # all_reduce | all_gather | reduce_scatter | all_reduce_perf (nccl-tests)
+    collective: str  # all_reduce | all_gather | reduce_scatter | all_to_all | sendrecv | all_reduce_perf (nccl-tests)
     scope: str  # "all nodes", "within <host>", "pair <host-a> <host-b>"
     ranks: int
     backend: str
