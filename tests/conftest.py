@@ -41,6 +41,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_gpu_smoke": ("training", "preflight"),
     "test_gpus": ("training", "preflight"),
     "test_habits": ("tooling",),
+    "test_group_testing": ("preflight",),
     "test_health": ("preflight",),
     "test_health_links": ("preflight",),
     "test_health_slurm": ("preflight",),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_case.preflight.cli import parse_all_reduce_perf
+from test_case.preflight.cli import parse_all_reduce_perf, summary_lines
 from test_case.preflight.expectations import load
 from test_case.preflight.fabric import bus_factor, node_pairs
 from test_case.preflight.nccl_tests import NcclTestsError
@@ -186,7 +186,8 @@ def test_bus_bandwidth_factors_and_node_pairs() -> None:
         bus_factor("all_to_all", 4) == 3 / 4 and bus_factor("sendrecv", 8) == 1.0
     )  # as nccl-tests' alltoall, sendrecv
     assert node_pairs(2) == [] and node_pairs(3) == [(0, 1), (0, 2), (1, 2)]
-    assert len(node_pairs(8)) == 28 and node_pairs(9)[-1] == (8, 0)
+    assert len(node_pairs(8)) == 28 and node_pairs(9) == []  # beyond 8 nodes: group testing (test_group_testing.py)
+    assert len(node_pairs(9, up_to=9)) == 36
 
 
 def part(host: str, node_id: int, matmul: float, torch: str = "2.7.0") -> NodePart:
@@ -207,6 +208,37 @@ def test_the_verdict_names_the_slow_node_the_odd_version_and_the_missing_node(tm
     assert report.status == "fail" and report.nodes["a"].status == "pass"
     again = PreflightReport.from_dict(json.loads(report.to_json()))
     assert again == report  # the JSON reads back into the same records
+
+
+def test_a_slow_link_fails_the_preflight_as_a_link_and_no_node_is_drained_for_it(tmp_path: Path) -> None:
+    for p in (part("a", 0, 0.040), part("b", 1, 0.041), part("c", 2, 0.040)):
+        write_part(tmp_path / f"node-{p.hostname}.json", p)
+    pairs = {("a", "b"): 1.2, ("a", "c"): 1.25, ("b", "c"): 0.12}  # b and c are fast with a, slow together
+    bandwidth = [
+        {"collective": "all_reduce", "scope": f"pair {x} {y}", "ranks": 2, "backend": "gloo",
+         "points": [{"bytes": 4194304, "time_s": 0.01, "algbw_gbps": v, "busbw_gbps": v}]}
+        for (x, y), v in pairs.items()
+    ]  # fmt: skip
+    (tmp_path / "rank-0.json").write_text(json.dumps({"bandwidth": bandwidth, "clock_offsets_s": {}}))
+    report = build_report(tmp_path, ["a", "b", "c"], "78", load(None))
+    assert report.status == "fail" and report.failures == []  # no node failed: the fabric did
+    ((link),) = report.slow_links
+    assert (link.a, link.b, link.busbw_gbps, link.how) == ("b", "c", 0.12, "all pairs")
+    assert "neither node needs draining" in link.action
+    lines = summary_lines(report)
+    assert any(line.startswith("preflight: FAIL link b - c (all pairs): busbw 0.12 GB/s, reference ") for line in lines)
+    assert PreflightReport.from_dict(json.loads(report.to_json())) == report
+    # beyond 8 nodes rank 0 writes its group testing: a slow node fails fabric.groups, a slow link the job
+    test = {"round": 1, "group": ["a", "b"], "busbw_gbps": 12.0, "slow": True}
+    searched = {"reference_gbps": 40.0, "tolerance": 0.25, "slow_nodes": ["c"], "slow_links": [["a", "b"]],
+                "unresolved": [], "tests": [test]}  # fmt: skip
+    (tmp_path / "rank-0.json").write_text(
+        json.dumps({"bandwidth": [], "clock_offsets_s": {}, "group_testing": searched})
+    )
+    report = build_report(tmp_path, ["a", "b", "c"], "79", load(None))
+    assert {(f.node, f.check) for f in report.failures} == {("c", "fabric.groups")}
+    assert [(x.a, x.b, x.how) for x in report.slow_links] == [("a", "b", "group testing")]
+    assert report.nodes["a"].checks["fabric.groups"].detail.startswith("1 all_to_all group tests in 1 rounds")
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from test_case.preflight import node_checks
 from test_case.preflight.expectations import load
-from test_case.preflight.fabric import run_worker
+from test_case.preflight.fabric import ALL_PAIRS_UP_TO, run_worker
 from test_case.preflight.host_health import host_health_checks
 from test_case.preflight.nccl_network import network_check, rdma_devices, read_nccl_debug
 from test_case.preflight.nccl_tests import NcclTestsError, read_nccl_tests
@@ -125,6 +125,11 @@ def node(args: argparse.Namespace) -> int:
         ]
         if args.max_bytes:
             cmd += ["--max-bytes", str(args.max_bytes)]
+        cmd += ["--pairs-up-to", str(args.pairs_up_to)]
+        if args.expectations:
+            cmd += ["--expectations", str(args.expectations)]
+        if args.peer_tolerance is not None:
+            cmd += ["--peer-tolerance", str(args.peer_tolerance)]
         workers.append(subprocess.Popen(cmd, env=worker_env))
     codes = []
     for proc in workers:
@@ -213,6 +218,12 @@ def summary_lines(report: PreflightReport) -> list[str]:
         lines.append(f"{PROG}: FAIL {f.node}: {f.check}: measured {f.measured}, expected {f.expected}: {f.action}")
         if f.evidence:
             lines.append(f"{PROG}:   evidence ({f.finding_class}): {f.evidence}")
+    for link in report.slow_links:
+        measured = f"busbw {link.busbw_gbps} GB/s, " if link.busbw_gbps is not None else ""
+        lines.append(
+            f"{PROG}: FAIL link {link.a} - {link.b} ({link.how}): {measured}reference {link.reference_gbps} GB/s: "
+            + link.action
+        )
     return lines
 
 
@@ -258,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(
             "--peer-tolerance", type=float, default=None, help="share below the nodes' median that fails (0.25)"
         )
+        s.add_argument(  # read by the workers; accepted by all, as PREFLIGHT_ARGS passes the same to each
+            "--pairs-up-to",
+            type=int,
+            default=ALL_PAIRS_UP_TO,
+            metavar="N",
+            help=f"test every pair of nodes up to N nodes, else find slow nodes and links by group testing "
+            f"({ALL_PAIRS_UP_TO})",
+        )
         s.add_argument(  # read by `node`; accepted by all, as PREFLIGHT_ARGS passes the same to each
             "--dcgm-level",
             type=int,
@@ -275,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "worker":
-        run_worker(args.parts, args.timeout, args.max_bytes)
+        exp = load(args.expectations, args.tolerance, args.peer_tolerance)
+        run_worker(args.parts, args.timeout, args.max_bytes, args.pairs_up_to, exp.peer_tolerance)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # without tearing down the process group (see run_worker)

@@ -11,8 +11,11 @@ Every worker runs, in this order and in step with the others:
 3. all_reduce, all_gather, reduce_scatter, all_to_all and sendrecv (each rank sends to the next and
    receives from the previous, as nccl-tests' ``sendrecv_perf``) over message sizes on all ranks
    ("all nodes"), then within each node when it has several devices;
-4. an all_reduce of one size on the ranks of each pair of nodes (every pair up to 8 nodes, else
-   each node with the next), one pair at a time: a slow node or link is in every slow pair.
+4. up to `ALL_PAIRS_UP_TO` nodes, an all_reduce of one size on the ranks of each pair of nodes, one
+   pair at a time: a slow node is in every slow pair, a slow link in one; beyond, adaptive group
+   testing (`test_case.preflight.group_testing`): rounds of all_to_all among disjoint groups of
+   nodes, about 2 + 3 log2(N) rounds for one slow link, every rank running the same search on the
+   gathered scores.
 
 Figures follow nccl-tests: ``size`` is the bytes of the larger buffer (all_gather's output,
 reduce_scatter's input, each rank's all_to_all buffer and sendrecv message), ``algbw = size / time``,
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from test_case.preflight import numerics
+from test_case.preflight.group_testing import Measure, locate
 from test_case.preflight.records import Bandwidth, BandwidthPoint
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sendrecv")
@@ -55,13 +59,48 @@ def iterations(nbytes: int) -> int:
     return 20 if nbytes <= 1 << 22 else 5
 
 
-def node_pairs(nodes: int) -> list[tuple[int, int]]:
-    """The pairs of nodes tested: all of them up to `ALL_PAIRS_UP_TO` nodes, else a ring."""
-    if nodes < 3:
+def node_pairs(nodes: int, up_to: int = ALL_PAIRS_UP_TO) -> list[tuple[int, int]]:
+    """The pairs of nodes tested one at a time: all of them up to ``up_to`` nodes, else none (group
+    testing instead)."""
+    if nodes < 3 or nodes > up_to:
         return []  # with two nodes the pair is the all-node test
-    if nodes <= ALL_PAIRS_UP_TO:
-        return list(itertools.combinations(range(nodes), 2))
-    return [(i, (i + 1) % nodes) for i in range(nodes)]
+    return list(itertools.combinations(range(nodes), 2))
+
+
+def node_names(hosts: list[str]) -> list[str]:
+    """Each node's hostname; ``host#k`` for the k-th node when several report the same one."""
+    return [h if hosts.count(h) == 1 else f"{h}#{k}" for k, h in enumerate(hosts)]
+
+
+def group_measure(names: list[str], local_world: int, device: Any, nbytes: int) -> Measure:
+    """One round of group tests on this job's ranks: every rank creates every group's process group
+    (in the same order, as torch.distributed requires), the members of each run an all_to_all of
+    ``nbytes``, and every rank gets every group's busbw."""
+    import torch.distributed as dist
+
+    index = {name: k for k, name in enumerate(names)}
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def measure(groups: list[list[str]]) -> list[float]:
+        mine: tuple[int, Any, list[int]] | None = None
+        for g, members_nodes in enumerate(groups):
+            members = [r for n in members_nodes for r in range(index[n] * local_world, (index[n] + 1) * local_world)]
+            handle = dist.new_group(members)
+            if rank in members:
+                mine = (g, handle, members)
+        said: tuple[int, float] | None = None
+        if mine is not None:
+            point = time_collective("all_to_all", nbytes, mine[1], device)
+            said = (mine[0], point.busbw_gbps) if rank == mine[2][0] else None
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, said)
+        scores = [0.0] * len(groups)
+        for item in gathered:
+            if item is not None:
+                scores[item[0]] = item[1]
+        return scores
+
+    return measure
 
 
 def matmul_tflops(device: Any, seconds: float = 1.0) -> float:
@@ -150,7 +189,13 @@ def sweep(scope: str, group: Any, device: Any, backend: str, sizes: tuple[int, .
     ]
 
 
-def run_worker(parts: Path, timeout_s: float = 600.0, max_bytes: int | None = None) -> None:
+def run_worker(
+    parts: Path,
+    timeout_s: float = 600.0,
+    max_bytes: int | None = None,
+    pairs_up_to: int = ALL_PAIRS_UP_TO,
+    tolerance: float = 0.25,
+) -> None:
     """Everything above for this rank; writes ``parts/rank-<r>.json``."""
     import torch
     import torch.distributed as dist
@@ -192,7 +237,12 @@ def run_worker(parts: Path, timeout_s: float = 600.0, max_bytes: int | None = No
         mine = sweep(f"within {host}", node_groups[rank // local_world], device, backend, sizes)
         if local_rank == 0:
             bandwidth += mine
-    for a, b in node_pairs(nodes):
+    names = node_names([hosts[k * local_world] for k in range(nodes)])
+    located = None
+    if nodes > pairs_up_to:
+        measure = group_measure(names, local_world, device, pair_bytes)
+        located = locate(names, measure, tolerance)
+    for a, b in node_pairs(nodes, pairs_up_to):
         members = [*range(a * local_world, (a + 1) * local_world), *range(b * local_world, (b + 1) * local_world)]
         group = dist.new_group(members)
         if rank in members:
@@ -200,7 +250,7 @@ def run_worker(parts: Path, timeout_s: float = 600.0, max_bytes: int | None = No
             if rank == members[0]:
                 pair = Bandwidth(
                     "all_reduce",
-                    f"pair {hosts[a * local_world]} {hosts[b * local_world]}",
+                    f"pair {names[a]} {names[b]}",
                     len(members),
                     backend,
                     [point],
@@ -217,6 +267,7 @@ def run_worker(parts: Path, timeout_s: float = 600.0, max_bytes: int | None = No
         "device": str(device),
         "numerics": asdict(agreement),
         "clock_offsets_s": offsets if rank == 0 else {},
+        "group_testing": asdict(located) if located is not None and rank == 0 else None,
         "bandwidth": [asdict(b) for b in bandwidth if not b.scope.startswith("pair ")]
         + ([p for r in pair_results for p in r] if rank == 0 else []),
     }

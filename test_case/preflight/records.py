@@ -115,6 +115,25 @@ class Failure:
 
 
 @dataclass
+class SlowLink:
+    """The link between two nodes, slow while each of them is fast with other nodes: not a node to drain."""
+
+    a: str
+    b: str
+    busbw_gbps: float | None  # their test's busbw (the pair's, or the confirming group's)
+    reference_gbps: float
+    how: str  # "all pairs" or "group testing"
+
+    @property
+    def action(self) -> str:
+        return (
+            f"the network path between {self.a} and {self.b} is slow while each is fast with the other nodes: "
+            f"check the cables, ports and switch between them (ibdiagnet, or fi_pingpong/ib_write_bw between "
+            "the two); neither node needs draining"
+        )
+
+
+@dataclass
 class PreflightReport:
     """`logs/preflight_<job-id>.json`."""
 
@@ -125,6 +144,7 @@ class PreflightReport:
     bandwidth: list[Bandwidth]
     wall_s: float | None = None
     settings: dict[str, Value] = field(default_factory=dict)
+    slow_links: list[SlowLink] = field(default_factory=list)  # a failure of the fabric, not of a node
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -142,6 +162,7 @@ class PreflightReport:
             bandwidth=[bandwidth_record(b) for b in doc.get("bandwidth", [])],
             wall_s=doc.get("wall_s"),
             settings=doc.get("settings", {}),
+            slow_links=[SlowLink(**link) for link in doc.get("slow_links", [])],
         )
 
     @classmethod

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from test_case.preflight.expectations import Expectations
+from test_case.preflight.group_testing import links_of_pairs
 from test_case.preflight.node_checks import DRAIN
 from test_case.preflight.numerics import agreement_checks
 from test_case.preflight.records import (
@@ -20,6 +21,7 @@ from test_case.preflight.records import (
     NodePart,
     NodeResult,
     PreflightReport,
+    SlowLink,
     Value,
     bandwidth_record,
     read_part,
@@ -189,7 +191,9 @@ def build_report(
                 )
     for host in present:
         bandwidth += found[host].bandwidth
-    _fabric_checks(checks, bandwidth, gpu, found, exp, len(hosts))
+    slow_links = _fabric_checks(checks, bandwidth, gpu, found, exp, len(hosts))
+    if rank0 is not None and rank0.get("group_testing"):
+        slow_links += _group_testing_checks(checks, rank0["group_testing"], exp)
     nodes = {
         h: NodeResult(
             "fail" if any(c.status == "fail" for c in cs.values()) else "pass",
@@ -204,7 +208,9 @@ def build_report(
         for name, c in cs.items()
         if c.status == "fail"
     ]
-    return PreflightReport(job_id, "fail" if failures else "pass", nodes, failures, bandwidth, wall_s)
+    return PreflightReport(
+        job_id, "fail" if failures or slow_links else "pass", nodes, failures, bandwidth, wall_s, slow_links=slow_links
+    )
 
 
 def _fabric_checks(
@@ -214,9 +220,15 @@ def _fabric_checks(
     found: dict[str, NodePart],
     exp: Expectations,
     n_nodes: int,
-) -> None:
-    """Pairs name a slow node; the all-node and within-node curves meet the published figures."""
+) -> list[SlowLink]:
+    """Pairs name a slow node or a slow link; the all-node and within-node curves meet the published
+    figures. The slow links found from the pairs."""
     pairs = [b for b in bandwidth if b.scope.startswith("pair ")]
+    pair_scores = {(b.scope.split()[1], b.scope.split()[2]): b.peak_busbw_gbps for b in pairs}
+    links = [
+        SlowLink(a, b, round(v, 4), round(r, 4), "all pairs")
+        for a, b, v, r in links_of_pairs(pair_scores, exp.peer_tolerance)
+    ]
     if pairs:
         per_node: dict[str, list[float]] = {}
         for b in pairs:
@@ -254,3 +266,27 @@ def _fabric_checks(
                     f"peak all_reduce busbw, {b.scope}; published {published.value} ({published.source})",
                     "check NCCL's transport (NCCL_DEBUG=INFO: NET/OFI and the EFA provider), then the pairs above",
                 )
+    return links
+
+
+def _group_testing_checks(
+    checks: dict[str, dict[str, Check]], doc: dict[str, Any], exp: Expectations
+) -> list[SlowLink]:
+    """Beyond `fabric.ALL_PAIRS_UP_TO` nodes: what rank 0's adaptive group testing named
+    (`test_case.preflight.group_testing`): ``fabric.groups`` per node, and the slow links."""
+    reference, rounds = doc["reference_gbps"], max((t["round"] for t in doc["tests"]), default=0)
+    how = f"{len(doc['tests'])} all_to_all group tests in {rounds} rounds; reference {reference:.4g} GB/s"
+    unresolved = {n for group in doc["unresolved"] for n in group}
+    for host in checks:
+        slow, unsure = host in doc["slow_nodes"], host in unresolved
+        checks[host]["fabric.groups"] = Check(
+            "fail" if slow or unsure else "pass",
+            "slow" if slow else "in a slow group" if unsure else "fast",
+            "fast",
+            "",
+            how + ("; in a slow group that no good node was left to tell apart" if unsure and not slow else ""),
+            ("collectives with this node are slow (its network, or it is busy): " + DRAIN.format(node=host))
+            if slow or unsure
+            else "",
+        )
+    return [SlowLink(a, b, None, round(reference, 4), "group testing") for a, b in doc["slow_links"]]

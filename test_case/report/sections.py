@@ -234,9 +234,11 @@ def preflight(report: Report) -> Section:
     body: list[Block] = []
     for pf in report.preflight:
         bad = sorted({f.node for f in pf.failures})
+        links = [f"{link.a} - {link.b}" for link in pf.slow_links]
         lines.append(
             f"preflight job {pf.job_id}: {pf.status.upper()}, {len(pf.nodes)} node(s)"
             + (f"; failed: {', '.join(bad)}" if bad else "")
+            + (f"; slow link(s): {', '.join(links)}" if links else "")
         )
         wall = f", {pf.wall_s:.0f} s" if pf.wall_s is not None else ""
         rows = []
@@ -256,6 +258,7 @@ def preflight(report: Report) -> Section:
                     f"{f.node}, {f.check}: {f.action}" + (f" (evidence: `{f.evidence}`)" if f.evidence else "")
                     for f in pf.failures
                 )
+                + tuple(f"link {link.a} - {link.b} ({link.how}): {link.action}" for link in pf.slow_links)
             ),
         ]
     return Section("preflight", "Preflight", tuple(lines), tuple(body))
