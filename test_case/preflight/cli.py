@@ -128,8 +128,6 @@ def node(args: argparse.Namespace) -> int:
         cmd += ["--pairs-up-to", str(args.pairs_up_to)]
         if args.expectations:
             cmd += ["--expectations", str(args.expectations)]
-        if args.peer_tolerance is not None:
-            cmd += ["--peer-tolerance", str(args.peer_tolerance)]
         workers.append(subprocess.Popen(cmd, env=worker_env))
     codes = []
     for proc in workers:
@@ -295,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "worker":
         exp = load(args.expectations, args.tolerance, args.peer_tolerance)
-        run_worker(args.parts, args.timeout, args.max_bytes, args.pairs_up_to, exp.peer_tolerance)
+        run_worker(args.parts, args.timeout, args.max_bytes, args.pairs_up_to, exp.link_tolerance)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # without tearing down the process group (see run_worker)

@@ -57,6 +57,7 @@ class Expectations:
     tolerance: float = 0.15  # below (1 - tolerance) x a published figure fails
     peer_tolerance: float = 0.25  # below (1 - peer_tolerance) x the median of the nodes fails
     write_peer_tolerance: float = 0.5  # the same for the write speed to SAVE_ROOT, a noisier figure
+    link_tolerance: float = 0.5  # one pair or group below (1 - this) x the reference is slow: one measurement each
     shm_min_free_fraction: float = shm.MIN_FREE_FRACTION  # /dev/shm: at least this share free
     save_root_min_free_gb: float = 10.0  # SAVE_ROOT: free space for checkpoints
     clock_max_offset_s: float = 1.0  # between any node and node 0

@@ -227,7 +227,7 @@ def _fabric_checks(
     pair_scores = {(b.scope.split()[1], b.scope.split()[2]): b.peak_busbw_gbps for b in pairs}
     links = [
         SlowLink(a, b, round(v, 4), round(r, 4), "all pairs")
-        for a, b, v, r in links_of_pairs(pair_scores, exp.peer_tolerance)
+        for a, b, v, r in links_of_pairs(pair_scores, exp.link_tolerance)
     ]
     if pairs:
         per_node: dict[str, list[float]] = {}
