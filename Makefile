@@ -1,5 +1,5 @@
 # The suite's two commands: `make demo` and `make test`. Both set themselves up from a fresh clone.
-# `make check` is the quick tier while working: lint and the tests not marked slow (about 1.5 minutes).
+# `make check` is the quick tier while working: lint and the tests not marked slow (about 2 minutes).
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -37,7 +37,7 @@ help:
 	@echo "make demo   preprocess a C4 sample, train a tiny MPT on the CPU, print the report"
 	@echo "make test   lint (ruff, mypy, shellcheck, hadolint, yamls) and the full test suite, local Slurm included"
 	@echo "make test-airgap  the whole lock installed offline from a real bundle, then the demo (CI runs it after make test)"
-	@echo "make check  lint and the tests not marked slow: the quick tier (about 1.5 minutes)"
+	@echo "make check  lint and the tests not marked slow: the quick tier (about 2 minutes)"
 	@echo "make test-slurm  the Slurm modules alone, on a cluster started by 'python -m tests.local_slurm up' if one runs"
 	@echo "             (any area: .venv/bin/python -m pytest -m 'training and not slurm'; docs/contributing.md, Development)"
 	@echo "make gpu-smoke  on a GPU machine: what only a GPU proves, one PASS/FAIL line per claim (docs/container.md, 'GPU smoke test')"
