@@ -49,9 +49,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = ("slurm-wlm", "munge")
+PACKAGES = ("slurm-wlm", "munge", "iptables")  # iptables: `slowed_link`
 DEFAULT_WORKDIR = Path("/tmp/mpt-suite-slurm")
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # cgroup v1, writable on these machines
+UNIFIED_CGROUP = Path("/sys/fs/cgroup/unified")  # the cgroup v2 hierarchy beside it: what iptables' cgroup match reads
 CTLD_PORT = 16817
 PARTITIONS = {"debug": 2, "three": 3}  # name: its nodes, node1 on (``debug`` is the default); ``all`` has every node
 NODE_PORT_BASE = 17000
@@ -124,11 +125,11 @@ def _processes_named(name: str, environ: str | None = None) -> list[int]:
 
 
 def install_packages() -> None:
-    """Install slurm-wlm and munge with apt when missing, without letting packages start services."""
-    if shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("munged"):
+    """Install slurm-wlm, munge and iptables with apt when missing, without letting packages start services."""
+    if all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "munged", "iptables")):
         return
     if os.geteuid() != 0:
-        raise SlurmError("slurm-wlm and munge are missing and installing them needs root")
+        raise SlurmError("slurm-wlm, munge or iptables is missing and installing them needs root")
     policy = Path("/usr/sbin/policy-rc.d")
     had_policy = policy.exists()
     if not had_policy:
@@ -461,6 +462,58 @@ class LocalSlurmCluster:
                 with contextlib.suppress(OSError):
                     (CPU_CGROUP / "cgroup.procs").write_text(left)
             group.rmdir()
+
+    @contextlib.contextmanager
+    def slowed_link(self, a: str, b: str, mbit: int) -> Iterator[None]:
+        """The traffic between nodes ``a`` and ``b``, and only theirs, limited to ``mbit`` Mbit/s.
+
+        The nodes share one network stack and gloo connects from 127.0.0.1, so addresses alone
+        cannot tell this pair's packets from others': the sender can. Each node's slurmd (and every
+        job step it starts from now on) goes into a cgroup v2 folder of its own; iptables' ``cgroup
+        --path`` match gives the packets that ``a``'s processes send to ``b``'s address, and ``b``'s to
+        ``a``'s, an HTB class of ``mbit`` on ``lo`` (CLASSIFY); other traffic is not shaped. Undone
+        after: the rules and the qdisc deleted, the processes moved back, the folders removed."""
+        pids = self._pids()
+        address = {name: f"127.0.1.{i}" for i, name in enumerate(self.node_names, start=1)}
+        folders = {n: UNIFIED_CGROUP / f"mpt-suite-link-{n}-{os.getpid()}" for n in (a, b)}
+        rules = [
+            [
+                "OUTPUT",
+                "-m",
+                "cgroup",
+                "--path",
+                folders[x].name,
+                "-d",
+                address[y],
+                "-j",
+                "CLASSIFY",
+                "--set-class",
+                "1:23",
+            ]
+            for x, y in ((a, b), (b, a))
+        ]
+        qdisc = False
+        try:
+            for node, folder in folders.items():
+                folder.mkdir()
+                (folder / "cgroup.procs").write_text(str(pids[node]))
+            _run(["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb"])
+            qdisc = True
+            _run(["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:23", "htb", "rate", f"{mbit}mbit"])
+            for rule in rules:
+                _run(["iptables", "-t", "mangle", "-A", *rule])
+            yield
+        finally:
+            for rule in rules:
+                subprocess.run(["iptables", "-t", "mangle", "-D", *rule], capture_output=True, check=False)
+            if qdisc:
+                subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True, check=False)
+            for folder in folders.values():
+                if folder.is_dir():
+                    for left in (folder / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(OSError):  # one that ended meanwhile
+                            (UNIFIED_CGROUP / "cgroup.procs").write_text(left)
+                    folder.rmdir()
 
     def node_of(self, pid: int) -> str:
         """The emulated node process ``pid`` runs on: the node whose slurmd shares its UTS namespace."""

@@ -148,3 +148,24 @@ def test_a_node_with_its_dev_shm_nearly_full_and_another_cpu_path_is_named_for_b
     assert (failure["node"], failure["check"], failure["expected"]) == ("node2", "shm_free", ">= 0.5")
     assert failure["measured"] < 0.15 and "/dev/shm" in failure["action"]
     assert run.report["nodes"]["node1"]["status"] == "pass" and run.report["nodes"]["node3"]["status"] == "pass"
+
+
+def test_a_slowed_link_is_named_as_the_link_and_neither_of_its_nodes_fails(
+    cluster: LocalSlurmCluster, settings: dict[str, str]
+) -> None:
+    """node2 <-> node3 limited to 100 Mbit/s (about 12 MB/s, against about 500 MB/s between the
+    others here: a 40x margin over the 50 % link tolerance); 1 MiB messages at most, so that the
+    all-node sweep, whose ring crosses the link too, stays short."""
+    short = {**settings, "PREFLIGHT_ARGS": settings["PREFLIGHT_ARGS"] + " --max-bytes 1048576"}
+    with cluster.slowed_link("node2", "node3", 100):
+        run = run_preflight(cluster, short)
+    assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
+    assert run.report["failures"] == [], run.report["failures"]  # no node failed a check
+    ((link),) = run.report["slow_links"]
+    assert (link["a"], link["b"], link["how"]) == ("node2", "node3", "all pairs"), link
+    pairs = {
+        b["scope"]: b["points"][0]["busbw_gbps"] for b in run.report["bandwidth"] if b["scope"].startswith("pair ")
+    }
+    assert pairs["pair node2 node3"] < 0.1 * min(pairs["pair node1 node2"], pairs["pair node1 node3"]), pairs
+    assert "preflight: FAIL link node2 - node3 (all pairs): busbw " in run.log
+    print(f"slowed link: pairs busbw GB/s {pairs}")
