@@ -229,9 +229,12 @@ def _fabric_checks(
         SlowLink(a, b, round(v, 4), round(r, 4), "all pairs")
         for a, b, v, r in links_of_pairs(pair_scores, exp.link_tolerance)
     ]
+    on_links = {f"pair {link.a} {link.b}" for link in links}
     if pairs:
         per_node: dict[str, list[float]] = {}
         for b in pairs:
+            if b.scope in on_links:  # a slow link is the fabric's, not its nodes': left out of their medians
+                continue
             for host in b.scope.split()[1:]:
                 per_node.setdefault(host, []).append(b.peak_busbw_gbps)
         scores = {h: statistics.median(v) for h, v in per_node.items() if h in checks}
@@ -240,7 +243,7 @@ def _fabric_checks(
             "fabric.pairs",
             scores,
             "GB/s",
-            "median all_reduce busbw of the pairs of nodes this one is in",
+            "median all_reduce busbw of the pairs of nodes this one is in (slow links left out)",
             exp,
             "collectives with this node are slow (its network, or it is busy): " + DRAIN,
         )
