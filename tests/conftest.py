@@ -43,6 +43,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_habits": ("tooling",),
     "test_group_testing": ("preflight",),
     "test_health": ("preflight",),
+    "test_health_clocks": ("preflight",),
     "test_health_links": ("preflight",),
     "test_health_slurm": ("preflight",),
     "test_health_xid": ("preflight",),

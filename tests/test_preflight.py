@@ -254,7 +254,7 @@ def test_a_run_on_this_machine_measures_gloo_collectives_and_names_missing_data(
         "TOKENIZER": str(demo_assets[1]),
         "SAVE_ROOT": str(tmp_path / "ckpt"),
         "CPU_PROCS_PER_NODE": "2",
-        "PREFLIGHT_ARGS": "--max-bytes 1048576",
+        "PREFLIGHT_ARGS": "--max-bytes 1048576 --burn-in 2",
     }
     env.pop("SLURM_JOB_ID", None)
     good = subprocess.run(["bash", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -279,6 +279,11 @@ def test_a_run_on_this_machine_measures_gloo_collectives_and_names_missing_data(
     # the node's two workers computed the numerical agreement check's workloads bit for bit alike
     assert node["checks"]["numerics"]["status"] == "pass", node["checks"]["numerics"]
     assert "cpu against 1 other device(s) of its kind" in node["checks"]["numerics"]["detail"]
+    # --burn-in 2: both workers loaded, the figure recorded but not judged on a CPU node; no nvidia-smi to sample
+    burn = node["checks"]["burn_in"]
+    assert burn["status"] == "skip" and burn["measured"] > 0 and burn["detail"].startswith("2 device(s) under load")
+    assert node["checks"]["health.clocks"]["status"] == "skip"
+    assert node["checks"]["health.clocks"]["detail"].startswith("nvidia-smi not on PATH")
     # the report finds it beside the logs: a per-node table, the JSON, the bus bandwidth plot
     out = tmp_path / "report"
     shown = subprocess.run(

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_case.preflight import node_checks
+from test_case.preflight import burn_in, node_checks
 from test_case.preflight.expectations import load
 from test_case.preflight.fabric import ALL_PAIRS_UP_TO, run_worker
 from test_case.preflight.host_health import host_health_checks
@@ -95,6 +95,7 @@ def node(args: argparse.Namespace) -> int:
         flush=True,
     )
     started = time.monotonic()
+    sampler = burn_in.Sampler().start() if args.burn_in > 0 else None
     workers = []
     for local in range(procs):
         worker_env = {
@@ -125,18 +126,19 @@ def node(args: argparse.Namespace) -> int:
         ]
         if args.max_bytes:
             cmd += ["--max-bytes", str(args.max_bytes)]
-        cmd += ["--pairs-up-to", str(args.pairs_up_to)]
+        cmd += ["--pairs-up-to", str(args.pairs_up_to), "--burn-in", str(args.burn_in)]
         if args.expectations:
             cmd += ["--expectations", str(args.expectations)]
         workers.append(subprocess.Popen(cmd, env=worker_env))
     codes = []
     for proc in workers:
         try:
-            codes.append(proc.wait(timeout=args.timeout + 120))
+            codes.append(proc.wait(timeout=args.timeout + 120 + args.burn_in))
         except subprocess.TimeoutExpired:
             proc.kill()
             codes.append(proc.wait())
     elapsed = time.monotonic() - started
+    samples = sampler.stop() if sampler is not None else []
     ok = all(c == 0 for c in codes)
     checks["fabric_run"] = Check(
         "pass" if ok else "fail",
@@ -155,13 +157,22 @@ def node(args: argparse.Namespace) -> int:
     matmul: list[float] = []
     agreement: list[DeviceNumerics] = []
     bandwidth: list[Bandwidth] = []  # within this node (the all-node and pair curves are rank 0's)
+    loads: list[burn_in.Load] = []
+    bursts: list[float] = []
     for local in range(procs):
         path = parts / f"rank-{plan.node_rank * procs + local}.json"
         if path.is_file():
             doc = json.loads(path.read_text())
             matmul.append(doc["matmul_tflops"])
+            if doc.get("burn_in"):
+                loads.append(burn_in.Load(**doc["burn_in"]))
+                bursts.append(doc["matmul_tflops"])
             agreement.append(numerics_record(doc["numerics"]))
             bandwidth += [bandwidth_record(b) for b in doc["bandwidth"] if b["scope"].startswith("within ")]
+    if sampler is not None:
+        checks |= burn_in.burn_in_checks(
+            loads, bursts, samples if sampler.calls else None, exp, host, bool(plan.gpus_per_node)
+        )
     if plan.gpus_per_node and shutil.which("all_reduce_perf"):
         bandwidth.append(nccl_tests(plan.gpus_per_node, host))
     write_part(
@@ -275,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"test every pair of nodes up to N nodes, else find slow nodes and links by group testing "
             f"({ALL_PAIRS_UP_TO})",
         )
+        s.add_argument(  # read by `node` and the workers; accepted by all, as PREFLIGHT_ARGS passes the same to each
+            "--burn-in",
+            type=float,
+            default=0.0,
+            metavar="S",
+            help="load every device for S seconds while sampling GPU clocks, temperature, power and throttle "
+            "reasons (0: no burn-in; 60 is a good first choice on GPUs)",
+        )
         s.add_argument(  # read by `node`; accepted by all, as PREFLIGHT_ARGS passes the same to each
             "--dcgm-level",
             type=int,
@@ -293,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "worker":
         exp = load(args.expectations, args.tolerance, args.peer_tolerance)
-        run_worker(args.parts, args.timeout, args.max_bytes, args.pairs_up_to, exp.link_tolerance)
+        run_worker(args.parts, args.timeout, args.max_bytes, args.pairs_up_to, exp.link_tolerance, args.burn_in)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # without tearing down the process group (see run_worker)

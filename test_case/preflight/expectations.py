@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from test_case.health import shm
+from test_case.health import clocks, shm
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,21 @@ class Expectations:
     shm_min_free_fraction: float = shm.MIN_FREE_FRACTION  # /dev/shm: at least this share free
     save_root_min_free_gb: float = 10.0  # SAVE_ROOT: free space for checkpoints
     clock_max_offset_s: float = 1.0  # between any node and node 0
+    # the burn-in (--burn-in S): a GPU's sustained TFLOP/s below (1 - this) x its short matmul fails
+    burn_in_drop_tolerance: float = 0.25
+    # GPU clocks under load (test_case.health.clocks: the rules and the published figures per GPU type)
+    min_clock_fraction: float = clocks.Thresholds.min_clock_fraction
+    power_cap_fraction: float = clocks.Thresholds.power_cap_fraction
+    temp_margin_c: float = clocks.Thresholds.temp_margin_c
+    gpu_limits: dict[str, clocks.GpuLimits] = field(default_factory=lambda: dict(clocks.GPU_LIMITS))
+
+    def clock_thresholds(self) -> clocks.Thresholds:
+        return clocks.Thresholds(
+            min_clock_fraction=self.min_clock_fraction,
+            power_cap_fraction=self.power_cap_fraction,
+            temp_margin_c=self.temp_margin_c,
+            limits=self.gpu_limits,
+        )
 
     def busbw_for(self, gpu: str | None, instance: str | None, scope: str) -> Expected | None:
         for key in ((instance or "", scope), (gpu or "", scope)):
@@ -74,6 +89,7 @@ def load(path: Path | None, tolerance: float | None = None, peer_tolerance: floa
 
     {"busbw": [{"key": ["p5.48xlarge", "2 nodes"], "value": 430, "source": "our acceptance test"}],
      "matmul_tflops": [{"key": "NVIDIA H100 80GB HBM3", "value": 700, "source": "..."}],
+     "gpu_limits": [{"key": "NVIDIA H100 80GB HBM3", "max_sm_mhz": 1980, "power_w": 700, "source": "..."}],
      "shm_min_free_fraction": 0.3, "save_root_min_free_gb": 100, "clock_max_offset_s": 0.5}
     """
     exp = Expectations()
@@ -87,7 +103,14 @@ def load(path: Path | None, tolerance: float | None = None, peer_tolerance: floa
         matmul = dict(exp.matmul_tflops)
         for item in doc.pop("matmul_tflops", []):
             matmul[item["key"]] = Expected(float(item["value"]), "TFLOP/s", item.get("source", str(path)))
-        exp = replace(exp, busbw=busbw, matmul_tflops=matmul, **{k: float(v) for k, v in doc.items()})
+        limits = dict(exp.gpu_limits)
+        for item in doc.pop("gpu_limits", []):
+            limits[item["key"]] = clocks.GpuLimits(
+                item.get("max_sm_mhz"), item.get("power_w"), item.get("source", str(path))
+            )
+        exp = replace(
+            exp, busbw=busbw, matmul_tflops=matmul, gpu_limits=limits, **{k: float(v) for k, v in doc.items()}
+        )
     if tolerance is not None:
         exp = replace(exp, tolerance=tolerance)
     if peer_tolerance is not None:

@@ -6,7 +6,8 @@ launch (``MASTER_ADDR``/``MASTER_PORT`` from `test_case.training.node_plan.plan_
 Every worker runs, in this order and in step with the others:
 
 1. a dense matmul on its device for about a second (bf16 on GPUs, fp32 on CPUs): TFLOP/s; then
-   the seeded workloads of the numerical agreement check (`test_case.preflight.numerics`);
+   the seeded workloads of the numerical agreement check (`test_case.preflight.numerics`); with
+   ``--burn-in S``, S seconds of the same matmul, every device at once (`test_case.preflight.burn_in`);
 2. its wall clock at a barrier, gathered: each node's offset from node 0;
 3. all_reduce, all_gather, reduce_scatter, all_to_all and sendrecv (each rank sends to the next and
    receives from the previous, as nccl-tests' ``sendrecv_perf``) over message sizes on all ranks
@@ -36,7 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from test_case.preflight import numerics
+from test_case.preflight import burn_in, numerics
 from test_case.preflight.group_testing import Measure, locate
 from test_case.preflight.records import Bandwidth, BandwidthPoint
 
@@ -195,8 +196,10 @@ def run_worker(
     max_bytes: int | None = None,
     pairs_up_to: int = ALL_PAIRS_UP_TO,
     tolerance: float = 0.25,
+    burn_in_s: float = 0.0,
 ) -> None:
-    """Everything above for this rank; writes ``parts/rank-<r>.json``."""
+    """Everything above for this rank (and the burn-in's load for ``burn_in_s`` seconds, every device at
+    once, when it is not 0); writes ``parts/rank-<r>.json``."""
     import torch
     import torch.distributed as dist
 
@@ -219,6 +222,10 @@ def run_worker(
     dist.barrier()
     tflops = matmul_tflops(device)  # every device at once, as in training
     agreement = numerics.measure(device, host, rank)
+    load = None
+    if burn_in_s > 0:
+        dist.barrier()
+        load = burn_in.run_load(device, burn_in_s)
 
     hosts: list[Any] = [None] * world
     dist.all_gather_object(hosts, host)
@@ -266,6 +273,7 @@ def run_worker(
         "matmul_tflops": round(tflops, 6),
         "device": str(device),
         "numerics": asdict(agreement),
+        "burn_in": asdict(load) if load is not None else None,
         "clock_offsets_s": offsets if rank == 0 else {},
         "group_testing": asdict(located) if located is not None and rank == 0 else None,
         "bandwidth": [asdict(b) for b in bandwidth if not b.scope.startswith("pair ")]
