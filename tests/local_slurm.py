@@ -537,6 +537,11 @@ class LocalSlurmCluster:
                         pids.append(int(proc.name))
         return pids
 
+    def shm_remove(self, node: str, name: str) -> None:
+        """``/dev/shm/<name>`` removed from ``node``'s own /dev/shm (its slurmd's mount namespace), if there."""
+        pid = str(self._pids()[node])
+        subprocess.run(["nsenter", "-t", pid, "-m", "rm", "-f", f"/dev/shm/{name}"], check=True)
+
     @contextlib.contextmanager
     def shm_filled(self, node: str, megabytes: int) -> Iterator[None]:
         """A file of ``megabytes`` MiB in ``node``'s own /dev/shm (its slurmd's mount namespace), removed after."""
@@ -556,7 +561,7 @@ class LocalSlurmCluster:
         try:
             yield
         finally:
-            subprocess.run(["nsenter", "-t", pid, "-m", "rm", "-f", "/dev/shm/test-fill"], check=True)
+            self.shm_remove(node, "test-fill")
 
     def job_info(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as a dict (JobState, ExitCode, NodeList, Restarts, ...)."""
