@@ -167,6 +167,17 @@ def test_a_health_finding_fails_the_node_in_the_verdict_with_its_evidence(
         "preflight:   evidence (reboot): [74889.644138] NVRM: Xid (PCI:0000:02:00): 79, GPU has fallen off the bus."
     )
     assert evidence in lines and report.status == "fail"
+    # report.md: the failure with its class, and every finding of class monitor with what it rests on
+    from test_case.report.layout import Bullets
+    from test_case.report.records import Report
+    from test_case.report.sections import preflight
+
+    body = preflight(Report(preflight=[report])).body or ()
+    (bullets,) = [b for b in body if isinstance(b, Bullets)]
+    shown = "\n".join(bullets.items)
+    assert "node7, health.xid[GPU 0000:02:00.0]: [reboot] reboot node7" in shown
+    watched = [name for name, c in checks.items() if c.finding_class == "monitor" and "[" in name]
+    assert watched and all(f"node7, {name}: [monitor] " in shown for name in watched), (watched, shown)
 
 
 def test_dev_shm_below_half_free_is_a_node_to_reboot_with_its_figures(tmp_path: Path) -> None:

@@ -229,7 +229,9 @@ def streams(report: Report) -> Section:
 
 
 def preflight(report: Report) -> Section:
-    """Per preflight job: its verdict; report.md one row per node (what failed: measured against expected)."""
+    """Per preflight job: its verdict; report.md one row per node (what failed: measured against expected),
+    then each failure with its finding class, action and evidence, each slow link, and each finding of
+    class monitor (``health.<reader>[<part>]``: shown, failing nothing)."""
     lines: list[str] = []
     body: list[Block] = []
     for pf in report.preflight:
@@ -255,10 +257,19 @@ def preflight(report: Report) -> Section:
             Table(header, tuple(rows)),
             Bullets(
                 tuple(
-                    f"{f.node}, {f.check}: {f.action}" + (f" (evidence: `{f.evidence}`)" if f.evidence else "")
+                    f"{f.node}, {f.check}: "
+                    + (f"[{f.finding_class}] " if f.finding_class else "")
+                    + f.action
+                    + (f" (evidence: `{f.evidence}`)" if f.evidence else "")
                     for f in pf.failures
                 )
                 + tuple(f"link {link.a} - {link.b} ({link.how}): {link.action}" for link in pf.slow_links)
+                + tuple(  # findings that fail nothing but are watched: class monitor, with what they rest on
+                    f"{host}, {name}: [monitor] {c.detail}" + (f" (evidence: `{c.evidence}`)" if c.evidence else "")
+                    for host, node in pf.nodes.items()
+                    for name, c in node.checks.items()
+                    if c.finding_class == "monitor" and "[" in name
+                )
             ),
         ]
     return Section("preflight", "Preflight", tuple(lines), tuple(body))
