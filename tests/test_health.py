@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from test_case.health.findings import Finding, action, run_tool, worst
+from tests.conftest import REPO_ROOT
 
 
 def test_the_worst_class_wins_and_each_class_says_what_to_do() -> None:
@@ -101,6 +103,7 @@ def test_without_the_tools_every_reader_is_skipped_with_why(tmp_path: Path, monk
         "health.nvlink": "skip",
         "health.dcgm": "skip",
         "health.gpu_identity": "skip",
+        "health.cpu": "pass",  # read from /proc and the cgroup files: no tool needed
     }
     assert "kernel log not readable" in checks["health.xid"].detail and facts == {}
     # PREFLIGHT_ARGS goes to both steps: the verdict accepts the node's --dcgm-level too
@@ -111,8 +114,6 @@ def test_the_node_check_runs_with_the_standard_library_alone_and_fails_a_node_to
     """``python3 -S``: no site-packages (no torch, numpy or anything of the venv), as on a bare host."""
     import subprocess
     import sys
-
-    from tests.conftest import REPO_ROOT
 
     path = fake_tools(tmp_path / "bin")
     code = "import sys, runpy; sys.argv = ['health']; runpy.run_module('test_case.health', run_name='__main__')"
@@ -206,3 +207,60 @@ def test_the_drain_reason_names_the_worst_finding_and_fits_sinfo(
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no scontrol: not a Slurm node
     assert drain("node7", said).startswith("not drained: scontrol show node node7 gave nothing")
+
+
+def test_a_cgroup_cpu_cap_above_the_scan_is_found_in_v1_and_v2_and_the_tightest_wins(tmp_path: Path) -> None:
+    """A /proc of our own (its cgroup and mountinfo files) over cgroup folders of our own: the parsing."""
+    from test_case.health.cpu import cpu_cap, findings
+
+    proc, v1, v2 = tmp_path / "proc", tmp_path / "v1", tmp_path / "v2"
+    proc.mkdir()
+    (proc / "mountinfo").write_text(
+        f"30 25 0:26 / {v2} rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n"
+        f"33 25 0:29 / {v1} rw,nosuid shared:12 - cgroup cgroup rw,cpu,cpuacct\n"
+        "34 25 0:30 / /sys/fs/cgroup/memory rw shared:13 - cgroup cgroup rw,memory\n"
+    )
+    (proc / "cgroup").write_text("4:memory:/x\n3:cpu,cpuacct:/slurm/node3\n0::/system.slice/slurmd.service\n")
+    for folder, quota in ((v1 / "slurm", "150000"), (v1 / "slurm" / "node3", "-1")):
+        folder.mkdir(parents=True)
+        (folder / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (folder / "cpu.cfs_period_us").write_text("100000\n")
+    (v2 / "system.slice" / "slurmd.service").mkdir(parents=True)
+    (v2 / "system.slice" / "slurmd.service" / "cpu.max").write_text("max 100000\n")
+    cap = cpu_cap(proc)  # node3's own folder has no quota (-1); its parent's 1.5 cores hold
+    assert cap is not None and (cap.cores, cap.file) == (1.5, v1 / "slurm" / "cpu.cfs_quota_us")
+    (v2 / "system.slice" / "cpu.max").write_text("20000 100000\n")  # tighter, in v2, two levels up
+    cap = cpu_cap(proc)
+    assert cap is not None and (cap.cores, cap.line) == (0.2, "20000 100000")
+    (finding,) = findings(cap, usable=8)
+    assert finding.klass == "drain" and finding.summary.startswith(f"capped at 0.2 core(s) of 8 usable by {v2}")
+    assert [f.klass for f in findings(cpu_cap(proc), usable=2)] == ["drain"]
+    assert [f.klass for f in findings(None, usable=2)] == ["healthy"]
+
+
+def test_a_process_in_a_real_cgroup_with_a_fifth_of_a_core_is_a_node_to_drain(tmp_path: Path) -> None:
+    """This machine's cgroup v1 cpu controller: the scan, started in a group of its own capped at 0.2 of
+    a core (as the local cluster caps a node's slurmd), finds the cap and the file; outside, none."""
+    from test_case.health.cpu import cpu_cap
+
+    root = Path("/sys/fs/cgroup/cpu")
+    if not (root / "cgroup.procs").exists() or cpu_cap() is not None:
+        pytest.fail("this test needs cgroup v1's cpu controller at /sys/fs/cgroup/cpu and no cap above pytest")
+    group = root / f"mpt-suite-test-scan-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text("20000")
+        scan = subprocess.run(
+            ["sh", "-c", f"echo $$ > {group}/cgroup.procs && exec python3 -S -m test_case.health --json"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        group.rmdir()
+    doc = json.loads(scan.stdout)
+    (finding,) = doc["readers"]["cpu"]["findings"]
+    assert (scan.returncode, doc["class"], finding["klass"]) == (1, "drain", "drain"), scan.stdout
+    assert finding["evidence"] == f"{group}/cpu.cfs_quota_us: cpu.cfs_quota_us 20000 per cpu.cfs_period_us 100000"

@@ -1,11 +1,12 @@
 """The health scan in a closed loop with Slurm on the local cluster (tests/local_slurm.py): every slurmd
 runs ``slurm-scripts/health-check.sh`` as its HealthCheckProgram, from slurm.conf, every
-`INTERVAL` seconds. node3's own /dev/shm is filled for real: node3 is drained with the finding as
-its reason (read back from ``sinfo -R``), a 2-node job on its partition lands on the other two, and
-the healthy nodes, each checked at least `HEALTHY_RUNS` times meanwhile, are drained never. The same
-script as Prolog (a job that lands on node3 is requeued onto healthy nodes and node3 drained) and as
-Epilog (a job that leaves node3's /dev/shm full gets node3 drained as it ends). The health lines leave
-slurm.conf and node3 is resumed by hand afterwards, as an admin would."""
+`INTERVAL` seconds. node3's own /dev/shm is filled for real and node2's slurmd held to a fifth of a
+core: both are drained with their finding as the reason (read back from ``sinfo -R``), a 2-node job
+lands on two of the others, and the healthy nodes, each checked at least `HEALTHY_RUNS` times
+meanwhile, are drained never. The same script as Prolog (a job that lands on node3 is requeued onto
+healthy nodes and node3 drained) and as Epilog (a job that leaves node3's /dev/shm full gets node3
+drained as it ends). The health lines leave slurm.conf and the nodes are resumed by hand afterwards,
+as an admin would."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def drain_reasons(cluster: LocalSlurmCluster) -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
 
 
-def resume(cluster: LocalSlurmCluster, node: str) -> None:
-    """``node`` resumed by hand, once no scan started before is still running anywhere in the cluster (one
+def resume(cluster: LocalSlurmCluster, *nodes: str) -> None:
+    """``nodes`` resumed by hand, once no scan started before is still running anywhere in the cluster (one
     that read the fault before it was undone would drain the node again after the resume); then every
     node idle and answering (Slurm schedules on a resumed node only once its slurmd answered again)."""
     deadline = time.monotonic() + 60
@@ -51,9 +52,13 @@ def resume(cluster: LocalSlurmCluster, node: str) -> None:
     ):
         assert time.monotonic() < deadline, "a health scan still runs after 60 s"
         time.sleep(0.2)
-    subprocess.run(
-        ["scontrol", "update", f"nodename={node}", "state=resume"], env=cluster.env, check=False, capture_output=True
-    )
+    for node in nodes:
+        subprocess.run(
+            ["scontrol", "update", f"nodename={node}", "state=resume"],
+            env=cluster.env,
+            check=False,
+            capture_output=True,
+        )
     cluster.settle(timeout=60)
 
 
@@ -73,36 +78,42 @@ def health_program(cluster: LocalSlurmCluster, folder: Path) -> Path:
     return program
 
 
-def test_health_check_program_drains_a_node_with_a_real_fault_and_never_a_healthy_one(
+def test_health_check_program_drains_nodes_with_real_faults_and_never_a_healthy_one(
     cluster: LocalSlurmCluster, tmp_path: Path
 ) -> None:
+    """node3's /dev/shm filled, node2's slurmd (and so every check it starts) held to 0.2 of a core."""
     seen = tmp_path / "runs"
     program = health_program(cluster, seen)
-    healthy = [n for n in cluster.node_names if n != "node3"]
+    faulted = {"node3": "mpt-health reboot: shm /dev/shm: only ", "node2": "mpt-health drain: cpu node: capped at 0.2"}
+    healthy = [n for n in cluster.node_names if n not in faulted]
     try:
         with (
             cluster.shm_filled("node3", 900),
+            cluster.cpu_quota("node2", 0.2),
             cluster.configured(
                 f"HealthCheckProgram={program}", f"HealthCheckInterval={INTERVAL}", "HealthCheckNodeState=ANY"
             ),
         ):
             deadline = time.monotonic() + 60
-            while "drain" not in cluster.node_state("node3"):
-                assert time.monotonic() < deadline, (cluster.node_state("node3"), (seen / "node3.out").read_text())
+            while not all("drain" in cluster.node_state(n) for n in faulted):
+                outs = {n: (seen / f"{n}.out").read_text() if (seen / f"{n}.out").exists() else "" for n in faulted}
+                assert time.monotonic() < deadline, ({n: cluster.node_state(n) for n in faulted}, outs)
                 time.sleep(0.5)
-            reason = drain_reasons(cluster)["node3"]
-            assert reason.startswith("mpt-health reboot: shm /dev/shm: only "), reason
-            assert "free (at least 50% expected)" in reason
-            said = (seen / "node3.out").read_text()
-            assert "health: node3: confirmed by a second scan; drained: scontrol update nodename=node3" in said
-            print(f"node3 drained after {runs(seen, 'node3')} check(s): {reason}")
+            reasons = drain_reasons(cluster)
+            assert all(reasons[n].startswith(start) for n, start in faulted.items()), reasons
+            assert "free (at least 50% expected)" in reasons["node3"]
+            for node in faulted:
+                said = (seen / f"{node}.out").read_text()
+                assert f"health: {node}: confirmed by a second scan; drained: scontrol update nodename={node}" in said
+                print(f"{node} drained after {runs(seen, node)} check(s): {reasons[node]}")
+            assert "evidence: /sys/fs/cgroup/cpu/mpt-suite-test-node2-" in (seen / "node2.out").read_text()
 
             job = cluster.sbatch(
-                ["--partition=three", "--nodes=2", f"--output={tmp_path}/later_%j.out", "--wrap=hostname"],
+                ["--partition=all", "--nodes=2", f"--output={tmp_path}/later_%j.out", "--wrap=hostname"],
                 cwd=tmp_path,
             )
             info = cluster.wait(job, timeout=120)
-            assert (info["JobState"], info["NodeList"]) == ("COMPLETED", "node[1-2]"), info
+            assert info["JobState"] == "COMPLETED" and set(expand_hostlist(info["NodeList"])) <= set(healthy), info
 
             deadline = time.monotonic() + INTERVAL * HEALTHY_RUNS * 4
             while min(runs(seen, n) for n in healthy) < HEALTHY_RUNS:
@@ -112,10 +123,10 @@ def test_health_check_program_drains_a_node_with_a_real_fault_and_never_a_health
             assert not set(drain_reasons(cluster)) & set(healthy), drain_reasons(cluster)
             assert all(f"health: {n}: healthy" in (seen / f"{n}.out").read_text() for n in healthy)
             print("checks per node: " + ", ".join(f"{n} {runs(seen, n)}" for n in cluster.node_names))
-        # node3 stays drained with the health lines gone and its /dev/shm emptied: only a person resumes it
-        assert "drain" in cluster.node_state("node3")
+        # they stay drained with the health lines gone and the faults undone: only a person resumes them
+        assert all("drain" in cluster.node_state(n) for n in faulted)
     finally:
-        resume(cluster, "node3")
+        resume(cluster, "node3", "node2")
 
 
 def test_as_prolog_a_faulted_node_is_drained_and_the_job_requeued_onto_healthy_ones(

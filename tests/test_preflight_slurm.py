@@ -110,6 +110,11 @@ def test_a_node_given_a_fifth_of_a_core_is_named(cluster: LocalSlurmCluster, set
     (matmul,) = [f for f in doc["failures"] if f["check"] == "matmul"]
     assert "scontrol update nodename=node3 state=drain" in matmul["action"] and "--exclude=node3" in matmul["action"]
     assert "preflight: FAIL node3: matmul: measured" in run.log
+    # and why: the host scan finds the cgroup cap above the node's tasks (class drain, its file as evidence)
+    (cap,) = [f for f in doc["failures"] if f["check"] == "health.cpu[node]"]
+    detail = doc["nodes"]["node3"]["checks"]["health.cpu[node]"]["detail"]
+    assert cap["finding_class"] == "drain" and detail.startswith("capped at 0.2 core(s) of "), (cap, detail)
+    assert cap["evidence"].endswith("cpu.cfs_quota_us: cpu.cfs_quota_us 20000 per cpu.cfs_period_us 100000"), cap
 
 
 def on_another_cpu_path(node: str, settings: dict[str, str], folder: Path) -> dict[str, str]:

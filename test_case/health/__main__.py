@@ -1,7 +1,8 @@
 """``python -m test_case.health``: this node's health from its own tools, one line per finding.
 
 Runs every reader once (`test_case.health.scan`): the kernel log's XID/SXID lines, PCIe links,
-InfiniBand ports and counters, NVLink, GPU identity and row remapping; DCGM's diagnostics with
+InfiniBand ports and counters, NVLink, /dev/shm, a cgroup CPU cap, GPU identity and row remapping;
+DCGM's diagnostics with
 ``--dcgm-level``. Prints each reader's result and every finding that is not healthy with its class,
 the tool's line and what to do; ``--json`` prints the same as one JSON document. Exit code 0 when
 the worst finding is ``healthy`` or ``monitor``, 1 when the node needs a GPU reset, a reboot or a

@@ -2,7 +2,8 @@
 
 Every reader of this package turns one tool's output into `Finding` records: the kernel log's
 XID/SXID lines (`xid`), PCIe links (`pcie`), InfiniBand ports (`infiniband`), NVLink (`nvlink`),
-DCGM diagnostics (`dcgm`), GPU firmware and identity (`gpu_identity`). The preflight turns them into
+DCGM diagnostics (`dcgm`), GPU firmware and identity (`gpu_identity`), /dev/shm (`shm`), a cgroup CPU
+cap (`cpu`), and under a burn-in's load the GPU clocks (`clocks`). The preflight turns them into
 its checks (`test_case.preflight.node_checks`), so that ``preflight_<job>.json`` and the report show
 each finding's class and evidence.
 

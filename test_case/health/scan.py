@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from test_case.health import dcgm, gpu_identity, infiniband, nvlink, pcie, shm, xid
+from test_case.health import cpu, dcgm, gpu_identity, infiniband, nvlink, pcie, shm, xid
 from test_case.health.findings import Finding
 
 
@@ -57,12 +57,17 @@ def _shm() -> tuple[list[Finding] | None, str]:
     return (None, "/dev/shm is not mounted here") if found is None else (found, "statvfs /dev/shm")
 
 
+def _cpu() -> tuple[list[Finding] | None, str]:
+    return cpu.findings(cpu.cpu_cap()), "the cgroup CPU caps above this process (/proc/self/cgroup)"
+
+
 READERS: dict[str, Callable[[], tuple[list[Finding] | None, str]]] = {
     "xid": _kernel_log,
     "pcie": _pcie,
     "infiniband": _infiniband,
     "nvlink": _nvlink,
     "shm": _shm,
+    "cpu": _cpu,
 }
 
 
