@@ -221,6 +221,38 @@ def test_error_counters_from_a_fake_sysfs(tmp_path: Path) -> None:
     assert infiniband.read_error_counters(tmp_path / "absent") is None
 
 
+def test_efa_ports_are_judged_by_their_state_and_srd_counters(tmp_path: Path) -> None:
+    """The sysfs layout of an EFA port as the Linux efa driver makes it (``hw_counters/``, no ``counters/``;
+    no public recording of one was found): found by its counters, not by its name."""
+    root = tmp_path / "infiniband"
+    ports = {
+        "efa_0": ("4: ACTIVE", {"rx_drops": 0, "retrans_timeout_events": 0, "unresponsive_remote_events": 0}),
+        "rdmap79s0": (
+            "4: ACTIVE",
+            {"rdma_read_wr_err": 0, "retrans_timeout_events": 7, "unresponsive_remote_events": 0},
+        ),
+        "rdmap80s0": ("1: DOWN", {"rx_drops": 0, "unresponsive_remote_events": 0, "tx_bytes": 123}),
+    }
+    for device, (state, counters) in ports.items():
+        port = root / device / "ports" / "1"
+        (port / "hw_counters").mkdir(parents=True)
+        (port / "state").write_text(state + "\n")
+        (port / "link_layer").write_text("Unspecified\n")
+        for name, value in counters.items():
+            (port / "hw_counters" / name).write_text(f"{value}\n")
+    read = infiniband.read_error_counters(root)
+    assert read is not None and [p.efa_counters is not None for p in read] == [True, True, True]
+    assert read[1].efa_counters == {"rdma_read_wr_err": 0, "retrans_timeout_events": 7, "unresponsive_remote_events": 0}
+    found = infiniband.counter_findings(read)
+    assert [(f.subject, f.klass, f.summary) for f in found] == [
+        ("efa_0 port 1", "healthy", "EFA port ACTIVE, no error counter above zero"),
+        ("rdmap79s0 port 1", "monitor", "EFA retrans_timeout_events = 7 since it was last reset"),
+        ("rdmap80s0 port 1", "drain", "EFA port 1: DOWN, not ACTIVE"),
+    ]
+    assert found[1].evidence.startswith("state: 4: ACTIVE; hw_counters: rdma_read_wr_err 0, retrans_timeout_events 7")
+    assert "efa-working-monitor" in found[1].source
+
+
 # --- NVLink ---------------------------------------------------------------------------------------
 
 

@@ -34,6 +34,19 @@ Error counter rules (`counter_findings`), per port, on the counters since they w
 * a congestion or configuration counter (transmit discards, constraint errors, switch relay errors,
   VL15 dropped) at or above its threshold: **monitor** only: they count the fabric's congestion and
   partition set-up, not this node's hardware.
+
+EFA devices (AWS's Elastic Fabric Adapter: an RDMA device without IB counters, whose port has
+``hw_counters/`` with the SRD network statistics; found by ``hw_counters/unresponsive_remote_events``,
+whatever the device's name: ``efa_0``, ``rdmap0s31``):
+
+* a port whose ``state`` is not ``ACTIVE``: **drain** (NCCL's EFA plugin cannot use it);
+* ``rdma_read_wr_err``, ``rdma_write_wr_err`` (work requests that failed), ``rx_drops``,
+  ``retrans_timeout_events``, ``unresponsive_remote_events``, ``impaired_remote_conn_events`` above
+  zero: **monitor**, with the value. AWS publishes these counters (the Linux efa driver's network,
+  RDMA and basic statistics; "Monitor an EFA", docs.aws.amazon.com/AWSEC2/latest/UserGuide/
+  efa-working-monitor.html; the CloudWatch agent's ``efa_*`` metrics) but no thresholds, and they
+  accumulate and count peers' and paths' trouble as well as this node's: a rise between two
+  preflights on one node and not its peers is the signal.
 """
 
 from __future__ import annotations
@@ -204,14 +217,32 @@ def read_ibstat() -> list[IbPort] | None:
     return parse_ibstat(out.stdout)
 
 
+SOURCE_EFA = (
+    "AWS, Monitor an EFA (docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-working-monitor.html); Linux efa "
+    "driver's statistics (drivers/infiniband/hw/efa/efa_com_cmd.h); no published thresholds"
+)
+EFA_MARK = "unresponsive_remote_events"  # a hw_counters file only EFA ports have
+EFA_COUNTERS = (
+    "rdma_read_wr_err",
+    "rdma_write_wr_err",
+    "rx_drops",
+    "retrans_timeout_events",
+    "unresponsive_remote_events",
+    "impaired_remote_conn_events",
+)
+
+
 @dataclass(frozen=True)
 class PortCounters:
-    """The error counters of one port (sysfs ``counters/``), and its link layer when sysfs says it."""
+    """The error counters of one port (sysfs ``counters/``), its link layer when sysfs says it, and for
+    an EFA port its ``state`` and `EFA_COUNTERS` (``hw_counters/``)."""
 
     ca: str
     port: int
     counters: dict[str, int]
     link_layer: str = ""
+    state: str = ""  # sysfs ports/<N>/state: "4: ACTIVE"
+    efa_counters: dict[str, int] | None = None  # None: not an EFA port
 
     @property
     def name(self) -> str:
@@ -235,7 +266,15 @@ def read_error_counters(sys_root: Path = Path("/sys/class/infiniband")) -> list[
                 if number is not None:
                     counters[name] = number
             layer = _read(port_dir / "link_layer") or ""
-            result.append(PortCounters(ca.name, int(port_dir.name), counters, layer.strip()))
+            efa = None
+            if (port_dir / "hw_counters" / EFA_MARK).exists():
+                efa = {}
+                for name in EFA_COUNTERS:
+                    value = _read(port_dir / "hw_counters" / name)
+                    if value is not None and (number := _int(value)) is not None:
+                        efa[name] = number
+            state = (_read(port_dir / "state") or "").strip()
+            result.append(PortCounters(ca.name, int(port_dir.name), counters, layer.strip(), state, efa))
     return result
 
 
@@ -251,6 +290,9 @@ def counter_findings(ports: list[PortCounters]) -> list[Finding]:
     a port with every counter at zero gives one healthy finding."""
     found: list[Finding] = []
     for p in ports:
+        if p.efa_counters is not None:
+            found += efa_findings(p)
+            continue
         mine: list[Finding] = []
         for name, value in sorted(p.counters.items()):
             label, threshold, link_quality = COUNTER_THRESHOLDS[name]
@@ -276,3 +318,26 @@ def counter_findings(ports: list[PortCounters]) -> list[Finding]:
             Finding(CHECK, p.name, "healthy", "no link error counter above zero, no counter at its threshold")
         ]
     return found
+
+
+def efa_findings(p: PortCounters) -> list[Finding]:
+    """An EFA port's state and error counters (module docstring)."""
+    counters = p.efa_counters or {}
+    figures = ", ".join(f"{name} {counters[name]}" for name in EFA_COUNTERS if name in counters)
+    evidence = f"state: {p.state or '?'}; hw_counters: {figures}"
+    found: list[Finding] = []
+    if not p.state.endswith("ACTIVE"):
+        found.append(Finding(CHECK, p.name, "drain", f"EFA port {p.state or 'state unknown'}, not ACTIVE", evidence))
+    for name in EFA_COUNTERS:
+        if counters.get(name, 0) > 0:
+            found.append(
+                Finding(
+                    CHECK,
+                    p.name,
+                    "monitor",
+                    f"EFA {name} = {counters[name]} since it was last reset",
+                    evidence,
+                    SOURCE_EFA,
+                )
+            )
+    return found or [Finding(CHECK, p.name, "healthy", "EFA port ACTIVE, no error counter above zero", evidence)]
