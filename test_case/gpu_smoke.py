@@ -17,13 +17,16 @@ Exit code 1 when a claim FAILs, else 0. The claims:
 3. ``preflight``: the preflight's workers (`test_case.preflight.fabric`), one per GPU, over NCCL with
    ``NCCL_DEBUG=INFO`` to a file: every GPU's bf16 matmul at least half the datasheet's peak; with two
    GPUs or more, all_reduce's bus bandwidth; NCCL's version read by `test_case.preflight.nccl_network`.
-4. ``flash attention``: an MPT block stack with ALiBi, built by llm-foundry with ``attn_impl: flash``
+4. ``burn-in``: the preflight's ``--burn-in`` for 20 s on every GPU while ``nvidia-smi -q -d
+   PERFORMANCE,CLOCK,TEMPERATURE,POWER`` is sampled: SM clock, power, temperature and clock event
+   reasons read under load on every GPU by `test_case.health.clocks`, with its findings.
+5. ``flash attention``: an MPT block stack with ALiBi, built by llm-foundry with ``attn_impl: flash``
    (flash-attn's kernel called, counted) gives torch attention's logits within bf16 tolerance.
-5. ``training``: mpt-125m for 30 batches on the demo's data, launched by the suite's own script; the
+6. ``training``: mpt-125m for 30 batches on the demo's data, launched by the suite's own script; the
    report's MFU equals Composer's logged ``throughput/device/mfu``, and Composer's peak allocated
    memory is set beside the estimate of `test_case.training.memory_fit`.
 
-``--cpu`` rehearses claim 5 on this machine's CPU with mpt-tiny-cpu (the tests do): the same steps,
+``--cpu`` rehearses claim 6 on this machine's CPU with mpt-tiny-cpu (the tests do): the same steps,
 with "not proven here" for what a CPU cannot say.
 """
 
@@ -47,6 +50,7 @@ NOT_PROVEN = "not proven here"
 MATMUL_SHARE = 0.5  # of the dense bf16 peak: H100 SXM reaches about 0.8 with the preflight's 8192^3
 MEMORY_SLACK = 0.06  # nvidia-smi's total against the datasheet's (H100 80GB: 81559 MiB = 79.6 GiB)
 TRAIN_BATCHES = 30
+BURN_IN_S = 20  # of the preflight's burn-in: past its warm-up, about 15 samples per GPU
 
 
 def line(result: Result) -> str:
@@ -97,15 +101,8 @@ def claim_gpu_known() -> Result:
     return "PASS", "gpu", said
 
 
-def claim_preflight(work: Path, gpus: int, why: str) -> Result:
-    """The preflight's own workers on this node's GPUs, as its node task starts them."""
-    if gpus == 0:
-        return NOT_PROVEN, "preflight", why
-    from test_case.gpu_peaks import peak_tflops
-    from test_case.preflight.nccl_network import read_nccl_debug
-    from test_case.training.gpus import nvidia_smi
-
-    parts = work / "preflight"
+def run_workers(parts: Path, gpus: int, *args: str) -> list[int]:
+    """The preflight's workers on this node's GPUs, one per GPU, as its node task starts them: exit codes."""
     parts.mkdir(parents=True, exist_ok=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,8 +122,51 @@ def claim_preflight(work: Path, gpus: int, why: str) -> Result:
             NCCL_DEBUG_FILE=str(parts / f"nccl-{rank}.log"),
         )
         cmd = [sys.executable, "-m", "test_case.preflight", "worker", "--parts", str(parts), "--timeout", "300"]
-        workers.append(subprocess.Popen([*cmd, "--max-bytes", str(1 << 28)], env=env, cwd=REPO_ROOT))
-    codes = [w.wait(timeout=600) for w in workers]
+        workers.append(subprocess.Popen([*cmd, *args], env=env, cwd=REPO_ROOT))
+    return [w.wait(timeout=600) for w in workers]
+
+
+def claim_burn_in(work: Path, gpus: int, why: str, seconds: float = BURN_IN_S) -> Result:
+    """``seconds`` of the preflight's burn-in on every GPU while nvidia-smi is sampled: the clocks reader
+    (`test_case.health.clocks`) reads this driver's fields under load, on every GPU."""
+    if gpus == 0:
+        return NOT_PROVEN, "burn-in", why
+    from test_case.preflight import burn_in
+    from test_case.preflight.expectations import Expectations
+
+    parts = work / "burn-in"
+    sampler = burn_in.Sampler().start()
+    codes = run_workers(parts, gpus, "--max-bytes", str(1 << 20), "--burn-in", str(seconds))
+    samples = sampler.stop()
+    if any(codes):
+        return "FAIL", "burn-in", f"worker exit codes {codes} (their tracebacks are above)"
+    if not sampler.calls:
+        return "FAIL", "burn-in", f"nvidia-smi {' '.join(burn_in.clocks.QUERY)} gave no GPU this reader could parse"
+    docs = [json.loads((parts / f"rank-{r}.json").read_text()) for r in range(gpus)]
+    loads = [burn_in.Load(**d["burn_in"]) for d in docs]
+    checks = burn_in.burn_in_checks(loads, [d["matmul_tflops"] for d in docs], samples, Expectations(), "here", True)
+    findings = {k: c for k, c in checks.items() if k.startswith("health.clocks[")}
+    said = f"{checks['burn_in'].detail}; {checks['health.clocks'].detail}; " + "; ".join(
+        f"{k.removeprefix('health.clocks')}: {c.measured}: {c.detail}" for k, c in findings.items()
+    )
+    missing = [s for s in samples if s.sm_mhz is None or s.power_w is None or s.temp_c is None]
+    if missing:
+        return "FAIL", "burn-in", f"{said}; fields not read on {missing[0].bus_id}: SM clock, power or temperature"
+    if any("did not reach this GPU" in c.detail for c in findings.values()):
+        return "FAIL", "burn-in", f"{said}; a GPU was idle under the load"
+    return "PASS", "burn-in", said
+
+
+def claim_preflight(work: Path, gpus: int, why: str) -> Result:
+    """The preflight's own workers on this node's GPUs, as its node task starts them."""
+    if gpus == 0:
+        return NOT_PROVEN, "preflight", why
+    from test_case.gpu_peaks import peak_tflops
+    from test_case.preflight.nccl_network import read_nccl_debug
+    from test_case.training.gpus import nvidia_smi
+
+    parts = work / "preflight"
+    codes = run_workers(parts, gpus, "--max-bytes", str(1 << 28))
     if any(codes):
         return "FAIL", "preflight", f"worker exit codes {codes} (their tracebacks are above)"
     docs = [json.loads((parts / f"rank-{r}.json").read_text()) for r in range(gpus)]
@@ -290,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         ("nvidia-smi", claim_nvidia_smi),
         ("gpu", claim_gpu_known),
         ("preflight", lambda: claim_preflight(work, gpus, why)),
+        ("burn-in", lambda: claim_burn_in(work, gpus, why)),
         ("flash attention", lambda: claim_flash_alibi(gpus, why)),
         ("training", lambda: claim_training(work, gpus, why, args.cpu)),
     ]

@@ -40,9 +40,10 @@ def test_a_bare_python_proves_nothing_and_says_why_for_each_claim(tmp_path: Path
         "not proven here: nvidia-smi: nvidia-smi is not on PATH",
         "not proven here: gpu: nvidia-smi gave no name and memory.total",
         "not proven here: preflight: no torch (No module named 'torch')",
+        "not proven here: burn-in: no torch (No module named 'torch')",
         "not proven here: flash attention: no torch (No module named 'torch')",
         "not proven here: training: no torch (No module named 'torch')",
-        "gpu-smoke: 0 passed, 0 failed, 5 not proven here",
+        "gpu-smoke: 0 passed, 0 failed, 6 not proven here",
     ]
 
 
@@ -66,7 +67,7 @@ def test_the_gpu_is_known_from_a_real_h100s_name_and_memory_and_a_failing_nvidia
     assert lines[2] == (
         "PASS gpu: 'NVIDIA H100 80GB HBM3' -> h100-sxm, bf16 peak 989.5 TFLOP/s, memory 79.6 GiB (table 80.0)"
     )
-    assert lines[-1] == "gpu-smoke: 1 passed, 1 failed, 3 not proven here"
+    assert lines[-1] == "gpu-smoke: 1 passed, 1 failed, 4 not proven here"
 
 
 def test_the_training_claim_rehearsed_on_the_cpu(tmp_path: Path) -> None:
@@ -76,3 +77,28 @@ def test_the_training_claim_rehearsed_on_the_cpu(tmp_path: Path) -> None:
     assert training.startswith("not proven here: training: mpt-tiny-cpu: completed, 30 batches, "), training
     assert training.endswith("tokens/s/device; MFU and GPU memory: a CPU run has neither (rehearsal)")
     assert (tmp_path / "report" / "report.json").is_file() and list((tmp_path / "logs").glob("mpt-train_*.out"))
+
+
+def test_the_burn_in_claim_rehearsed_on_two_cpu_workers_with_a_recorded_h100_standing_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's own steps (the preflight's workers with ``--burn-in``, the sampler, the judging) on two
+    CPU workers, with an nvidia-smi that answers the recorded H100 report as it would look under load;
+    and a GPU the load never reached (idle in every report) fails the claim."""
+    from test_case.gpu_smoke import claim_burn_in
+    from tests.test_health_clocks import H100_Q, under_load
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "report.txt").write_text(under_load(H100_Q.read_text()))
+    (tools / "nvidia-smi").write_text(f"#!/bin/sh\nexec cat {tools}/report.txt\n")
+    (tools / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    monkeypatch.setenv("PREFLIGHT_DEVICE", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    status, claim, said = claim_burn_in(tmp_path / "one", 2, "", seconds=4)
+    assert (status, claim) == ("PASS", "burn-in"), said
+    assert said.startswith("2 device(s) under load for 4 s") and "GPU sample(s)" in said
+    (tools / "report.txt").write_text(H100_Q.read_text())  # idle: the load never reached the GPUs
+    status, _, said = claim_burn_in(tmp_path / "two", 2, "", seconds=4)
+    assert status == "FAIL" and said.endswith("a GPU was idle under the load"), said
