@@ -236,6 +236,34 @@ def test_a_cgroup_cpu_cap_above_the_scan_is_found_in_v1_and_v2_and_the_tightest_
     assert finding.klass == "drain" and finding.summary.startswith(f"capped at 0.2 core(s) of 8 usable by {v2}")
     assert [f.klass for f in findings(cpu_cap(proc), usable=2)] == ["drain"]
     assert [f.klass for f in findings(None, usable=2)] == ["healthy"]
+    # content it does not expect is no cap, not a crash
+    (v2 / "system.slice" / "cpu.max").write_text("garbage\n")
+    (v1 / "slurm" / "cpu.cfs_quota_us").write_text("?\n")
+    assert cpu_cap(proc) is None
+    # in a container, the cgroup mount's root is the container's own cgroup: the path is taken below it
+    (proc / "mountinfo").write_text(f"30 25 0:26 /kubepods/pod7 {v2} rw - cgroup2 cgroup2 rw\n")
+    (proc / "cgroup").write_text("0::/kubepods/pod7/slurmd\n")
+    (v2 / "slurmd").mkdir()
+    (v2 / "slurmd" / "cpu.max").write_text("50000 100000\n")
+    cap = cpu_cap(proc)
+    assert cap is not None and (cap.cores, cap.file) == (0.5, v2 / "slurmd" / "cpu.max")
+
+
+def test_a_reader_that_breaks_is_skipped_with_its_error_and_the_others_still_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from test_case.health import scan
+
+    def broken() -> tuple[list[Finding] | None, str]:
+        raise ValueError("invalid literal for int() with base 10: 'x'")
+
+    monkeypatch.setitem(scan.READERS, "cpu", broken)
+    result = scan.scan()
+    assert result.readers["cpu"] == (
+        None,
+        "the cpu reader failed: ValueError: invalid literal for int() with base 10: 'x'",
+    )
+    assert result.readers["shm"][0] is not None  # read as before
 
 
 def test_a_process_in_a_real_cgroup_with_a_fifth_of_a_core_is_a_node_to_drain(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -87,10 +88,8 @@ def test_the_recorded_h100_report_reads_as_eight_idle_gpus() -> None:
     # the third GPU ran a process at 1980 MHz, 39 C and 118 W, and lists HW Power Brake and SW Thermal
     # Slowdown: reasons that slowed nothing, so they are watched, not drained
     third = found["00000000:75:00.0"]
-    assert [f.summary for f in third] == [
-        "HW Power Brake Slowdown reported with the SM clock at its maximum: it slowed nothing",
-        "SW Thermal Slowdown reported with the SM clock at its maximum: it slowed nothing",
-    ]
+    said = "reported with the clock at its maximum or held only by the power cap: it slowed nothing"
+    assert [f.summary for f in third] == [f"HW Power Brake Slowdown {said}", f"SW Thermal Slowdown {said}"]
     assert "SM 1980 MHz of 1980 MHz, 118 W of a 700 W limit, up to 39 C (49 C below slowdown)" in third[0].evidence
 
 
@@ -111,9 +110,22 @@ def test_a_gpu_slowed_by_hardware_under_load_is_drained_and_named_alone() -> Non
     (thermal,) = [f for f in found[SECOND] if "HW Thermal Slowdown" in f.summary]
     assert thermal.summary.startswith("HW Thermal Slowdown slowed the clocks under load (75% of the samples)")
     assert "HW Thermal Slowdown in 3/4" in thermal.evidence and "nvmlClocksEventReasons" in thermal.source
-    # once in four samples (NVML: HW Slowdown may show during a clock change) is watched, not drained
+    # once in four samples (NVML: HW Slowdown may show during a clock change) is watched, not drained,
+    # and so are two of two (fewer than MIN_LASTING samples)
     once = judged([under_load(text, hot)] + [under_load(text)] * 3)
     assert {f.klass for f in once[SECOND]} == {"monitor"}
+    assert {f.klass for f in judged([under_load(text, hot)] * 2)[SECOND]} == {"monitor"}
+
+
+def test_reasons_listed_while_the_power_cap_holds_the_clock_slow_nothing() -> None:
+    """The recording's third GPU lists HW Power Brake and SW Thermal Slowdown at 39 C: listed the same
+    under load, at the power cap and 1755 MHz, they are watched; with the clock halved, drained."""
+    text = H100_Q.read_text()
+    listed = {SECOND: {"HW Power Brake Slowdown": "Active", "SW Thermal Slowdown": "Active"}}
+    found = judged([under_load(text, listed)] * 4)
+    assert {f.klass for f in found[SECOND]} == {"monitor"}, found[SECOND]
+    halved = {SECOND: {**listed[SECOND], "SM": "945 MHz"}}
+    assert {f.klass for f in judged([under_load(text, halved)] * 4)[SECOND]} == {"drain"}
 
 
 def test_a_lowered_power_limit_a_held_clock_and_a_hot_gpu_are_each_named() -> None:
@@ -142,7 +154,7 @@ def test_a_lowered_power_limit_a_held_clock_and_a_hot_gpu_are_each_named() -> No
 def test_older_field_names_read_the_same() -> None:
     """Before driver 535: "Clocks Throttle Reasons", "Power Readings" with "Power Limit", and the slowdown
     temperature in degrees (as an A40 on driver 550 also prints it)."""
-    text = under_load(H100_Q.read_text(), {FIRST: {"HW Slowdown": "Active"}})
+    text = under_load(H100_Q.read_text(), {FIRST: {"HW Slowdown": "Active", "SM": "990 MHz"}})
     text = text.replace("Clocks Event Reasons", "Clocks Throttle Reasons").replace(
         "GPU Power Readings", "Power Readings"
     )
@@ -151,7 +163,7 @@ def test_older_field_names_read_the_same() -> None:
     (first, *_) = clocks.parse_samples(text)
     assert first.reasons == ("SW Power Cap", "HW Slowdown") and first.power_limit_w == 700
     assert first.slowdown_headroom_c == 87 - 36
-    assert [f.klass for f in judged([text] * 2)[FIRST]] == ["drain"]
+    assert [f.klass for f in judged([text] * 3)[FIRST]] == ["drain"]
 
 
 def test_thresholds_per_gpu_type_come_with_sources_and_can_be_overridden(tmp_path: Path) -> None:
@@ -197,11 +209,14 @@ def recorded_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     (tmp_path / "reports").mkdir()
     tool = folder / "nvidia-smi"
-    tool.write_text(
+    tool.write_text(  # as nvidia-smi answers: -d leaves out the product name, which --query-gpu gives
         "#!/bin/bash\nset -euo pipefail\n"
+        'if [[ "$1" == --query-gpu=pci.bus_id,name ]]; then\n'
+        f'  grep "^GPU " {H100_Q} | sed "s/^GPU \\(.*\\)$/\\1, NVIDIA H100 80GB HBM3/"; exit 0\n'
+        "fi\n"
         f'log="{tmp_path}/calls"; echo "$*" >> "$log"; n=$(wc -l < "$log")\n'
         f'r="{tmp_path}/reports/$n.txt"; [[ -f "$r" ]] || r=$(ls "{tmp_path}"/reports/*.txt | sort -V | tail -1)\n'
-        'cat "$r"\n'
+        'grep -v "Product Name" "$r"\n'
     )
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
@@ -212,7 +227,7 @@ def test_the_sampler_reads_the_gpus_while_a_real_load_runs(recorded_smi: Path) -
     import torch
 
     text = H100_Q.read_text()
-    hot = {SECOND: {"HW Power Brake Slowdown": "Active", "HW Slowdown": "Active"}}
+    hot = {SECOND: {"HW Power Brake Slowdown": "Active", "HW Slowdown": "Active", "SM": "990 MHz"}}
     (recorded_smi / "reports" / "1.txt").write_text(text)  # idle: before the load, outside the window
     for n in range(2, 40):
         (recorded_smi / "reports" / f"{n}.txt").write_text(under_load(text, hot))
@@ -223,6 +238,8 @@ def test_the_sampler_reads_the_gpus_while_a_real_load_runs(recorded_smi: Path) -
     calls = (recorded_smi / "calls").read_text().splitlines()
     assert set(calls) == {" ".join(clocks.QUERY)} and sampler.calls == len(calls) >= 8
     assert len(samples) == 8 * sampler.calls and len(loaded.window_tflops) >= 3
+    # -d printed no product name: the names query gave it, so the type's limits apply
+    assert {s.product for s in samples} == {"NVIDIA H100 80GB HBM3"} and len(sampler.names) == 8
     checks = burn_in.burn_in_checks([loaded], [loaded.sustained()], samples, Expectations(), "n1", gpus=True)
     assert checks["burn_in"].status == "pass"
     brake = checks[f"health.clocks[GPU {SECOND}]"]
@@ -232,6 +249,18 @@ def test_the_sampler_reads_the_gpus_while_a_real_load_runs(recorded_smi: Path) -
     assert summary.measured == "drain" and re.search(r"in the [34] s every device was loaded", summary.detail)
     # the idle report before the load is not among the samples judged: no GPU is called idle
     assert "idle" not in json.dumps({k: c.detail for k, c in checks.items()})
+
+
+def test_the_sampler_stops_once_the_burn_in_is_done(recorded_smi: Path) -> None:
+    (recorded_smi / "reports" / "1.txt").write_text(H100_Q.read_text())
+    over = threading.Event()
+    sampler = burn_in.Sampler(every_s=0.05, done=over.is_set).start()
+    time.sleep(0.5)
+    over.set()
+    time.sleep(0.3)
+    calls = sampler.calls
+    time.sleep(0.3)
+    assert calls == sampler.calls >= 2 and len(sampler.stop()) == 8 * calls
 
 
 def test_no_nvidia_smi_means_nothing_sampled(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -251,6 +251,18 @@ def test_efa_ports_are_judged_by_their_state_and_srd_counters(tmp_path: Path) ->
     ]
     assert found[1].evidence.startswith("state: 4: ACTIVE; hw_counters: rdma_read_wr_err 0, retrans_timeout_events 7")
     assert "efa-working-monitor" in found[1].source
+    # an older efa driver, without the SRD network counters: found by its driver, judged by its state
+    older = tmp_path / "older"
+    port = older / "efa_0" / "ports" / "1"
+    (port / "hw_counters").mkdir(parents=True)
+    (port / "state").write_text("1: DOWN\n")
+    (port / "hw_counters" / "rx_drops").write_text("3\n")
+    (tmp_path / "drivers" / "efa").mkdir(parents=True)
+    (older / "efa_0" / "device").mkdir()
+    (older / "efa_0" / "device" / "driver").symlink_to(tmp_path / "drivers" / "efa")
+    (old,) = infiniband.read_error_counters(older) or []
+    assert old.efa_counters == {"rx_drops": 3}
+    assert [f.klass for f in infiniband.counter_findings([old])] == ["drain", "monitor"]
 
 
 # --- NVLink ---------------------------------------------------------------------------------------

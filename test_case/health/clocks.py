@@ -10,15 +10,17 @@ everything here is standard library, like the other readers.
 The rules (`findings`), over the samples a GPU was busy in (``Idle`` not active), with their sources:
 
 * ``HW Slowdown``, ``HW Thermal Slowdown``, ``HW Power Brake Slowdown`` or ``SW Thermal Slowdown``
-  active, with the SM clock below its maximum, in at least half of the samples: **drain**. NVML: the
+  active while the clock is lower than the power cap explains (below ``min_clock_fraction`` of its
+  maximum, or below its maximum while drawing less than ``power_cap_fraction`` of its limit), in more
+  than half of the samples and at least `MIN_LASTING` of them: **drain**. NVML: the
   hardware cuts the clocks by half or more because the GPU is too hot, the power supply asserted the
   power brake, or the draw tripped the fast power protection; SW Thermal lowers them to keep the GPU
   below its maximum operating temperature. DCGM's diagnostics fail a GPU on the same four reasons
   (NVIDIA/DCGM@72fa3fe nvvs/src/DcgmRecorder.cpp), gpud calls one unhealthy when the hardware ones
   last (60 % of the minutes of 10, leptonai/gpud@4a8de33 hw-slowdown). NVML also says HW Slowdown may
   show during a P-state or clock change, hence a majority of the samples, not one. Fewer, or only with
-  the clock at its maximum: **monitor** (the recorded H100 report has a GPU at 1980 MHz, 39 C and
-  118 W that lists HW Power Brake and SW Thermal Slowdown: a reason that slows nothing).
+  clocks the power cap explains: **monitor** (the recorded H100 report has a GPU at 1980 MHz, 39 C
+  and 118 W that lists HW Power Brake and SW Thermal Slowdown: reasons that slow nothing).
 * A current power limit below the board's default limit: **reset** (someone lowered it with
   ``nvidia-smi -pl``; NVML: such a limit does not survive a reboot or a driver reload; restore it with
   ``nvidia-smi -i <GPU> -pl <default>``). A default limit, or a maximum SM clock, below what NVIDIA
@@ -62,6 +64,7 @@ SOURCE_DCGM_SKUS = "NVIDIA DCGM targeted_power target per SKU (NVIDIA/DCGM@72fa3
 SLOWING = ("HW Slowdown", "HW Thermal Slowdown", "HW Power Brake Slowdown", "SW Thermal Slowdown")
 POWER_OR_THERMAL = (*SLOWING, "SW Power Cap")
 AT_MAX = 0.95  # an SM clock at least this share of its maximum is not being slowed
+MIN_LASTING = 3  # samples: fewer slowed samples than this are never a drain
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class Thresholds:
     min_clock_fraction: float = 0.75  # an SM clock held below this share of its maximum, without a reason
     power_cap_fraction: float = 0.9  # drawing at least this share of the limit: the power cap explains low clocks
     temp_margin_c: float = 5.0  # closer than this to the slowdown temperature: monitor
-    lasting_fraction: float = 0.5  # a reason active in at least this share of the samples lasts
+    lasting_fraction: float = 0.5  # a reason active in more than this share of the samples lasts
     limits: Mapping[str, GpuLimits] = field(default_factory=lambda: dict(GPU_LIMITS))
 
 
@@ -111,7 +114,7 @@ DEFAULT = Thresholds()
 class GpuSample:
     """One GPU at one moment, as ``nvidia-smi -q`` saw it (None: the field is absent or N/A)."""
 
-    at: float  # time.time() of the call
+    at: float  # time.time() when the call began
     bus_id: str
     product: str
     sm_mhz: float | None
@@ -122,6 +125,7 @@ class GpuSample:
     power_limit_w: float | None
     default_power_limit_w: float | None
     reasons: tuple[str, ...]  # the clock event reasons that were Active
+    until: float = 0.0  # time.time() when the call returned (0: not timed)
 
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -148,8 +152,11 @@ def _headroom(fields: Mapping[str, str], temp: float | None) -> float | None:
     return None if margin is None or at_slowdown is None else margin - at_slowdown
 
 
-def parse_samples(text: str, at: float = 0.0) -> list[GpuSample]:
-    """One `GpuSample` per GPU of ``nvidia-smi -q`` output (with or without ``-d``), taken at ``at``."""
+def parse_samples(
+    text: str, at: float = 0.0, names: Mapping[str, str] | None = None, until: float = 0.0
+) -> list[GpuSample]:
+    """One `GpuSample` per GPU of ``nvidia-smi -q`` output (with or without ``-d``), read from ``at`` to
+    ``until``. ``-d`` leaves out the product name: ``names`` (bus id -> name, `read_names`) gives it."""
     samples = []
     for gpu in parse_nvidia_smi_q(text):
         f = gpu.fields
@@ -163,7 +170,7 @@ def parse_samples(text: str, at: float = 0.0) -> list[GpuSample]:
             GpuSample(
                 at=at,
                 bus_id=gpu.bus_id,
-                product=gpu.product_name,
+                product=gpu.product_name or (names or {}).get(gpu.bus_id.upper(), ""),
                 sm_mhz=_number(f.get("Clocks/SM")),
                 max_sm_mhz=_number(f.get("Max Clocks/SM")),
                 temp_c=temp,
@@ -179,14 +186,25 @@ def parse_samples(text: str, at: float = 0.0) -> list[GpuSample]:
                     f, "GPU Power Readings/Default Power Limit", "Power Readings/Default Power Limit"
                 ),
                 reasons=reasons,
+                until=until,
             )
         )
     return samples
 
 
-def read_sample() -> list[GpuSample] | None:
-    """This node's GPUs now (None: no nvidia-smi on PATH, or it failed). A driver whose ``-d PERFORMANCE``
-    leaves out the clock event reasons is asked for the whole ``-q`` instead."""
+def read_names() -> dict[str, str]:
+    """Bus id (upper case, as ``-q`` prints it) -> product name, from ``nvidia-smi --query-gpu``; {} when
+    it cannot tell."""
+    out = run_tool("nvidia-smi", "--query-gpu=pci.bus_id,name", "--format=csv,noheader", timeout=20.0)
+    if out is None or out.returncode != 0:
+        return {}
+    pairs = (line.split(",", 1) for line in out.stdout.splitlines() if "," in line)
+    return {bus.strip().upper(): name.strip() for bus, name in pairs}
+
+
+def read_sample(names: Mapping[str, str] | None = None) -> list[GpuSample] | None:
+    """This node's GPUs now (None: no nvidia-smi on PATH, or it failed), named by ``names`` (`read_names`).
+    A driver whose ``-d PERFORMANCE`` leaves out the clock event reasons is asked for the whole ``-q``."""
     at = time.time()
     out = run_tool("nvidia-smi", *QUERY, timeout=20.0)
     if out is None or out.returncode != 0:
@@ -195,7 +213,7 @@ def read_sample() -> list[GpuSample] | None:
     if "Clocks Event Reasons" not in text and "Clocks Throttle Reasons" not in text:
         whole = run_tool("nvidia-smi", "-q", timeout=20.0)
         text = whole.stdout if whole is not None and whole.returncode == 0 else text
-    return parse_samples(text, at) or None
+    return parse_samples(text, at, names, until=time.time()) or None
 
 
 def _share(samples: list[GpuSample], reason: str) -> float:
@@ -247,15 +265,30 @@ def gpu_findings(samples: list[GpuSample], thresholds: Thresholds = DEFAULT) -> 
     def add(klass: FindingClass, summary: str, source: str) -> None:
         found.append(Finding(CHECK, subject, klass, summary, evidence, source))
 
+    def slowing(s: GpuSample) -> bool:
+        """The clock is below what the power cap explains: far below its maximum (hardware slowdown halves
+        it), or below its maximum while the GPU draws less than its limit allows."""
+        if s.sm_mhz is None or not max_sm:
+            return True
+        far_below = s.sm_mhz < thresholds.min_clock_fraction * max_sm
+        capped = (
+            s.power_w is not None and s.power_limit_w and s.power_w >= thresholds.power_cap_fraction * s.power_limit_w
+        )
+        return far_below or (s.sm_mhz < AT_MAX * max_sm and not capped)
+
     for reason in SLOWING:
         active = [s for s in busy if reason in s.reasons]
-        slowed = [s for s in active if s.sm_mhz is None or not max_sm or s.sm_mhz < AT_MAX * max_sm]
-        if len(slowed) >= thresholds.lasting_fraction * n:
+        slowed = [s for s in active if slowing(s)]
+        if len(slowed) > thresholds.lasting_fraction * n and len(slowed) >= MIN_LASTING:
             add("drain", f"{reason} slowed the clocks under load ({len(slowed) / n:.0%} of the samples)", SOURCE_NVML)
         elif slowed:
             add("monitor", f"{reason} in {len(slowed) / n:.0%} of the samples under load (not lasting)", SOURCE_NVML)
         elif active:
-            add("monitor", f"{reason} reported with the SM clock at its maximum: it slowed nothing", SOURCE_NVML)
+            add(
+                "monitor",
+                f"{reason} reported with the clock at its maximum or held only by the power cap: it slowed nothing",
+                SOURCE_NVML,
+            )
     if limit is not None and default is not None and limit < default - 1:
         add(
             "reset",

@@ -33,26 +33,30 @@ class CpuCap:
     line: str  # the file's content, as read
 
 
-def _mounts(mountinfo: str) -> tuple[Path | None, Path | None]:
-    """The cgroup v2 mount and the v1 mount of the ``cpu`` controller, from /proc/self/mountinfo."""
+def _mounts(mountinfo: str) -> tuple[tuple[Path, str] | None, tuple[Path, str] | None]:
+    """(mount point, the cgroup path at its root) of the cgroup v2 mount and of the v1 ``cpu`` controller's,
+    from /proc/self/mountinfo (in a container the root is the container's own cgroup, not /)."""
     unified = v1 = None
     for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
         fields, extra = left.split(), right.split()
         if len(fields) < 5 or len(extra) < 3:
             continue
-        point, fstype, options = Path(fields[4]), extra[0], extra[2].split(",")
+        root, point, fstype, options = fields[3], Path(fields[4]), extra[0], extra[2].split(",")
         if fstype == "cgroup2" and unified is None:
-            unified = point
+            unified = (point, root)
         elif fstype == "cgroup" and "cpu" in options and v1 is None:
-            v1 = point
+            v1 = (point, root)
     return unified, v1
 
 
-def _ancestors(root: Path, path: str) -> list[Path]:
-    """``root/path`` and each folder above it, up to ``root``."""
+def _ancestors(mount: tuple[Path, str], path: str) -> list[Path]:
+    """The folder of cgroup ``path`` under ``mount`` and each folder above it, up to the mount point."""
+    point, root = mount
+    if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
+        path = path[len(root) :]
     parts = [p for p in path.split("/") if p]
-    return [root.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+    return [point.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
 
 def cpu_cap(proc: Path = Path("/proc/self")) -> CpuCap | None:
@@ -72,7 +76,7 @@ def cpu_cap(proc: Path = Path("/proc/self")) -> CpuCap | None:
                 except OSError:
                     continue
                 quota, _, period = text.partition(" ")
-                if quota != "max" and period:
+                if quota.isdigit() and period.isdigit() and int(period) > 0:
                     caps.append(CpuCap(int(quota) / int(period), folder / "cpu.max", text))
         elif "cpu" in controllers.split(",") and v1 is not None:
             for folder in _ancestors(v1, path):

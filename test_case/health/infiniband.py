@@ -36,8 +36,9 @@ Error counter rules (`counter_findings`), per port, on the counters since they w
   partition set-up, not this node's hardware.
 
 EFA devices (AWS's Elastic Fabric Adapter: an RDMA device without IB counters, whose port has
-``hw_counters/`` with the SRD network statistics; found by ``hw_counters/unresponsive_remote_events``,
-whatever the device's name: ``efa_0``, ``rdmap0s31``):
+``hw_counters/`` with the SRD network statistics; found by its driver, ``device/driver`` -> ``efa``,
+or by ``hw_counters/unresponsive_remote_events``, whatever the device's name: ``efa_0``,
+``rdmap0s31``; older drivers have fewer counters, and those there are read):
 
 * a port whose ``state`` is not ``ACTIVE``: **drain** (NCCL's EFA plugin cannot use it);
 * ``rdma_read_wr_err``, ``rdma_write_wr_err`` (work requests that failed), ``rx_drops``,
@@ -267,7 +268,7 @@ def read_error_counters(sys_root: Path = Path("/sys/class/infiniband")) -> list[
                     counters[name] = number
             layer = _read(port_dir / "link_layer") or ""
             efa = None
-            if (port_dir / "hw_counters" / EFA_MARK).exists():
+            if (port_dir / "hw_counters" / EFA_MARK).exists() or _driver(ca) == "efa":
                 efa = {}
                 for name in EFA_COUNTERS:
                     value = _read(port_dir / "hw_counters" / name)
@@ -276,6 +277,14 @@ def read_error_counters(sys_root: Path = Path("/sys/class/infiniband")) -> list[
             state = (_read(port_dir / "state") or "").strip()
             result.append(PortCounters(ca.name, int(port_dir.name), counters, layer.strip(), state, efa))
     return result
+
+
+def _driver(ca: Path) -> str:
+    """The kernel driver of an RDMA device (``device/driver`` links to it), "" when sysfs does not say."""
+    try:
+        return (ca / "device" / "driver").resolve(strict=True).name
+    except OSError:
+        return ""
 
 
 def _read(path: Path) -> str | None:

@@ -71,9 +71,18 @@ READERS: dict[str, Callable[[], tuple[list[Finding] | None, str]]] = {
 }
 
 
+def _guarded(reader: str, read: Callable[[], tuple[list[Finding] | None, str]]) -> tuple[list[Finding] | None, str]:
+    """One reader's result; a reader that breaks on what it read is skipped with the error, so that the
+    others still run and a Prolog or HealthCheckProgram never drains a node for a traceback."""
+    try:
+        return read()
+    except Exception as err:  # any reader's failure, named
+        return None, f"the {reader} reader failed: {type(err).__name__}: {err}"
+
+
 def scan(dcgm_level: int | None = None) -> Scan:
     """Run every reader once (DCGM's diagnostics only at ``dcgm_level``)."""
-    out = Scan({reader: read() for reader, read in READERS.items()})
+    out = Scan({reader: _guarded(reader, read) for reader, read in READERS.items()})
     if dcgm_level:
         run = dcgm.run_diag(dcgm_level)
         out.readers["dcgm"] = (

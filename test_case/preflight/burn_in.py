@@ -4,7 +4,8 @@ while the node task samples its GPUs' clocks, temperature, power and clock event
 * `run_load` (in each worker, every device at once, as in training): bf16 8192^3 matmuls on a GPU
   (fp32 1024^3 on a CPU) in windows of about a second; the TFLOP/s of each window.
 * `Sampler` (in the node task, beside its workers): ``nvidia-smi -q -d PERFORMANCE,CLOCK,TEMPERATURE,POWER``
-  about every second (`test_case.health.clocks.read_sample`), until the workers end.
+  about every second (`test_case.health.clocks.read_sample`), until every worker of the node has
+  marked its load done (`done_marker`), so that the bandwidth tests after it run undisturbed.
 * `burn_in_checks`: the samples taken while every device was loaded, past a warm-up, judged per GPU
   (`test_case.health.clocks.findings`: ``health.clocks`` and a check per finding, with its class and
   evidence), and ``burn_in``: the slowest device's sustained TFLOP/s (the median of its windows past the
@@ -15,10 +16,13 @@ while the node task samples its GPUs' clocks, temperature, power and clock event
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from test_case.health import clocks
@@ -51,6 +55,11 @@ class Load:
         return statistics.median(kept) if kept else 0.0
 
 
+def done_marker(parts: Path, host: str, local_rank: int) -> Path:
+    """The file a worker writes when its load is over: the node task's sampler stops once all are there."""
+    return parts / f"burn-in-done-{host}-{local_rank}"
+
+
 def run_load(device: Any, seconds: float) -> Load:
     """Matmuls on ``device`` for ``seconds``, timed per window of about `WINDOW_S`."""
     import torch
@@ -77,34 +86,47 @@ def run_load(device: Any, seconds: float) -> Load:
 
 
 class Sampler:
-    """``nvidia-smi`` read about every `SAMPLE_EVERY_S` in a thread, from `start` until `stop`."""
+    """``nvidia-smi`` read about every `SAMPLE_EVERY_S` in a thread, from `start` until `stop` (or until
+    ``done()`` says the burn-in is over, so that it does not disturb the bandwidth tests after it)."""
 
-    def __init__(self, every_s: float = SAMPLE_EVERY_S) -> None:
+    def __init__(self, every_s: float = SAMPLE_EVERY_S, done: Callable[[], bool] | None = None) -> None:
         self.every_s = every_s
-        self.samples: list[clocks.GpuSample] = []
-        self.calls = 0  # how many reads answered
+        self.done = done or (lambda: False)
+        self.names: dict[str, str] = {}
+        self._samples: list[clocks.GpuSample] = []
+        self._calls = 0  # how many reads answered
+        self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="burn-in-sampler", daemon=True)
 
     def _run(self) -> None:
-        while not self._stopped.is_set():
+        if shutil.which("nvidia-smi") is None:
+            return  # a CPU node: nothing to sample
+        self.names = clocks.read_names()
+        while not self._stopped.is_set() and not self.done():
             began = time.monotonic()
-            read = clocks.read_sample()
-            if read is None and self.calls == 0:
-                return  # no nvidia-smi here, or no GPU it can read: nothing to sample
+            read = clocks.read_sample(self.names)  # None: this read failed (a busy driver); the next may not
             if read:
-                self.samples += read
-                self.calls += 1
+                with self._lock:
+                    self._samples += read
+                    self._calls += 1
             self._stopped.wait(max(0.0, self.every_s - (time.monotonic() - began)))
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return self._calls
 
     def start(self) -> Sampler:
         self._thread.start()
         return self
 
     def stop(self) -> list[clocks.GpuSample]:
+        """The samples so far (a copy: a read still running when this returns adds nothing to it)."""
         self._stopped.set()
-        self._thread.join(timeout=30)
-        return self.samples
+        self._thread.join(timeout=45)  # one read is at most two nvidia-smi calls of 20 s
+        with self._lock:
+            return list(self._samples)
 
 
 def burn_in_checks(
@@ -150,7 +172,7 @@ def burn_in_checks(
     if samples is None:
         how = "nvidia-smi not on PATH or it read no GPU: clocks, temperature and power not sampled"
         return checks | finding_checks("clocks", None, how, host)
-    loaded = [s for s in samples if start <= s.at <= end]
+    loaded = [s for s in samples if start <= s.at and (s.until or s.at) <= end]  # read wholly under load
     how = (
         f"nvidia-smi {' '.join(clocks.QUERY)} every {SAMPLE_EVERY_S:g} s: {len(loaded)} GPU sample(s) "
         f"in the {max(0.0, end - start):.0f} s every device was loaded"

@@ -95,7 +95,10 @@ def node(args: argparse.Namespace) -> int:
         flush=True,
     )
     started = time.monotonic()
-    sampler = burn_in.Sampler().start() if args.burn_in > 0 else None
+    sampler = None
+    if args.burn_in > 0:
+        markers = [burn_in.done_marker(parts, host, local) for local in range(procs)]
+        sampler = burn_in.Sampler(done=lambda: all(m.exists() for m in markers)).start()
     workers = []
     for local in range(procs):
         worker_env = {

@@ -226,6 +226,7 @@ def run_worker(
     if burn_in_s > 0:
         dist.barrier()
         load = burn_in.run_load(device, burn_in_s)
+        burn_in.done_marker(parts, host, local_rank).touch()
 
     hosts: list[Any] = [None] * world
     dist.all_gather_object(hosts, host)
