@@ -319,3 +319,36 @@ def test_a_run_on_this_machine_measures_gloo_collectives_and_names_missing_data(
     assert "preflight: FAIL" in bad.stdout and "dataset.train_small" in bad.stdout
     bad_job = json.loads(path.read_text())["job_id"]
     assert f"kept in {tmp_path / 'logs' / f'preflight_{bad_job}.parts'}" in bad.stdout
+
+
+def test_b200_and_gb200_meet_their_published_figures_and_h200_nvl_only_its_peers(tmp_path: Path) -> None:
+    """B200 and GB200 nodes are held to the published matmul and within-node busbw (with the 15 % tolerance);
+    H200 NVL has no published figure and is never held to H200 SXM's (expectations.py, its sources)."""
+
+    def judged(gpu: str, matmuls: list[float], within_gbps: float) -> PreflightReport:
+        folder = tmp_path / f"{len(list(tmp_path.iterdir()))}-{gpu.replace(' ', '-')}"
+        folder.mkdir()
+        for i, tflops in enumerate(matmuls):
+            p = part(f"n{i}", i, tflops)
+            p.facts["gpu"] = gpu
+            write_part(folder / f"node-n{i}.json", p)
+        point = {"bytes": 8 << 30, "time_s": 0.01, "algbw_gbps": 1.0, "busbw_gbps": within_gbps}
+        within = {"collective": "all_reduce", "scope": "within n0", "ranks": 8, "backend": "nccl", "points": [point]}
+        (folder / "rank-0.json").write_text(json.dumps({"bandwidth": [within], "clock_offsets_s": {}}))
+        return build_report(folder, [f"n{i}" for i in range(len(matmuls))], "80", load(None))
+
+    b200 = judged("NVIDIA B200", [1700.0, 1400.0], 560.0)
+    assert {(f.node, f.check) for f in b200.failures} == {("n1", "matmul"), ("n0", "fabric.within_node")}
+    assert b200.nodes["n1"].checks["matmul"].expected == ">= 1483.2"  # 85 % of 1745.0
+    assert b200.nodes["n0"].checks["fabric.within_node"].expected == ">= 579.9"  # 85 % of 682.2
+    assert judged("NVIDIA B200", [1700.0, 1690.0], 600.0).failures == []
+    gb200 = judged("NVIDIA GB200", [1800.0, 1500.0], 600.0)
+    assert {(f.node, f.check) for f in gb200.failures} == {("n1", "matmul")}  # 1548.7 and 577.7 the floors
+    assert judged("HGX GB200", [1800.0, 1790.0], 560.0).failures[0].check == "fabric.within_node"
+    # H200 NVL: 650 TFLOP/s and 300 GB/s would fail H200 SXM's 794 and 368; peers alone judge it
+    assert judged("NVIDIA H200 NVL", [650.0, 640.0], 300.0).failures == []
+    assert {(f.node, f.check) for f in judged("NVIDIA H200", [650.0, 640.0], 300.0).failures} == {
+        ("n0", "matmul"),
+        ("n1", "matmul"),
+        ("n0", "fabric.within_node"),
+    }

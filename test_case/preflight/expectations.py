@@ -33,6 +33,24 @@ BUSBW: dict[tuple[str, str], Expected] = {
     ("NVIDIA H200", "within node"): Expected(
         368.0, "GB/s", "ml-engineering network benchmarks: 8x H100/H200 NVLink, 8-16 GiB, without NVLS"
     ),
+    # ml-engineering network/README.md (stas00/ml-engineering@744d01e), nccl-tests on p6-b200.48xlarge,
+    # NCCL 2.27.7, 8 GiB: 838.0 GB/s with NVLS, 682.2 without; the without figure, as for H100/H200.
+    ("NVIDIA B200", "within node"): Expected(
+        682.2, "GB/s", "ml-engineering network benchmarks: 8x B200 (p6-b200) NVLink, 8 GiB, without NVLS"
+    ),
+    # A GB200 node (compute tray) has 4 GPUs. Azure/AI-benchmarking-guide Azure_Results/ND_GB200_v6_results.md
+    # (@2a370be), NCCL 2.25.1, driver 570.133.20: 679.61 GB/s at 8 GB, ring, in-place, 4 GPUs of one VM.
+    # The whole NVL72 rack (72 ranks over NVLink) reached 834.57 GB/s at 8 GiB (coreweave/nccl-tests README,
+    # NCCL 2.26.2), which a "2 nodes" key cannot express: judged against peers. Drivers name it "NVIDIA
+    # GB200" or "HGX GB200" (both recorded in public outputs).
+    **{
+        (name, "within node"): Expected(
+            679.61, "GB/s", "Azure ND GB200 v6 results: 4x GB200 of one node, 8 GB, ring, in-place"
+        )
+        for name in ("NVIDIA GB200", "HGX GB200")
+    },
+    # H200 NVL (PCIe cards, 2- or 4-way NVLink bridges) and AMD MI300X/MI325X: no published all_reduce
+    # figure was found, so they are judged against their peers only (never against H200 SXM's 368).
     ("p5.48xlarge", "2 nodes"): Expected(
         443.7, "GB/s", "aws-samples/awsome-distributed-training nccl-tests README: 2x p5.48xlarge at 2 GiB"
     ),
@@ -45,6 +63,15 @@ BUSBW: dict[tuple[str, str], Expected] = {
 MATMUL_TFLOPS: dict[str, Expected] = {
     "NVIDIA H100 80GB HBM3": Expected(794.0, "TFLOP/s", "80 % of the 989.5 dense bf16 peak of H100 SXM, as measured"),
     "NVIDIA H200": Expected(794.0, "TFLOP/s", "same GH100 compute as H100 SXM: 80 % of its 989.5 dense bf16 peak"),
+    # ml-engineering compute/accelerator/README.md (@744d01e), "Maximum Achievable Matmul FLOPS" table: the
+    # best shape's mean of 100 iterations. B200 SXM 1745.0 of 2250 (torch 2.7.1+cu128); GB200 1822.0 of 2500
+    # per GPU. Not taken: MI300X 668.4 and MI325X 784.9, measured with TunableOp on, which the preflight's
+    # matmul does not turn on (a healthy GPU would fail against them); H200 NVL, not measured there.
+    "NVIDIA B200": Expected(1745.0, "TFLOP/s", "ml-engineering MAMF table: B200 SXM, bf16, torch 2.7.1+cu128"),
+    **{
+        name: Expected(1822.0, "TFLOP/s", "ml-engineering MAMF table: GB200, bf16, per GPU")
+        for name in ("NVIDIA GB200", "HGX GB200")
+    },
 }
 
 
