@@ -100,3 +100,11 @@ def test_config_check_knows_the_keys_of_the_pinned_llmfoundry() -> None:
     from test_case.training.config_check import TRAIN_KEYS
 
     assert set(TRAIN_KEYS) == set(TRAIN_CONFIG_KEYS)
+
+
+@pytest.mark.parametrize("name", ["mpt-7b", "mpt-13b", "mpt-30b", "mpt-70b"])
+def test_large_models_save_sharded_checkpoints(name: str) -> None:
+    """7B and up: each rank writes its shard. Composer's default (``full``) gathers the whole state dict on
+    rank 0 (hundreds of GB for 30B/70B) before a barrier of ``dist_timeout``, which a slow write outlasts."""
+    cfg = load_as_launched(REPO_ROOT / "yamls" / f"{name}.yaml")
+    assert OmegaConf.select(cfg, "fsdp_config.state_dict_type") == "sharded"
