@@ -119,6 +119,13 @@ SETTINGS = (
     Setting("FI_EFA_FORK_SAFE", ALL, "1", "libfabric safe with forking dataloader workers"),
     Setting("FI_EFA_USE_HUGE_PAGE", ALL, "0", "no huge pages for EFA buffers"),
     Setting("NCCL_DEBUG", ALL, "WARN", "NCCL's log level (INFO: the transport chosen)"),
+    Setting(
+        "NCCL_NET_PLUGIN",
+        ALL,
+        "unset: libnccl-net.so",
+        "NCCL's network plugin (ofi: libnccl-net-ofi.so); the run header says which one loads",
+    ),
+    Setting("NCCL_IB_DISABLE", ALL, "unset", "1: NCCL's own IB transport off (sockets without a plugin)"),
     Setting("TORCH_NCCL_ASYNC_ERROR_HANDLING", ALL, "1", "a failed collective ends the rank"),
 )
 SCRIPTS = {

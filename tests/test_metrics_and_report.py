@@ -325,6 +325,12 @@ def test_the_baseline_gate_compares_only_the_published_configuration() -> None:
     with_stack = summarise_run(parse_composer_log([*header, *stack, *seven_b_log(8, True, "PURE")[1:]]))
     (line,) = setup(Report(runs=[with_stack])).console
     assert str(line).endswith("flash-attn 2.7.4.post1; driver 570.124.06, CUDA 12.8, NCCL 2.26.2")
+    plugin = "[run-header] nccl_network: plugin libnccl-net.so (/opt/aws-ofi-nccl/install/lib/libnccl-net.so)"
+    with_net = summarise_run(parse_composer_log([*header, *stack, plugin, *seven_b_log(8, True, "PURE")[1:]]))
+    (line,) = setup(Report(runs=[with_net])).console
+    assert str(line).endswith(
+        "NCCL 2.26.2; NCCL network plugin libnccl-net.so (/opt/aws-ofi-nccl/install/lib/libnccl-net.so)"
+    )
     slow = summarise_run(parse_composer_log(seven_b_log(6, False, "DEFAULT", samples_per_sec=30.0)))
     assert compare_to_baseline(slow, rows, 0.10).status == "below"
 

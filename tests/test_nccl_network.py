@@ -6,6 +6,10 @@ preflight check that fails the fallback on a node with RDMA devices."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from test_case.preflight.nccl_network import NcclNetwork, network_check, rdma_devices, read_nccl_debug
@@ -70,3 +74,37 @@ def test_no_lines_and_the_rdma_folder(tmp_path: Path) -> None:
     (tmp_path / "mlx5_1").mkdir()
     (tmp_path / "mlx5_0").mkdir()
     assert rdma_devices(tmp_path) == ["mlx5_0", "mlx5_1"] and rdma_devices(tmp_path / "none") == []
+
+
+def test_the_network_nccl_will_use_is_the_plugin_that_loads_else_ib_else_sockets(tmp_path: Path) -> None:
+    """Real dlopen of real shared objects, found on LD_LIBRARY_PATH as NCCL's dlopen finds them: the run
+    header's ``nccl_network`` (what the old header never said)."""
+    src = tmp_path / "plugin.c"
+    src.write_text("int ncclNetPlugin_v8 = 0;\n")
+    libs = tmp_path / "lib"
+    libs.mkdir()
+    for name in ("libnccl-net.so", "libnccl-net-ofi.so"):
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(libs / name), str(src)], check=True)
+    code = (
+        "import json, os, sys; from test_case.preflight.nccl_network import expected_network; "
+        "print(expected_network(os.environ, json.loads(sys.argv[1])))"
+    )
+
+    def expected(env: dict[str, str], rdma: list[str]) -> str:
+        full = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT), **env}
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(rdma)], env=full, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+
+    assert expected({"LD_LIBRARY_PATH": str(libs)}, []) == f"plugin libnccl-net.so ({libs / 'libnccl-net.so'})"
+    ofi = expected({"LD_LIBRARY_PATH": str(libs), "NCCL_NET_PLUGIN": "ofi"}, ["rdmap0s31"])
+    assert ofi == f"plugin libnccl-net-ofi.so ({libs / 'libnccl-net-ofi.so'})"
+    by_path = expected({"NCCL_NET_PLUGIN": str(libs / "libnccl-net.so")}, [])
+    assert by_path == f"plugin {libs / 'libnccl-net.so'} ({libs / 'libnccl-net.so'})"
+    # the plugin's folder missing from the library path: NCCL's own IB transport, or sockets
+    assert expected({}, ["mlx5_0", "mlx5_1"]) == "internal IB on mlx5_0, mlx5_1 (no plugin: libnccl-net.so not found)"
+    assert expected({"NCCL_NET_PLUGIN": "ofi"}, []) == (
+        "sockets (no plugin: ofi or libnccl-net-ofi.so not found; no RDMA device)"
+    )
+    assert expected({"NCCL_IB_DISABLE": "1"}, ["mlx5_0"]).endswith("; NCCL_IB_DISABLE=1)")

@@ -23,7 +23,9 @@ bandwidth.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,3 +116,48 @@ def network_check(found: NcclNetwork | None, nodes: int, rdma: list[str], drain:
         )
     detail = "no RDMA device on this node: sockets are its only network" if not rdma else f"RDMA: {', '.join(rdma)}"
     return Check("pass", measured, "IB or the fabric's plugin" if rdma else "any", "", detail)
+
+
+# Run in a child process: loading a plugin runs its constructors (libfabric's among them), which the
+# launcher has no business running. Prints the loaded file's path, read from the process' own maps.
+_LOAD = (
+    "import ctypes, sys\n"
+    "ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_LOCAL)\n"
+    "base = sys.argv[1].rsplit('/', 1)[-1]\n"
+    "paths = {l.split()[-1] for l in open('/proc/self/maps') if l.rstrip().endswith('/' + base)}\n"
+    "print(sorted(paths)[0] if paths else sys.argv[1])\n"
+)
+
+
+def loaded_path(name: str) -> str | None:
+    """Where ``dlopen(name)`` finds a library with this process' library path, or None."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _LOAD, name], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def plugin_candidates(env: Mapping[str, str]) -> list[str]:
+    """The libraries NCCL tries, in order, as its network plugin (NVIDIA/nccl src/plugin/net.cc, 2.19 to
+    2.27): ``NCCL_NET_PLUGIN`` as given, then ``libnccl-net-<NCCL_NET_PLUGIN>.so``; unset, ``libnccl-net.so``.
+    aws-ofi-nccl installs ``libnccl-net.so``; newer EFA installers ship ``libnccl-net-ofi.so`` only, which
+    NCCL loads with ``NCCL_NET_PLUGIN=ofi``."""
+    name = env.get("NCCL_NET_PLUGIN", "")
+    return [name, f"libnccl-net-{name}.so"] if name else ["libnccl-net.so"]
+
+
+def expected_network(env: Mapping[str, str], rdma: list[str], find: Callable[[str], str | None] = loaded_path) -> str:
+    """The network NCCL will use on this node, judged before it starts as NCCL judges: the first plugin that
+    loads (`plugin_candidates`, with this process' library path), else its internal IB transport where
+    RDMA devices are and ``NCCL_IB_DISABLE`` is not 1, else sockets. What it used is in its INIT lines
+    (`read_nccl_debug`; the preflight's ``nccl_network`` check)."""
+    names = plugin_candidates(env)
+    for name in names:
+        if path := find(name):
+            return f"plugin {name} ({path})"
+    tried = " or ".join(names)
+    if rdma and env.get("NCCL_IB_DISABLE", "0") != "1":
+        return f"internal IB on {', '.join(rdma)} (no plugin: {tried} not found)"
+    why = "NCCL_IB_DISABLE=1" if rdma else "no RDMA device"
+    return f"sockets (no plugin: {tried} not found; {why})"

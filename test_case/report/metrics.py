@@ -314,6 +314,7 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         cuda=header.cuda,
         nccl=header.nccl,
         driver=header.driver,
+        nccl_network=header.nccl_network,
         restarts=max(0, parsed.starts - 1),
         restart_events=list(parsed.restart_events),
     )

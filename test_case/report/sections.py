@@ -56,10 +56,11 @@ def setup(report: Report) -> Section:
         stack = [
             f"{name} {value}" for name, value in (("driver", r.driver), ("CUDA", r.cuda), ("NCCL", r.nccl)) if value
         ]
+        network = f"; NCCL network {r.nccl_network}" if r.nccl_network else ""
         lines.append(
             f"setup {r.name}: precision {said(r.precision)}, microbatch {said(r.microbatch)}, activation "
             f"checkpointing {'on' if r.activation_checkpointing else 'off'}, FSDP {fsdp}, attention "
-            f"{said(r.attn_impl)}{alibi}{flash}" + (f"; {', '.join(stack)}" if stack else "")
+            f"{said(r.attn_impl)}{alibi}{flash}" + (f"; {', '.join(stack)}" if stack else "") + network
         )
     return Section("setup", "Setup", tuple(lines))
 
