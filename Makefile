@@ -31,12 +31,13 @@ $(error BUNDLE=$(INSTALL_FROM) holds no bundle.json: point BUNDLE at the folder 
 endif
 endif
 
-.PHONY: help install demo test check test-slurm test-airgap lint lock clean image sqsh base-digest bundle gpu-smoke
+.PHONY: help install demo test check test-slurm test-airgap test-image lint lock clean image sqsh base-digest bundle gpu-smoke
 
 help:
 	@echo "make demo   preprocess a C4 sample, train a tiny MPT on the CPU, print the report"
 	@echo "make test   lint (ruff, mypy, shellcheck, hadolint, yamls) and the full test suite, local Slurm included"
 	@echo "make test-airgap  the whole lock installed offline from a real bundle, then the demo (CI runs it after make test)"
+	@echo "make test-image  the image built with buildah on a stand-in base, entered as pyxis would (CI runs it after make test)"
 	@echo "make check  lint and the tests not marked slow: the quick tier (about 2 minutes)"
 	@echo "make test-slurm  the Slurm modules alone, on a cluster started by 'python -m tests.local_slurm up' if one runs"
 	@echo "             (any area: .venv/bin/python -m pytest -m 'training and not slurm'; docs/contributing.md, Development)"
@@ -77,12 +78,17 @@ lint: install
 	"$(PY)" -m tests.check_yamls yamls/*.yaml
 
 test: lint
-	"$(PY)" -m pytest -m "not airgap"
+	"$(PY)" -m pytest -m "not airgap and not image"
 
 # The whole lock installed offline from a real bundle, then the demo (tests/test_bundle.py, about 6 min):
 # `make test` proves the same mechanism on a small bundle; .ci/run runs this too.
 test-airgap: install
 	"$(PY)" -m pytest -m airgap
+
+# The image built with buildah on a stand-in of its base, then entered as pyxis enters it
+# (tests/test_image_build.py, about 6 min; root, buildah and mmdebstrap): .ci/run runs it too.
+test-image: install
+	"$(PY)" -m pytest -m image
 
 check: lint
 	TEST_TIER=check "$(PY)" -m pytest -q -m "not slow"
