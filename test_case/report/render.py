@@ -44,6 +44,7 @@ CSV_APPENDED = (  # columns added since, at the end: a script that reads the CSV
     "eval_data_overlap",
     "failure_line_number",  # failure_line's new name (records.RENAMED_FIELDS): the old column stays where it was
     "device_type",  # gpu's new name
+    "nccl_network",
 )
 STREAM_SHARE_COLUMNS = ("drawn_samples", "drawn", "planned", "sampling_error", "within_error")
 
