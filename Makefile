@@ -86,7 +86,7 @@ test-airgap: install
 	"$(PY)" -m pytest -m airgap
 
 # The image built with buildah on a stand-in of its base, then entered as pyxis enters it
-# (tests/test_image_build.py, about 6 min; root, buildah and mmdebstrap): .ci/run runs it too.
+# (tests/test_image_build.py, about 8 min; root, buildah, mmdebstrap, nvcc, PyPI): .ci/run runs it too.
 test-image: install
 	"$(PY)" -m pytest -m image
 

@@ -54,8 +54,8 @@ class RunHeader:
     cuda: str | None = None  # the CUDA torch was built for (torch.version.cuda), ``none`` for a CPU build
     nccl: str | None = None  # the NCCL wheel torch loads (nvidia-nccl-cu12), or ``not installed``
     driver: str | None = None  # the NVIDIA driver (nvidia-smi), on GPU nodes
-    # the network NCCL will use, on GPU nodes: ``plugin libnccl-net.so (/path)``, ``internal IB on mlx5_0, ...``
-    # or ``sockets (...)`` (test_case.preflight.nccl_network.expected_network)
+    # the networks NCCL will try, in its order, on GPU nodes: ``plugin libnccl-net.so (/path), else IB on
+    # mlx5_0:1, else sockets`` (test_case.preflight.nccl_network.expected_network)
     nccl_network: str | None = None
     overrides: str | None = None  # the user's llm-foundry overrides, space separated, or ``none``
     dataset_sample_tokens: int | None = None  # tokens per sample of the training split, as preprocessed

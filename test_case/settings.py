@@ -126,6 +126,7 @@ SETTINGS = (
         "NCCL's network plugin (ofi: libnccl-net-ofi.so); the run header says which one loads",
     ),
     Setting("NCCL_IB_DISABLE", ALL, "unset", "1: NCCL's own IB transport off (sockets without a plugin)"),
+    Setting("NCCL_NET", ALL, "unset", "forces NCCL's network by name (IB, Socket, AWS Libfabric)"),
     Setting("TORCH_NCCL_ASYNC_ERROR_HANDLING", ALL, "1", "a failed collective ends the rank"),
 )
 SCRIPTS = {

@@ -31,6 +31,7 @@ from pathlib import Path
 
 STORE = Path(os.environ.get("IMAGE_STORE", "/var/tmp/mpt-suite-image"))
 DRIVER = os.environ.get("IMAGE_STORAGE_DRIVER", "overlay")
+MARKER = ".mpt-suite-image-store"  # in a store this module made: the only kind `Buildah.remove_all` removes
 BASE_TAG = "localhost/mpt-standin-base:latest"
 IMAGE_TAG = "localhost/mpt-slurm-bench:standin"
 TORCH = "torch==2.7.0"
@@ -103,11 +104,21 @@ class Buildah:
     driver: str = DRIVER
     log: list[str] = field(default_factory=list)
 
-    def __call__(self, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
+        """buildah ``args``; a call past ``timeout`` seconds (a stalled mirror) raises with the log so far."""
+        self.store.mkdir(parents=True, exist_ok=True)
+        (self.store / MARKER).touch()
         cmd = ["buildah", "--storage-driver", self.driver, "--root", str(self.store / "root")]
         cmd += ["--runroot", str(self.store / "run"), *args]
         started = time.monotonic()
-        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+        try:
+            out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeError(
+                f"buildah {' '.join(args)}: no end after {timeout:.0f} s\n" + "\n".join(self.log)
+            ) from err
         self.log.append(f"{time.monotonic() - started:6.1f} s  buildah {' '.join(args)[:120]} -> {out.returncode}")
         if check and out.returncode != 0:
             raise RuntimeError(
@@ -129,8 +140,9 @@ class Buildah:
         return ctr, Path(self("mount", ctr).stdout.strip())
 
     def remove_all(self) -> None:
-        """Every container and image of this store, then the store itself (mounts first)."""
-        if not (self.store / "root").exists():
+        """Every container and image of this store, then the store itself (mounts first). Only a store
+        this module made (its `MARKER` file) is removed."""
+        if not (self.store / MARKER).exists():
             return
         self("rm", "--all", check=False)
         self("rmi", "--all", "--force", check=False)
@@ -143,7 +155,12 @@ def tools_missing() -> list[str]:
 
 
 def run_in_root(
-    root: Path, argv: Sequence[str], env: Mapping[str, str], cwd: str = "/", binds: Sequence[Path] = ()
+    root: Path,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str = "/",
+    binds: Sequence[Path] = (),
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
     """``argv`` executed directly in the root file system ``root`` (no shell inside it), with exactly
     ``env``, in ``cwd``, in a mount namespace of its own holding /dev, /proc, /sys and ``binds`` (each at
@@ -157,7 +174,10 @@ def run_in_root(
     cmd = ["unshare", "--mount", "--propagation", "private", "--fork", "--pid", "--"]
     cmd += ["env", *[f"{k}={v}" for k, v in variables.items()], "sh", "-c", script, "enter"]
     cmd += [f"--chdir={cwd}", *assignments, *argv]  # env's options before its first NAME=VALUE
-    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"{' '.join(argv)}: no end after {timeout:.0f} s")
 
 
 def container_env(image_env: Mapping[str, str], job_env: Mapping[str, str]) -> dict[str, str]:
@@ -184,82 +204,95 @@ def enter(
     return run_in_root(root, argv, container_env(image_env, job), cwd=str(suite), binds=[suite])
 
 
+def python312_prefix() -> Path:
+    """A CPython 3.12 installation to copy: ``STANDIN_PYTHON312``, else pyenv's newest 3.12."""
+    named = os.environ.get("STANDIN_PYTHON312")
+    found = [Path(named)] if named else sorted(Path("/root/.pyenv/versions").glob("3.12.*"))
+    for prefix in reversed(found):
+        if (prefix / "bin" / "python3.12").exists() and list((prefix / "lib").glob("libpython3.12.so*")):
+            return prefix
+    raise RuntimeError("no CPython 3.12 (shared) found: set STANDIN_PYTHON312 to its prefix (pyenv install 3.12)")
+
+
 def build_standin_base(b: Buildah, work: Path) -> None:
     """``BASE_TAG``: a Debian 12 root file system with `BASE_FACTS`, committed with the base's Env."""
     started, timings = time.monotonic(), b.log
     ctr = b("from", "scratch").stdout.strip()
-    root = Path(b("mount", ctr).stdout.strip())
-    packages = "bash,git,make,ca-certificates,python3,libexpat1"
-    subprocess.run(
-        ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={packages}", "bookworm", str(root)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    timings.append(f"{time.monotonic() - started:6.1f} s  stand-in: mmdebstrap")
-    # Python 3.12 at prefix /usr/local: interpreter, its library, its standard library and headers
-    # (some of the lock's packages build from source). Not its tests, not this machine's site-packages
-    # but pip.
-    src = Path(os.environ.get("STANDIN_PYTHON312", "/root/.pyenv/versions/3.12.1"))
-    if not (src / "bin" / "python3.12").exists():
-        raise RuntimeError(f"no Python 3.12 at {src}: set STANDIN_PYTHON312 to a CPython 3.12 prefix")
-    (root / "usr/local/bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src / "bin" / "python3.12", root / "usr/local/bin" / "python3.12")
-    for lib in (src / "lib").glob("libpython3.12.so*"):
-        shutil.copy2(lib, root / "usr/local/lib" / lib.name, follow_symlinks=False)
-    shutil.copytree(src / "include", root / "usr/local/include", dirs_exist_ok=True, symlinks=True)
-    keep_site = {"pip", "README.txt"}
-    shutil.copytree(
-        src / "lib" / "python3.12",
-        root / "usr/local/lib/python3.12",
-        symlinks=True,
-        ignore=lambda d, names: {"test", "__pycache__"}
-        | (
-            {n for n in names if not n.startswith("pip") and n not in keep_site}
-            if d.endswith("site-packages")
-            else set()
-        ),
-    )
-    composer_python = root / "composer-python"
-    composer_python.mkdir()
-    for name in ("python", "python3", "python3.12"):
-        (composer_python / name).symlink_to("/usr/local/bin/python3.12")
-    for rc in ("etc/profile", "etc/bash.bashrc"):
-        with (root / rc).open("a") as f:
-            f.write(PROFILE_LINE + "\n")
-    for folder in ("opt/amazon/openmpi/bin", "opt/amazon/openmpi/lib", "opt/amazon/efa/bin", "opt/amazon/efa/lib"):
-        (root / folder).mkdir(parents=True)
-    (root / "opt/aws-ofi-nccl/install/lib").mkdir(parents=True)
-    shutil.copy2("/etc/ssl/certs/ca-certificates.crt", root / "etc/ssl/certs/ca-certificates.crt")
-    (root / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
-    shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
-    # torch with uv (parallel downloads and unpacking: about a minute less than pip), run inside the root
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    shutil.copy2(uv, root / "tmp" / "uv")
-    setup = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "UV_CACHE_DIR": "/tmp/uv-cache"}
-    install = [
-        "/tmp/uv",
-        "pip",
-        "install",
-        "--quiet",
-        "--system",
-        "--native-tls",
-        "--python",
-        "/usr/local/bin/python3.12",
-    ]
-    for argv in (["/sbin/ldconfig"], [*install, TORCH]):
-        out = run_in_root(root, argv, setup)
-        if out.returncode != 0:
-            raise RuntimeError(f"stand-in base: {' '.join(argv)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-        timings.append(f"{time.monotonic() - started:6.1f} s  stand-in: {' '.join(argv)[:80]}")
-    shutil.rmtree(root / "tmp" / "uv-cache", ignore_errors=True)
-    (root / "tmp" / "uv").unlink()
-    (root / "etc/resolv.conf").unlink()
-    b("umount", ctr)
-    config = [arg for k, v in BASE_ENV.items() for arg in ("--env", f"{k}={v}")]
-    b("config", *config, ctr)
-    b("commit", "--quiet", "--format", "docker", ctr, BASE_TAG)
-    b("rm", ctr)
+    try:  # the working container goes, whatever fails
+        root = Path(b("mount", ctr).stdout.strip())
+        packages = "bash,git,make,ca-certificates,python3,libexpat1"
+        subprocess.run(
+            ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={packages}", "bookworm", str(root)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        timings.append(f"{time.monotonic() - started:6.1f} s  stand-in: mmdebstrap")
+        # Python 3.12 at prefix /usr/local: interpreter, its library, its standard library and headers (as
+        # python3.12-dev has them). Not its tests, not this machine's site-packages but pip.
+        src = python312_prefix()
+        (root / "usr/local/bin").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / "bin" / "python3.12", root / "usr/local/bin" / "python3.12")
+        for lib in (src / "lib").glob("libpython3.12.so*"):
+            shutil.copy2(lib, root / "usr/local/lib" / lib.name, follow_symlinks=False)
+        shutil.copytree(src / "include", root / "usr/local/include", dirs_exist_ok=True, symlinks=True)
+        keep_site = {"pip", "README.txt"}
+        shutil.copytree(
+            src / "lib" / "python3.12",
+            root / "usr/local/lib/python3.12",
+            symlinks=True,
+            ignore=lambda d, names: {"test", "__pycache__"}
+            | (
+                {n for n in names if not n.startswith("pip") and n not in keep_site}
+                if d.endswith("site-packages")
+                else set()
+            ),
+        )
+        composer_python = root / "composer-python"
+        composer_python.mkdir()
+        for name in ("python", "python3", "python3.12"):
+            (composer_python / name).symlink_to("/usr/local/bin/python3.12")
+        for rc in ("etc/profile", "etc/bash.bashrc"):
+            with (root / rc).open("a") as f:
+                f.write(PROFILE_LINE + "\n")
+        for folder in ("opt/amazon/openmpi/bin", "opt/amazon/openmpi/lib", "opt/amazon/efa/bin", "opt/amazon/efa/lib"):
+            (root / folder).mkdir(parents=True)
+        (root / "opt/aws-ofi-nccl/install/lib").mkdir(parents=True)
+        shutil.copy2("/etc/ssl/certs/ca-certificates.crt", root / "etc/ssl/certs/ca-certificates.crt")
+        (root / "etc/pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+        shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
+        # torch with uv (parallel downloads and unpacking: about a minute less than pip), run inside the root
+        uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+        shutil.copy2(uv, root / "tmp" / "uv")
+        setup = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "UV_CACHE_DIR": "/tmp/uv-cache"}
+        install = [
+            "/tmp/uv",
+            "pip",
+            "install",
+            "--quiet",
+            "--system",
+            "--native-tls",
+            "--python",
+            "/usr/local/bin/python3.12",
+        ]
+        for argv in (["/sbin/ldconfig"], [*install, TORCH]):
+            out = run_in_root(root, argv, setup, timeout=900)
+            if out.returncode != 0:
+                raise RuntimeError(
+                    f"stand-in base: {' '.join(argv)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+                )
+            timings.append(f"{time.monotonic() - started:6.1f} s  stand-in: {' '.join(argv)[:80]}")
+        shutil.rmtree(root / "tmp" / "uv-cache", ignore_errors=True)
+        (root / "tmp" / "uv").unlink()
+        (root / "etc/resolv.conf").unlink()
+        b("umount", ctr)
+        config = [arg for k, v in BASE_ENV.items() for arg in ("--env", f"{k}={v}")]
+        b("config", *config, ctr)
+        b("commit", "--quiet", "--format", "docker", ctr, BASE_TAG)
+    finally:
+        b("umount", ctr, check=False)
+        b("rm", ctr, check=False)
 
 
 def standin_recipe(dockerfile: str) -> tuple[str, dict[str, str]]:

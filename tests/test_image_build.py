@@ -2,7 +2,7 @@
 its base (tests/image_standin.py says what the stand-in reproduces and what it cannot), then entered as
 pyxis enters it to run what the sbatch scripts run.
 
-`make test-image` (marker ``image``; `.ci/run` runs it after `make test`, about 6 minutes, some GB under
+`make test-image` (marker ``image``; `.ci/run` runs it after `make test`, about 8 minutes, about 8 GB under
 IMAGE_STORE, removed afterwards; KEEP_IMAGE_STORE=1 keeps the store and reuses the stand-in base next time).
 Needs root, buildah and mmdebstrap (Debian packages), PyPI, and nvcc for the nccl-tests proof.
 """
@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ pytestmark = [pytest.mark.image, pytest.mark.slow]
 
 DOCKERFILE = (REPO_ROOT / "0.llm-foundry.Dockerfile").read_text()
 KEEP = os.environ.get("KEEP_IMAGE_STORE") == "1"
+PINS = dict(re.findall(r'"([\w-]+)==([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text()))
 
 
 @dataclass
@@ -61,7 +61,7 @@ def say(config: pytest.Config, line: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Built]:
+def built(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Built:
     if missing := tools_missing():
         pytest.fail(f"{', '.join(missing)} not found: apt-get install buildah mmdebstrap (.ci/run does)")
     if os.geteuid() != 0:
@@ -70,6 +70,13 @@ def built(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     b = Buildah()
     if not KEEP:
         b.remove_all()
+
+    def clean_up() -> None:  # registered first: it runs when anything below fails too
+        b("rm", "--all", check=False)  # every working container, mounted or not
+        if not KEEP:
+            b.remove_all()
+
+    request.addfinalizer(clean_up)
     started = time.monotonic()
     if not b.has_image(BASE_TAG):
         build_standin_base(b, work)
@@ -77,24 +84,15 @@ def built(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     recipe, _ = standin_recipe(DOCKERFILE)
     out = build(b, recipe, REPO_ROOT, work, IMAGE_TAG)
     build_s = time.monotonic() - started - base_s
-    base_ctr, base_root = b.mount(BASE_TAG)
+    _, base_root = b.mount(BASE_TAG)
     built = Built(b, out, base_root, {}, base_root, b.image_env(BASE_TAG), work)
-    ctr = ""
     if out.returncode == 0:
-        ctr, built.root = b.mount(IMAGE_TAG)
+        _, built.root = b.mount(IMAGE_TAG)
         built.env = b.image_env(IMAGE_TAG)
-    say(
-        request.config,
-        f"stand-in base {base_s:.0f} s, the recipe's build {build_s:.0f} s, store {disk_used(STORE) / 1e9:.1f} GB",
-    )
+    disk = disk_used(STORE) / 1e9
+    say(request.config, f"stand-in base {base_s:.0f} s, the recipe's build {build_s:.0f} s, store {disk:.1f} GB")
     say(request.config, "\n".join(b.log))
-    yield built
-    for c in (ctr, base_ctr):
-        if c:
-            b("umount", c, check=False)
-            b("rm", c, check=False)
-    if not KEEP:
-        b.remove_all()
+    return built
 
 
 def test_the_recipe_builds_on_the_standin_base(built: Built) -> None:
@@ -106,6 +104,17 @@ def test_the_recipe_builds_on_the_standin_base(built: Built) -> None:
     # only what NOT_BUILT_HERE names was taken out; every other RUN step ran
     recipe, removed = standin_recipe(DOCKERFILE)
     assert set(removed) == set(NOT_BUILT_HERE)
+    # each part taken out is exactly what its name says, nothing of the steps around it
+    flash = removed["flash-attn check"]
+    # the line break before it (the torch check's continuation) and its own two lines
+    assert flash.count("\n") == 3 and "import flash_attn" in flash and "flash_attn.__version__)" in flash
+    clone = removed["nccl-tests build"]
+    assert clone.startswith("RUN git clone") and clone.endswith("rm -rf /opt/nccl-tests/.git\n")
+    assert not re.search(r"^(RUN|ENV|COPY|ARG|WORKDIR|LABEL|FROM) ", clone[4:], re.M)  # one instruction
+    assert removed["all_reduce_perf check"] == " \\\n && test -x /opt/nccl-tests/build/all_reduce_perf"
+    kept = [line for line in DOCKERFILE.splitlines() if line.strip()]
+    dropped = [line for part in removed.values() for line in part.splitlines() if line.strip()]
+    assert len([line for line in recipe.splitlines() if line.strip()]) >= len(kept) - len(dropped)
     runs = re.findall(r"^RUN ", recipe, re.M)
     assert (
         len(re.findall(r"^STEP \d+/\d+: RUN ", log, re.M))
@@ -158,7 +167,10 @@ def test_every_command_the_sbatch_scripts_run_works_as_pyxis_starts_it(built: Bu
     assert header.returncode == 0, header
     assert re.search(r"^\[run-header\] python: 3\.12\.\d+$", header.stdout, re.M), header.stdout
     assert f"[run-header] image: {REPO_ROOT / 'llm-foundry.sqsh'}" in header.stdout  # env.sh's IMAGE, from the job
-    assert "[run-header] torch: 2.7.0" in header.stdout and "[run-header] llm_foundry: 0.22.0" in header.stdout
+    assert (
+        "[run-header] torch: 2.7.0" in header.stdout
+        and f"[run-header] llm_foundry: {PINS['llm-foundry']}" in header.stdout
+    )
 
 
 def non_run_instructions(dockerfile: str) -> str:
@@ -191,7 +203,7 @@ def test_the_recipe_before_the_path_fix_fails_as_pyxis_starts_it(built: Built) -
 def nvcc() -> str:
     found = shutil.which("nvcc") or next((str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/nvcc"))), None)
     if found is None:
-        pytest.fail("nvcc not found: CUDA's compiler proves the nccl-tests build flags (pip install nvidia-cuda-nvcc)")
+        pytest.fail("nvcc not found on PATH or in /usr/local/cuda*/bin: install CUDA's compiler (12.8 or newer)")
     return found
 
 

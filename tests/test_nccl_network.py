@@ -6,7 +6,6 @@ preflight check that fails the fallback on a node with RDMA devices."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -76,35 +75,61 @@ def test_no_lines_and_the_rdma_folder(tmp_path: Path) -> None:
     assert rdma_devices(tmp_path) == ["mlx5_0", "mlx5_1"] and rdma_devices(tmp_path / "none") == []
 
 
-def test_the_network_nccl_will_use_is_the_plugin_that_loads_else_ib_else_sockets(tmp_path: Path) -> None:
-    """Real dlopen of real shared objects, found on LD_LIBRARY_PATH as NCCL's dlopen finds them: the run
-    header's ``nccl_network`` (what the old header never said)."""
+def sysfs_devices(root: Path, ports: dict[str, tuple[str, str]]) -> Path:
+    """A /sys/class/infiniband of ``device -> (port 1 state, link layer)``."""
+    for device, (state, layer) in ports.items():
+        port = root / device / "ports" / "1"
+        port.mkdir(parents=True)
+        (port / "state").write_text(state + "\n")
+        (port / "link_layer").write_text(layer + "\n")
+    return root
+
+
+def test_the_network_nccl_looks_for_is_the_plugin_that_loads_then_ib_then_sockets(tmp_path: Path) -> None:
+    """Real dlopen of real shared objects, found on LD_LIBRARY_PATH as NCCL's dlopen finds them (a symlink
+    named by its own path), and real sysfs-shaped device folders: the run header's ``nccl_network``."""
     src = tmp_path / "plugin.c"
     src.write_text("int ncclNetPlugin_v8 = 0;\n")
     libs = tmp_path / "lib"
     libs.mkdir()
-    for name in ("libnccl-net.so", "libnccl-net-ofi.so"):
-        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(libs / name), str(src)], check=True)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(libs / "libnccl-net-ofi.so"), str(src)], check=True)
+    (libs / "libnccl-net.so").symlink_to("libnccl-net-ofi.so")
+    (libs / "libnccl-net-broken.so").write_text("not an ELF file\n")
+    ib = sysfs_devices(tmp_path / "ib", {"mlx5_0": ("4: ACTIVE", "InfiniBand"), "mlx5_1": ("1: DOWN", "InfiniBand")})
+    efa = sysfs_devices(tmp_path / "efa", {"rdmap0s31": ("4: ACTIVE", "Unspecified")})
+    none = tmp_path / "none"
     code = (
-        "import json, os, sys; from test_case.preflight.nccl_network import expected_network; "
-        "print(expected_network(os.environ, json.loads(sys.argv[1])))"
+        "import os, sys; from pathlib import Path; from test_case.preflight.nccl_network import expected_network; "
+        "print(expected_network(os.environ, Path(sys.argv[1])))"
     )
 
-    def expected(env: dict[str, str], rdma: list[str]) -> str:
+    def expected(env: dict[str, str], devices: Path) -> str:
         full = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT), **env}
         out = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(rdma)], env=full, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code, str(devices)], env=full, capture_output=True, text=True, check=True
         )
         return out.stdout.strip()
 
-    assert expected({"LD_LIBRARY_PATH": str(libs)}, []) == f"plugin libnccl-net.so ({libs / 'libnccl-net.so'})"
-    ofi = expected({"LD_LIBRARY_PATH": str(libs), "NCCL_NET_PLUGIN": "ofi"}, ["rdmap0s31"])
-    assert ofi == f"plugin libnccl-net-ofi.so ({libs / 'libnccl-net-ofi.so'})"
-    by_path = expected({"NCCL_NET_PLUGIN": str(libs / "libnccl-net.so")}, [])
-    assert by_path == f"plugin {libs / 'libnccl-net.so'} ({libs / 'libnccl-net.so'})"
-    # the plugin's folder missing from the library path: NCCL's own IB transport, or sockets
-    assert expected({}, ["mlx5_0", "mlx5_1"]) == "internal IB on mlx5_0, mlx5_1 (no plugin: libnccl-net.so not found)"
-    assert expected({"NCCL_NET_PLUGIN": "ofi"}, []) == (
-        "sockets (no plugin: ofi or libnccl-net-ofi.so not found; no RDMA device)"
+    on_path = {"LD_LIBRARY_PATH": str(libs)}
+    assert (
+        expected(on_path, ib) == f"plugin libnccl-net.so ({libs / 'libnccl-net.so'}), else IB on mlx5_0:1, else sockets"
     )
-    assert expected({"NCCL_IB_DISABLE": "1"}, ["mlx5_0"]).endswith("; NCCL_IB_DISABLE=1)")
+    ofi = expected({**on_path, "NCCL_NET_PLUGIN": "ofi"}, efa)
+    assert ofi == (
+        f"plugin libnccl-net-ofi.so ({libs / 'libnccl-net-ofi.so'}), else sockets "
+        "(no IB or RoCE port (rdmap0s31: EFA needs the plugin))"
+    )
+    by_path = expected({"NCCL_NET_PLUGIN": str(libs / "libnccl-net.so")}, none)
+    assert by_path == f"plugin {libs / 'libnccl-net.so'} ({libs / 'libnccl-net.so'}), else sockets"
+    # the plugin's folder missing from the library path: NCCL's own IB transport, or sockets (EFA: sockets)
+    absent = {"NCCL_NET_PLUGIN": "mpt-suite-absent"}
+    assert expected(absent, ib) == (
+        "IB on mlx5_0:1, else sockets (mpt-suite-absent not found; libnccl-net-mpt-suite-absent.so not found)"
+    )
+    assert expected(absent, efa).startswith("sockets (mpt-suite-absent not found; ")
+    assert expected(absent, efa).endswith("; no IB or RoCE port (rdmap0s31: EFA needs the plugin))")
+    assert expected({**absent, "NCCL_IB_DISABLE": "2"}, ib).endswith("; NCCL_IB_DISABLE set)")
+    broken = expected({**on_path, "NCCL_NET_PLUGIN": "broken"}, none)
+    assert broken.startswith("sockets (broken not found; libnccl-net-broken.so failed to load: ")
+    forced = expected({**absent, "NCCL_NET": "Socket"}, ib)
+    assert forced.startswith("NCCL_NET=Socket forces one of: IB on mlx5_0:1, else sockets")

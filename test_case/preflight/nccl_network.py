@@ -118,46 +118,116 @@ def network_check(found: NcclNetwork | None, nodes: int, rdma: list[str], drain:
     return Check("pass", measured, "IB or the fabric's plugin" if rdma else "any", "", detail)
 
 
-# Run in a child process: loading a plugin runs its constructors (libfabric's among them), which the
-# launcher has no business running. Prints the loaded file's path, read from the process' own maps.
-_LOAD = (
-    "import ctypes, sys\n"
-    "ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_LOCAL)\n"
-    "base = sys.argv[1].rsplit('/', 1)[-1]\n"
-    "paths = {l.split()[-1] for l in open('/proc/self/maps') if l.rstrip().endswith('/' + base)}\n"
-    "print(sorted(paths)[0] if paths else sys.argv[1])\n"
-)
+# Run in a child process with the ranks' environment: loading a plugin runs its constructors (libfabric's
+# among them), which the launcher has no business running. Prints where the loader found the library
+# (dlinfo's link map: the path it opened, symlinks kept), or dlerror's message on stderr.
+_LOAD = """
+import ctypes, sys
+try:
+    lib = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_LOCAL)
+except OSError as err:
+    sys.exit(str(err))
+class LinkMap(ctypes.Structure):
+    _fields_ = [("l_addr", ctypes.c_void_p), ("l_name", ctypes.c_char_p)]
+found = ctypes.POINTER(LinkMap)()
+ctypes.CDLL(None).dlinfo(ctypes.c_void_p(lib._handle), 2, ctypes.byref(found))  # RTLD_DI_LINKMAP
+print((found.contents.l_name or sys.argv[1].encode()).decode())
+"""
 
 
-def loaded_path(name: str) -> str | None:
-    """Where ``dlopen(name)`` finds a library with this process' library path, or None."""
+@dataclass(frozen=True)
+class Loaded:
+    """What ``dlopen(name)`` did: the path it opened, or why it failed (``missing``: no such file)."""
+
+    path: str | None
+    error: str | None = None
+
+    @property
+    def missing(self) -> bool:
+        return self.path is None and (self.error is None or "No such file" in self.error)
+
+
+def load_library(name: str, env: Mapping[str, str]) -> Loaded:
+    """``dlopen(name)`` with ``env``'s library path, in a child process."""
     try:
-        out = subprocess.run([sys.executable, "-c", _LOAD, name], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+        out = subprocess.run(
+            [sys.executable, "-c", _LOAD, name], env=dict(env), capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return Loaded(None, str(err))
+    if out.returncode == 0 and out.stdout.strip():
+        return Loaded(out.stdout.strip())
+    return Loaded(None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else None)
 
 
 def plugin_candidates(env: Mapping[str, str]) -> list[str]:
-    """The libraries NCCL tries, in order, as its network plugin (NVIDIA/nccl src/plugin/net.cc, 2.19 to
-    2.27): ``NCCL_NET_PLUGIN`` as given, then ``libnccl-net-<NCCL_NET_PLUGIN>.so``; unset, ``libnccl-net.so``.
+    """The libraries NCCL 2.23 to 2.26 (torch 2.7.0 loads 2.26.2) tries, in order, as its network plugin
+    (NVIDIA/nccl src/plugin/plugin_open.cc): ``NCCL_NET_PLUGIN`` as given, then, unless it is a path or a
+    ``lib*.so`` name, ``libnccl-net-<NCCL_NET_PLUGIN>.so``; unset or empty, ``libnccl-net.so``.
     aws-ofi-nccl installs ``libnccl-net.so``; newer EFA installers ship ``libnccl-net-ofi.so`` only, which
-    NCCL loads with ``NCCL_NET_PLUGIN=ofi``."""
+    NCCL loads with ``NCCL_NET_PLUGIN=ofi``. (NCCL 2.27 takes a comma-separated list; 2.19-2.20 only
+    the ``libnccl-net-<name>.so`` form.)"""
     name = env.get("NCCL_NET_PLUGIN", "")
-    return [name, f"libnccl-net-{name}.so"] if name else ["libnccl-net.so"]
+    if not name:
+        return ["libnccl-net.so"]
+    if "/" in name or (name.startswith("lib") and name.endswith(".so")):
+        return [name]
+    return [name, f"libnccl-net-{name}.so"]
 
 
-def expected_network(env: Mapping[str, str], rdma: list[str], find: Callable[[str], str | None] = loaded_path) -> str:
-    """The network NCCL will use on this node, judged before it starts as NCCL judges: the first plugin that
-    loads (`plugin_candidates`, with this process' library path), else its internal IB transport where
-    RDMA devices are and ``NCCL_IB_DISABLE`` is not 1, else sockets. What it used is in its INIT lines
-    (`read_nccl_debug`; the preflight's ``nccl_network`` check)."""
-    names = plugin_candidates(env)
-    for name in names:
-        if path := find(name):
-            return f"plugin {name} ({path})"
-    tried = " or ".join(names)
-    if rdma and env.get("NCCL_IB_DISABLE", "0") != "1":
-        return f"internal IB on {', '.join(rdma)} (no plugin: {tried} not found)"
-    why = "NCCL_IB_DISABLE=1" if rdma else "no RDMA device"
-    return f"sockets (no plugin: {tried} not found; {why})"
+def ib_devices(folder: Path = INFINIBAND) -> list[str]:
+    """The RDMA devices NCCL's own IB transport can use: an ACTIVE port whose link layer is InfiniBand or
+    Ethernet (RoCE), as ``ncclIbInit`` keeps them (src/transport/net_ib.cc). EFA devices (``rdmap*``, link
+    layer unspecified) are not among them: NCCL reaches EFA only through the aws-ofi-nccl plugin."""
+    usable = []
+    for device in rdma_devices(folder):
+        for port in sorted((folder / device / "ports").glob("*")):
+            state = _read(port / "state")
+            layer = _read(port / "link_layer")
+            if "ACTIVE" in state and layer in ("InfiniBand", "Ethernet"):
+                usable.append(f"{device}:{port.name}")
+    return usable
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def expected_network(
+    env: Mapping[str, str],
+    folder: Path = INFINIBAND,
+    load: Callable[[str, Mapping[str, str]], Loaded] = load_library,
+) -> str:
+    """The order in which NCCL will look for its network on this node, judged before it starts with the
+    ranks' environment: the first plugin that loads (`plugin_candidates`), then its own IB transport on the
+    usable ports (`ib_devices`, unless ``NCCL_IB_DISABLE``), then sockets. NCCL takes the first that finds a
+    device (a plugin that loads can still find none); ``NCCL_NET`` forces one by name. What NCCL used is in
+    its INIT lines (`read_nccl_debug`; the preflight's ``nccl_network`` check)."""
+    steps: list[str] = []
+    notes: list[str] = []
+    for name in plugin_candidates(env):
+        loaded = load(name, env)
+        if loaded.path:
+            steps.append(f"plugin {name} ({loaded.path})")
+            notes = []  # the names tried before it do not matter
+            break
+        notes.append(f"{name} not found" if loaded.missing else f"{name} failed to load: {loaded.error}")
+    try:
+        ib_disabled = int(env.get("NCCL_IB_DISABLE") or 0) != 0
+    except ValueError:
+        ib_disabled = False
+    ports = ib_devices(folder)
+    if ports and not ib_disabled:
+        steps.append(f"IB on {', '.join(ports)}")
+    elif ports:
+        notes.append("NCCL_IB_DISABLE set")
+    elif rdma_devices(folder):
+        notes.append(f"no IB or RoCE port ({', '.join(rdma_devices(folder))}: EFA needs the plugin)")
+    steps.append("sockets")
+    text = ", else ".join(steps)
+    if env.get("NCCL_NET"):
+        text = f"NCCL_NET={env['NCCL_NET']} forces one of: {text}"
+    return text + (f" ({'; '.join(notes)})" if notes else "")

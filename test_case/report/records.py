@@ -265,7 +265,7 @@ class RunSummary:
     cuda: str | None = None  # run header: the CUDA torch was built for
     nccl: str | None = None  # run header: the NCCL wheel torch loads
     driver: str | None = None  # run header: the NVIDIA driver on node 0
-    nccl_network: str | None = None  # run header: the network NCCL will use on node 0 (plugin, IB or sockets)
+    nccl_network: str | None = None  # run header: the networks NCCL will try on node 0 (plugin, IB, sockets)
     restarts: int = 0
     restart_events: list[RestartEvent] = field(default_factory=list)  # test_case.restart_events, as logged
     last_batch: int | None = None

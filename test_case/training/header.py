@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from test_case import REPO_ROOT
-from test_case.preflight.nccl_network import expected_network, rdma_devices
+from test_case.preflight.nccl_network import expected_network
 from test_case.run_header import RunHeader
 from test_case.training.dataset_fit import DatasetFacts
 from test_case.training.gpus import nvidia_smi
@@ -105,7 +105,7 @@ def run_header(
         cuda=torch_cuda(),
         nccl=_version("nvidia-nccl-cu12"),
         driver=gpu_driver() if plan.gpus_per_node else None,
-        nccl_network=expected_network(env, rdma_devices()) if plan.gpus_per_node else None,
+        nccl_network=expected_network(env) if plan.gpus_per_node else None,
         overrides=" ".join(overrides) or "none",
         mixture=_mixture_line(env),
         eval_data_overlap=None if overlap is None else "; ".join(overlap) or "none",
