@@ -6,6 +6,7 @@ with a real H100's recorded name and memory (../shared/gpu-outputs)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,10 @@ def test_the_burn_in_claim_rehearsed_on_two_cpu_workers_with_a_recorded_h100_sta
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     status, claim, said = claim_burn_in(tmp_path / "one", 2, "", seconds=4)
     assert (status, claim) == ("PASS", "burn-in"), said
-    assert said.startswith("2 device(s) under load for 4 s") and "GPU sample(s)" in said
+    # the load's measured length: 4 s asked, and a 1 s window that is running when they end completes (on
+    # two busy cores a window can take longer): 4 to 6 s. A CI run measured 5 where this once said exactly 4.
+    loaded = re.match(r"2 device\(s\) under load for (\d+) s", said)
+    assert loaded and 4 <= int(loaded.group(1)) <= 6 and "GPU sample(s)" in said, said
     (tools / "report.txt").write_text(H100_Q.read_text())  # idle: the load never reached the GPUs
     status, _, said = claim_burn_in(tmp_path / "two", 2, "", seconds=4)
     assert status == "FAIL" and said.endswith("a GPU was idle under the load"), said
