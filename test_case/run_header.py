@@ -32,6 +32,8 @@ class RunHeader:
 
     job_id: str | None = None  # Slurm job id (``local-<time>`` outside Slurm)
     run_name: str | None = None  # ``<job-name>-<job-id>``: names the run and its checkpoint folder
+    cluster: str | None = None  # SLURM_CLUSTER_NAME (slurm.conf ClusterName); None outside Slurm
+    started_at: str | None = None  # when this start printed its header, UTC ISO 8601 (one per start)
     model: str | None = None  # yaml name (``mpt-7b``) or path
     nodes: int | None = None
     nodelist: str | None = None  # Slurm hostlist (``node[1-2]``), or the host outside Slurm

@@ -47,6 +47,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "test_health_links": ("preflight",),
     "test_health_slurm": ("preflight",),
     "test_health_xid": ("preflight",),
+    "test_history": ("history", "report", "preflight"),
     "test_image_build": ("container",),
     "test_job_lines": ("training", "report"),
     "test_launch": ("training",),

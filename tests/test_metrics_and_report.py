@@ -641,6 +641,7 @@ def test_the_csv_keeps_its_columns_and_adds_goodput_eval_and_stream_columns(tmp_
         "failure_line_number",
         "device_type",
         "nccl_network",
+        *("cluster", "started_at", "torch", "composer", "llm_foundry", "image", "git_commit"),
         *[f"goodput.{k}" for k in run["goodput"] if k != "goodput"],
         "eval_loss_by_domain.c4",
         "eval_loss_by_domain.wikipedia",

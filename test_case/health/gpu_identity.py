@@ -148,6 +148,15 @@ def parse_query_gpu_csv(text: str) -> list[GpuInfo]:
     return gpus
 
 
+def device_id(gpu: GpuInfo) -> str:
+    """What names one GPU wherever it moves: its board serial, else its UUID (nvidia-smi prints ``N/A`` for
+    a serial on some boards), else its bus id on this node."""
+    for value in (gpu.serial, gpu.uuid):
+        if value and value.upper() != "N/A":
+            return value
+    return f"bus {gpu.bus_id}"
+
+
 def identity_facts(gpus: list[GpuInfo]) -> dict[str, str]:
     """The values every node of a job must share: driver and CUDA versions, the GPU product names, and
     the VBIOS versions per product (several, comma-separated, when the node's own GPUs differ)."""

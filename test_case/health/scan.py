@@ -98,4 +98,6 @@ def scan(dcgm_level: int | None = None) -> Scan:
         )
     )
     out.facts = {f"gpu_identity.{k}": v for k, v in gpu_identity.identity_facts(gpus or []).items()}
+    if gpus:  # per device, to follow a GPU across nodes (not agreed across nodes: AGREED_FACTS leaves it out)
+        out.facts["gpu_serials"] = ",".join(gpu_identity.device_id(g) for g in gpus)
     return out

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from test_case.preflight import burn_in, node_checks
@@ -251,6 +252,8 @@ def verdict(args: argparse.Namespace) -> int:
     hosts = expand_hostlist(env["SLURM_JOB_NODELIST"]) if env.get("SLURM_JOB_NODELIST") else [socket.gethostname()]
     exp = load(args.expectations, args.tolerance, args.peer_tolerance)
     report = build_report(args.parts, hosts, args.job_id, exp, args.wall_s)
+    report.cluster = env.get("SLURM_CLUSTER_NAME") or None  # what the results store keys it by (docs/history.md)
+    report.measured_at = datetime.now(UTC).isoformat(timespec="seconds")
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.to_json())

@@ -99,6 +99,11 @@ class NodeResult:
     status: Literal["pass", "fail"]
     node_id: int | None
     checks: dict[str, Check]
+    # what the node's task found: versions, GPU model, driver, and ``gpu_serials`` (each GPU's serial, else its
+    # UUID, in nvidia-smi's order, which is CUDA's device order on a node of one GPU model); the results store
+    # follows a GPU by it (docs/history.md)
+    facts: dict[str, Value] = field(default_factory=dict)
+    matmul_tflops: list[float] = field(default_factory=list)  # per device, in device order (the check is their median)
 
 
 @dataclass
@@ -145,6 +150,8 @@ class PreflightReport:
     wall_s: float | None = None
     settings: dict[str, Value] = field(default_factory=dict)
     slow_links: list[SlowLink] = field(default_factory=list)  # a failure of the fabric, not of a node
+    cluster: str | None = None  # SLURM_CLUSTER_NAME where the verdict ran; None outside Slurm or in older files
+    measured_at: str | None = None  # when the verdict was written, UTC ISO 8601; None in older files
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -155,7 +162,13 @@ class PreflightReport:
             job_id=str(doc["job_id"]),
             status=doc["status"],
             nodes={
-                host: NodeResult(n["status"], n.get("node_id"), {k: Check(**c) for k, c in n["checks"].items()})
+                host: NodeResult(
+                    n["status"],
+                    n.get("node_id"),
+                    {k: Check(**c) for k, c in n["checks"].items()},
+                    n.get("facts", {}),
+                    n.get("matmul_tflops", []),
+                )
                 for host, n in doc["nodes"].items()
             },
             failures=[Failure(**f) for f in doc["failures"]],
@@ -163,6 +176,8 @@ class PreflightReport:
             wall_s=doc.get("wall_s"),
             settings=doc.get("settings", {}),
             slow_links=[SlowLink(**link) for link in doc.get("slow_links", [])],
+            cluster=doc.get("cluster"),
+            measured_at=doc.get("measured_at"),
         )
 
     @classmethod

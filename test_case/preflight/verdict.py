@@ -199,6 +199,8 @@ def build_report(
             "fail" if any(c.status == "fail" for c in cs.values()) else "pass",
             found[h].node_id if h in found else None,
             cs,
+            dict(found[h].facts) if h in found else {},
+            [round(v, 4) for v in found[h].matmul_tflops] if h in found else [],
         )
         for h, cs in checks.items()
     }

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from test_case.acceptance.manifest import PREFIX as MANIFEST_PREFIX
 from test_case.acceptance.manifest import SweepManifest
@@ -145,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=STRAGGLER_RATIO,
         help=f"flag a rank whose compute time is above this times the median rank's ({STRAGGLER_RATIO})",
     )
+    p.add_argument(
+        "--store",
+        default=None,
+        help="also store the report in the cluster's results store: a SQLite file or a postgresql:// URL "
+        "(docs/history.md)",
+    )
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help="--store: the cluster's name where the logs do not give one (SLURM_CLUSTER_NAME)",
+    )
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
@@ -172,6 +184,26 @@ def draw_plots(report: Report, out_dir: Path) -> list[Path]:
     if report.runs and (bars := plot_goodput(report.runs, out_dir)) is not None:
         plots.append(bars)
     return plots + [plot_preflight(pf, out_dir) for pf in report.preflight if pf.bandwidth]
+
+
+def store_report(report: Report, target: str, cluster: str | None, out: TextIO = sys.stdout) -> int:
+    """Add the report to the results store (`test_case.history`): 0, or 2 with one line saying why not."""
+    from test_case.history.cli import store_batch
+    from test_case.history.extract import ReportFileError, batch_of_report
+    from test_case.history.store import StoreError, open_store
+
+    try:
+        batch = batch_of_report(report_document(report), cluster)
+        store = open_store(target, warn=lambda m: print(f"report.py: warning: {m}", file=sys.stderr))
+        try:
+            line = store_batch(store, batch, "the report")
+        finally:
+            store.close()
+    except (StoreError, ReportFileError) as err:
+        print(f"report.py: error: store: {err} (the report files are written)", file=sys.stderr)
+        return 2
+    print(line, file=out)  # stderr with --json: stdout is the document
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             if name not in listed_as_jobs:
                 print(f"no runs in {name}")
         print(f"wrote {', '.join(str(p) for p in written + report.plots)}")
+    if (
+        args.store is not None
+        and (stored := store_report(report, args.store, args.cluster, sys.stderr if args.json else sys.stdout)) != 0
+    ):
+        return stored
     if verdict is not None and verdict.status == "FAIL":
         return 4
     if not runs and not preflights and verdict is None:

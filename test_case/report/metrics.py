@@ -315,6 +315,13 @@ def _identity(parsed: ParsedLog) -> RunSummary:
         nccl=header.nccl,
         driver=header.driver,
         nccl_network=header.nccl_network,
+        cluster=header.cluster,
+        started_at=header.started_at,
+        torch=header.torch,
+        composer=header.composer,
+        llm_foundry=header.llm_foundry,
+        image=header.image,
+        git_commit=header.git_commit,
         restarts=max(0, parsed.starts - 1),
         restart_events=list(parsed.restart_events),
     )

@@ -266,6 +266,13 @@ class RunSummary:
     nccl: str | None = None  # run header: the NCCL wheel torch loads
     driver: str | None = None  # run header: the NVIDIA driver on node 0
     nccl_network: str | None = None  # run header: the networks NCCL will try on node 0 (plugin, IB, sockets)
+    cluster: str | None = None  # run header: SLURM_CLUSTER_NAME (None outside Slurm or in older logs)
+    started_at: str | None = None  # run header: when the last start began (UTC ISO 8601)
+    torch: str | None = None  # run header: the software versions of the last start
+    composer: str | None = None
+    llm_foundry: str | None = None
+    image: str | None = None  # run header: the container image, or "none (bare-metal venv)"
+    git_commit: str | None = None  # run header: the suite's checkout
     restarts: int = 0
     restart_events: list[RestartEvent] = field(default_factory=list)  # test_case.restart_events, as logged
     last_batch: int | None = None

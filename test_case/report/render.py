@@ -45,6 +45,13 @@ CSV_APPENDED = (  # columns added since, at the end: a script that reads the CSV
     "failure_line_number",  # failure_line's new name (records.RENAMED_FIELDS): the old column stays where it was
     "device_type",  # gpu's new name
     "nccl_network",
+    "cluster",
+    "started_at",
+    "torch",
+    "composer",
+    "llm_foundry",
+    "image",
+    "git_commit",
 )
 STREAM_SHARE_COLUMNS = ("drawn_samples", "drawn", "planned", "sampling_error", "within_error")
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def run_header(
     return RunHeader(
         job_id=plan.job_id,
         run_name=plan.run_name,
+        cluster=env.get("SLURM_CLUSTER_NAME") or None,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         model=model,
         nodes=plan.num_nodes,
         nodelist=env.get("SLURM_JOB_NODELIST", socket.gethostname()),

@@ -1,0 +1,387 @@
+"""The results store: SQLite by default (a file path), PostgreSQL for a team (a ``postgresql://`` URL).
+
+Owns the schema (`SCHEMA_VERSION`, created and migrated here, one step per version in `MIGRATIONS`),
+writing a `records.Batch` in one transaction (`Store.write`: the same key twice keeps one row, the
+later one) and reading rows back for `trends`. SQLAlchemy Core speaks both back ends; the upsert is
+each dialect's ``INSERT ... ON CONFLICT DO UPDATE``.
+
+Concurrency: SQLite takes its write lock at the start of a write (``BEGIN IMMEDIATE``) and waits up to
+``timeout_s`` for another writer; PostgreSQL serialises schema changes with an advisory lock and
+writes rows in key order, so two writers never deadlock. SQLite's locks rely on the file system:
+keep the file on a local disk (or a PostgreSQL server) and not on Lustre, NFS, GPFS or BeeGFS, whose
+locking SQLite's documentation says is unreliable (`network_filesystem` warns).
+
+Every failure is a `StoreError` with one line: a newer schema, a locked, read-only or foreign file,
+a server that does not answer, a missing driver. Nothing is half-written: a write is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection, Engine
+
+from test_case.history.records import Batch, NodeFigure, PreflightResult, RunResult, VerdictResult
+
+SCHEMA_VERSION = 2
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "fuse.sshfs", "ceph")
+
+metadata = sa.MetaData()
+meta = sa.Table(
+    "store_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("cluster", sa.String(128), primary_key=True),
+    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("start", sa.Integer, primary_key=True),
+    sa.Column("started_at", sa.String(40)),
+    sa.Column("stored_at", sa.String(40), nullable=False),
+    sa.Column("run_name", sa.Text, nullable=False),
+    sa.Column("model", sa.Text),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("device_type", sa.String(64)),
+    sa.Column("nodes", sa.Integer),
+    sa.Column("world_size", sa.Integer),
+    sa.Column("nodelist", sa.Text),
+    sa.Column("precision", sa.String(32)),
+    sa.Column("max_seq_len", sa.Integer),
+    sa.Column("global_batch_size", sa.Integer),
+    sa.Column("tokens_per_sec_per_device", sa.Float),
+    sa.Column("mfu", sa.Float),
+    sa.Column("goodput", sa.Float),
+    sa.Column("stragglers", sa.Text, nullable=False),
+    sa.Column("versions", sa.Text, nullable=False),  # JSON object
+    sa.Column("record", sa.Text, nullable=False),  # the run's report.json record, JSON
+)
+preflights = sa.Table(
+    "preflights",
+    metadata,
+    sa.Column("cluster", sa.String(128), primary_key=True),
+    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("measured_at", sa.String(40)),
+    sa.Column("stored_at", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("nodes", sa.Integer, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),
+)
+figures = sa.Table(
+    "node_figures",
+    metadata,
+    sa.Column("cluster", sa.String(128), primary_key=True),
+    sa.Column("source", sa.String(16), primary_key=True),
+    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("start", sa.Integer, primary_key=True),
+    sa.Column("node", sa.String(255), primary_key=True),
+    sa.Column("device", sa.String(32), primary_key=True),
+    sa.Column("metric", sa.String(128), primary_key=True),
+    sa.Column("measured_at", sa.String(40)),
+    sa.Column("device_id", sa.String(128), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("unit", sa.String(32), nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("versions", sa.Text, nullable=False),
+    sa.Index("node_figures_by_metric", "cluster", "metric", "measured_at"),
+)
+verdicts = sa.Table(  # schema 2
+    "verdicts",
+    metadata,
+    sa.Column("cluster", sa.String(128), primary_key=True),
+    sa.Column("sweep_id", sa.String(128), primary_key=True),
+    sa.Column("decided_at", sa.String(40)),
+    sa.Column("stored_at", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("reasons", sa.Text, nullable=False),  # JSON list
+    sa.Column("record", sa.Text, nullable=False),
+)
+
+
+def _create(*tables: sa.Table) -> Callable[[Connection], None]:
+    def step(conn: Connection) -> None:
+        for table in tables:
+            table.create(conn, checkfirst=True)
+
+    return step
+
+
+# version -> the step that brings a store of the version before it to this one
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _create(meta, runs, preflights, figures),
+    2: _create(verdicts),  # acceptance verdicts
+}
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked: one line saying which store, why, and what to do."""
+
+
+def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
+    """The network file system ``path`` lies on (nfs, lustre, ...), from /proc/self/mounts; None on a local one."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    target = str(path.resolve())
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Store:
+    """A results store, opened (and created or migrated) from a path or URL (`open_store`)."""
+
+    def __init__(self, target: str, engine: Engine, timeout_s: float) -> None:
+        self.target = target
+        self.engine = engine
+        self.timeout_s = timeout_s
+        self.backend = engine.dialect.name
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except exc.OperationalError as err:
+            raise StoreError(self._explain(err, what)) from err
+        except exc.DatabaseError as err:
+            raise StoreError(f"{self.target}: {what} failed ({_first_line(err)}): nothing was written") from err
+
+    def _explain(self, err: exc.OperationalError, what: str) -> str:
+        text = _first_line(err)
+        low = text.lower()
+        if "locked" in low or "lock timeout" in low:
+            return (
+                f"{self.target}: locked by another writer for more than {self.timeout_s:g} s; nothing was written: "
+                "retry when it is done (or raise --store-timeout)"
+            )
+        if "readonly" in low or "read-only" in low or "unable to open" in low:
+            return f"{self.target}: cannot be written ({text}): give a writable path (nothing was written)"
+        if "not a database" in low:
+            return f"{self.target}: not a results store ({text}): name another file; this one was not touched"
+        return f"{self.target}: {what} failed ({text}): nothing was written"
+
+    def migrate(self) -> int:
+        """Create or bring the schema to `SCHEMA_VERSION`; the version found before (0: a new store)."""
+        with self._transaction("creating the schema") as conn:
+            if self.backend == "postgresql":  # one migration at a time across writers
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(724203401)"))
+            found = self._version(conn, self.target)
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.target}: schema {found} is newer than this suite's ({SCHEMA_VERSION}): update the "
+                    "suite (git pull) to use it; it was not touched"
+                )
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version](conn)
+            if found < SCHEMA_VERSION:
+                self._set_version(conn, SCHEMA_VERSION)
+        return found
+
+    @staticmethod
+    def _version(conn: Connection, target: str) -> int:
+        if not sa.inspect(conn).has_table(meta.name):
+            names = sa.inspect(conn).get_table_names()
+            if names:  # a database of something else: do not add our tables to it
+                raise StoreError(
+                    f"{target}: not a results store: it holds other tables ({', '.join(sorted(names)[:5])}); "
+                    "name a new file or an empty database"
+                )
+            return 0
+        value = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        return int(value) if value is not None else 0
+
+    @staticmethod
+    def _set_version(conn: Connection, version: int) -> None:
+        conn.execute(sa.delete(meta).where(meta.c.key == "schema_version"))
+        conn.execute(sa.insert(meta).values(key="schema_version", value=str(version)))
+
+    def schema_version(self) -> int:
+        with self._transaction("reading the schema") as conn:
+            return self._version(conn, self.target)
+
+    def write(self, batch: Batch) -> dict[str, tuple[int, int]]:
+        """Store ``batch`` in one transaction. Per table: (rows added, rows that replaced the same key)."""
+        stored_at = _now()
+        rows: list[tuple[sa.Table, list[dict[str, Any]]]] = [
+            (runs, [_run_row(r, stored_at) for r in batch.runs]),
+            (preflights, [_preflight_row(p, stored_at) for p in batch.preflights]),
+            (figures, [_figure_row(f) for f in batch.figures]),
+            (verdicts, [_verdict_row(v, stored_at) for v in batch.verdicts]),
+        ]
+        counts: dict[str, tuple[int, int]] = {}
+        with self._transaction("storing the report") as conn:
+            for table, table_rows in rows:
+                counts[table.name] = self._upsert(conn, table, table_rows)
+        return counts
+
+    def _upsert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> tuple[int, int]:
+        if not rows:
+            return 0, 0
+        key = [c.name for c in table.primary_key.columns]
+        unique = {tuple(r[k] for k in key): r for r in rows}  # the same key twice in one report: the last wins
+        rows = [unique[k] for k in sorted(unique)]  # key order: two writers lock rows in the same order
+        present: set[tuple[Any, ...]] = set()  # the keys already stored, found by cluster and job
+        for cluster in {r["cluster"] for r in rows}:
+            jobs = sorted({r[key[1]] for r in rows if r["cluster"] == cluster})
+            for chunk in _chunks(jobs, 500):
+                query = sa.select(*(table.c[k] for k in key)).where(
+                    table.c.cluster == cluster, table.c[key[1]].in_(chunk)
+                )
+                present |= {tuple(r) for r in conn.execute(query)}
+        existing = sum(1 for k in unique if k in present)
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt: Any = pg_insert(table)
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=key, set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key}
+        )
+        conn.execute(stmt, rows)
+        return len(rows) - existing, existing
+
+    def rows(self, table: str, cluster: str | None = None) -> list[dict[str, Any]]:
+        """Every row of ``table`` (runs, preflights, node_figures, verdicts), JSON columns decoded."""
+        t = metadata.tables[table]
+        query = sa.select(t)
+        if cluster is not None:
+            query = query.where(t.c.cluster == cluster)
+        with self._transaction(f"reading {table}") as conn:
+            out = [dict(r._mapping) for r in conn.execute(query)]
+        for row in out:
+            for name in ("versions", "record", "reasons"):
+                if name in row:
+                    row[name] = json.loads(row[name])
+        return out
+
+    def clusters(self) -> list[str]:
+        with self._transaction("reading clusters") as conn:
+            found: set[str] = set()
+            for t in (runs, preflights, verdicts):
+                found |= {r[0] for r in conn.execute(sa.select(t.c.cluster).distinct())}
+        return sorted(found)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _first_line(err: BaseException) -> str:
+    orig = getattr(err, "orig", None)
+    return (str(orig) if orig is not None else str(err)).strip().splitlines()[0] if str(err).strip() else repr(err)
+
+
+def _run_row(r: RunResult, stored_at: str) -> dict[str, Any]:
+    row = asdict(r) | {"stored_at": stored_at}
+    row["versions"] = json.dumps(r.versions, sort_keys=True)
+    row["record"] = json.dumps(r.record, sort_keys=True, default=str)
+    return row
+
+
+def _preflight_row(p: PreflightResult, stored_at: str) -> dict[str, Any]:
+    return asdict(p) | {"stored_at": stored_at, "record": json.dumps(p.record, sort_keys=True, default=str)}
+
+
+def _figure_row(f: NodeFigure) -> dict[str, Any]:
+    return asdict(f) | {"versions": json.dumps(f.versions, sort_keys=True)}
+
+
+def _verdict_row(v: VerdictResult, stored_at: str) -> dict[str, Any]:
+    return asdict(v) | {
+        "stored_at": stored_at,
+        "reasons": json.dumps(v.reasons),
+        "record": json.dumps(v.record, sort_keys=True, default=str),
+    }
+
+
+def engine_for(target: str, timeout_s: float = 30.0) -> Engine:
+    """A SQLAlchemy engine for a path (SQLite) or a ``postgresql://`` URL (psycopg 3)."""
+    if "://" in target:
+        url = sa.make_url(target)
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        if not url.drivername.startswith("postgresql"):
+            raise StoreError(f"{target}: only SQLite files and postgresql:// URLs are supported")
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as err:
+            raise StoreError(
+                "a PostgreSQL store needs the psycopg driver: pip install 'psycopg[binary]' (docs/history.md)"
+            ) from err
+        return sa.create_engine(
+            url,
+            connect_args={
+                "connect_timeout": max(1, int(timeout_s)),
+                "options": f"-c lock_timeout={int(timeout_s * 1000)}",
+            },
+            pool_pre_ping=True,
+        )
+    path = Path(target)
+    if path.is_dir():
+        raise StoreError(f"{target}: a folder; give the store's file, e.g. {path / 'results.sqlite'}")
+    if not path.parent.is_dir():
+        raise StoreError(f"{target}: its folder {path.parent} does not exist: create it or name another path")
+    engine = sa.create_engine(f"sqlite:///{path.resolve()}", connect_args={"timeout": timeout_s})
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+
+    @sa.event.listens_for(engine, "begin")
+    def _write_lock_up_front(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # wait for another writer here, not half-way through
+
+    return engine
+
+
+def open_store(target: str, timeout_s: float = 30.0, warn: Callable[[str], None] | None = None) -> Store:
+    """The store at ``target`` (a path or postgresql:// URL), created or migrated to `SCHEMA_VERSION`."""
+    target = os.path.expanduser(target)
+    if "://" not in target and warn is not None and (kind := network_filesystem(Path(target).parent)):
+        warn(
+            f"{target} is on {kind}: SQLite's locking is unreliable there; keep the store on a local disk "
+            "or use PostgreSQL (docs/history.md)"
+        )
+    try:
+        store = Store(target, engine_for(target, timeout_s), timeout_s)
+    except exc.ArgumentError as err:
+        raise StoreError(f"{target}: not a path or database URL ({err})") from err
+    try:
+        store.migrate()
+    except StoreError:
+        store.close()
+        raise
+    return store
