@@ -150,9 +150,9 @@ def show(args: argparse.Namespace) -> int:
                 )
                 return 2
             cluster = clusters[0] if clusters else extract.DEFAULT_CLUSTER
-        figures = store.rows("node_figures", cluster)
-        runs = store.rows("runs", cluster)
-        preflights = store.rows("preflights", cluster)
+        figures = store.rows("node_figures", cluster, trended=True)
+        runs = store.rows("runs", cluster, trended=True)
+        preflights = store.rows("preflights", cluster, trended=True)
         verdicts = store.rows("verdicts", cluster)
     if not (runs or preflights):
         print(f"{PROG}: nothing stored for cluster {cluster} in {args.store}: store reports with `ingest` first")

@@ -8,6 +8,7 @@ Imported only when plots are drawn: matplotlib is slow to load.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from pathlib import Path
@@ -15,17 +16,23 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 
 from test_case.history.trends import Series, changed_versions
 from test_case.history.views import History
 
 
-def _x(at: str, index: int) -> datetime | int:
+def _xs(series: Series, days: dict[str, float]) -> list[float]:
+    """Matplotlib's date numbers of the points' times (their order where a time is missing); ``days``
+    caches them (the nodes of one preflight share its time)."""
     try:
-        return datetime.fromisoformat(at) if at else index
+        for p in series.points:
+            if p.at not in days:
+                days[p.at] = float(mdates.date2num(datetime.fromisoformat(p.at)))
+        return [days[p.at] for p in series.points]
     except ValueError:
-        return index
+        return [float(i) for i in range(len(series.points))]
 
 
 def _slug(text: str) -> str:
@@ -33,33 +40,38 @@ def _slug(text: str) -> str:
 
 
 def _draw(ax: plt.Axes, series: list[Series], regressed: set[tuple[str, str]]) -> None:
-    marked: set[str] = set()
+    marked: set[tuple[float, str]] = set()
+    days: dict[str, float] = {}
+    grey_x: list[float] = []  # the series drawn unnamed, as one line broken by NaN (hundreds of GPUs: one call)
+    grey_y: list[float] = []
     for s in series:
         bad = (s.subject, s.metric) in regressed
-        xs = [_x(p.at, i) for i, p in enumerate(s.points)]
-        ax.plot(
-            xs,  # type: ignore[arg-type]
-            [p.value for p in s.points],
-            marker="o",
-            markersize=3,
-            linewidth=1.6 if bad else 0.8,
-            color="tab:red" if bad else ("tab:blue" if s.subject == "all nodes" else "0.6"),
-            label=s.subject if bad or s.subject == "all nodes" or len(series) <= 8 else None,
-            zorder=3 if bad else 2,
-        )
+        xs = _xs(s, days)
+        named = bad or s.subject == "all nodes" or len(series) <= 8
+        if named:
+            ax.plot(
+                xs,
+                [p.value for p in s.points],
+                marker="o",
+                markersize=3,
+                linewidth=1.6 if bad else 0.8,
+                color="tab:red" if bad else ("tab:blue" if s.subject == "all nodes" else "0.6"),
+                label=s.subject,
+                zorder=3 if bad else 2,
+            )
+        else:
+            grey_x += [*xs, math.nan]
+            grey_y += [*(p.value for p in s.points), math.nan]
         for prev, point, x in zip(s.points, s.points[1:], xs[1:], strict=False):
             change = ", ".join(changed_versions(prev.versions, point.versions))
-            if change and f"{x}{change}" not in marked:
-                marked.add(f"{x}{change}")
-                ax.axvline(x, color="0.3", linestyle=":", linewidth=0.8)  # type: ignore[arg-type]
-                ax.annotate(
-                    change,
-                    (x, 1),  # type: ignore[arg-type]
-                    xycoords=("data", "axes fraction"),
-                    rotation=90,
-                    fontsize=7,
-                    va="top",
-                )
+            if change and (x, change) not in marked:
+                marked.add((x, change))
+                ax.axvline(x, color="0.3", linestyle=":", linewidth=0.8)
+                ax.annotate(change, (x, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize=7, va="top")
+    if grey_x:
+        ax.plot(grey_x, grey_y, marker="o", markersize=2, linewidth=0.6, color="0.65", zorder=1)
+    if series and series[0].points and series[0].points[0].at:
+        ax.xaxis_date()
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)

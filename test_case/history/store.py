@@ -269,18 +269,32 @@ class Store:
         conn.execute(stmt, rows)
         return len(rows) - existing, existing
 
-    def rows(self, table: str, cluster: str | None = None) -> list[dict[str, Any]]:
-        """Every row of ``table`` (runs, preflights, node_figures, verdicts), JSON columns decoded."""
+    def rows(self, table: str, cluster: str | None = None, trended: bool = False) -> list[dict[str, Any]]:
+        """Every row of ``table`` (runs, preflights, node_figures, verdicts), JSON columns decoded.
+        ``trended``: what `trends` reads: no ``record`` column, and only the node figures it draws."""
         t = metadata.tables[table]
-        query = sa.select(t)
+        columns = [c for c in t.columns if not (trended and c.name == "record")]
+        query = sa.select(*columns)
         if cluster is not None:
             query = query.where(t.c.cluster == cluster)
+        if trended and t is figures:
+            query = query.where(
+                t.c.source == "preflight",
+                sa.or_(t.c.metric == "matmul_tflops", t.c.metric.like("busbw\\_gbps.%", escape="\\")),
+            )
         with self._transaction(f"reading {table}") as conn:
             out = [dict(r._mapping) for r in conn.execute(query)]
+        decoded: dict[str, Any] = {}  # most rows share a few version sets: each text decoded once
         for row in out:
             for name in ("versions", "record", "reasons"):
                 if name in row:
-                    row[name] = json.loads(row[name])
+                    text = row[name]
+                    if name == "versions":
+                        if text not in decoded:
+                            decoded[text] = json.loads(text)
+                        row[name] = decoded[text]
+                    else:
+                        row[name] = json.loads(text)
         return out
 
     def clusters(self) -> list[str]:
