@@ -506,3 +506,93 @@ def test_the_page_opens_offline_in_chromium_with_the_stored_figures(tmp_path: Pa
     for x in prom.splitlines():
         assert re.fullmatch(r"# (HELP|TYPE) mpt_suite_\w+ .+|mpt_suite_\w+\{[^}]*\} [-+0-9.e]+( \d{13})?", x), x
     assert os.path.getsize(out / "history.md") > 0
+
+
+def scaled_log(folder: Path, job: int, factor: float) -> Path:
+    """The real uninterrupted 2-node log (job 2) as job ``job``, its tokens/s per device times ``factor``
+    (modelled: a slower run of the same configuration)."""
+    import re
+
+    text = gzip.decompress((DATA / "slurm-2node-mpt-tiny-cpu.out.gz").read_bytes()).decode()
+    text = text.replace("mpt-train-2", f"mpt-train-{job}").replace(
+        "[run-header] job_id: 2\n", f"[run-header] job_id: {job}\n"
+    )
+    text = re.sub(
+        r"(throughput/(?:device/)?tokens_per_sec: )([0-9.]+)",
+        lambda m: f"{m.group(1)}{float(m.group(2)) * factor:.4f}",
+        text,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"mpt-train-{job}.out"
+    path.write_text(text)
+    return path
+
+
+def test_a_run_is_judged_against_the_clusters_own_past_with_the_published_gates_matching(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report.py --own-baseline: three stored runs of one configuration (the real 2-node run, as jobs
+    10-12) make its baseline; a run 20 % slower is below it (exit 3), the same run again is not
+    compared with itself, and a run of another global batch has no comparable row."""
+    url = str(tmp_path / "results.sqlite")
+    for job in (10, 11, 12):
+        log = scaled_log(tmp_path / f"base{job}", job, 1.0)
+        assert report_main([str(log), "--out", str(tmp_path / f"r{job}"), "--no-plots", "--store", url]) == 0
+    capsys.readouterr()
+    slow = scaled_log(tmp_path / "slow", 13, 0.8)
+    assert report_main([str(slow), "--out", str(tmp_path / "r13"), "--no-plots", "--own-baseline", url]) == 3
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith("own baseline mpt-train-13:")]
+    assert line.startswith("own baseline mpt-train-13: BELOW 80.0% of ") and "(cpu x2, batch 16)" in line, line
+    run = json.loads((tmp_path / "r13" / "report.json").read_text())["runs"][0]
+    assert run["own_baseline"]["status"] == "below" and run["own_baseline"]["ratio"] == pytest.approx(0.8, abs=0.002)
+    assert "baseline" not in [c for c in (tmp_path / "r13" / "report.csv").read_text().splitlines()[0].split(",")]
+    # a report run again after --store leaves the run itself out of its baseline
+    same = scaled_log(tmp_path / "same", 12, 1.0)
+    assert report_main([str(same), "--out", str(tmp_path / "r12b"), "--no-plots", "--own-baseline", url]) == 0
+    assert "own baseline mpt-train-12: OK 100.0% of " in capsys.readouterr().out
+    # another global batch: the same gate's "no comparable row", naming the cluster's own
+    text = (
+        scaled_log(tmp_path / "other", 14, 1.0)
+        .read_text()
+        .replace("global_train_batch_size: 16", "global_train_batch_size: 32")
+    )
+    (tmp_path / "other" / "mpt-train-14.out").write_text(text)
+    assert (
+        report_main([str(tmp_path / "other"), "--out", str(tmp_path / "r14"), "--no-plots", "--own-baseline", url]) == 0
+    )
+    assert (
+        "own baseline mpt-train-14: no-match (no row for gpu=cpu model=mpt-tiny-cpu n_gpus=2" in capsys.readouterr().out
+    )
+    # the acceptance verdict judges the same, besides the published table
+    from test_case.acceptance.manifest import SweepJob, SweepManifest
+    from test_case.history.baseline import own_baseline_rows
+    from test_case.report.log_reading import parse_log_file
+    from test_case.report.metrics import summarise_run
+    from test_case.report.verdict import judge_sweep
+
+    store = open_store(url)
+    rows, counts = own_baseline_rows(store, "default")
+    store.close()
+    assert counts == {("cpu", "mpt-tiny-cpu", 2): 3} and len(rows) == 1
+    run13 = summarise_run(parse_log_file(slow))
+    run13.status = "completed"
+    manifest = SweepManifest(
+        "9",
+        "2026-12-06T00:00:00+00:00",
+        ["mpt-tiny-cpu"],
+        [2],
+        "strong",
+        0.1,
+        0.9,
+        None,
+        [SweepJob("train", "13", 2, "mpt-tiny-cpu", 16)],
+    )
+    verdict = judge_sweep(
+        manifest, [run13], [], [], [], state=lambda j: None, slurm_restarts=lambda j: None, own_rows=rows
+    )
+    (job,) = verdict.jobs
+    assert (job.own_baseline, verdict.status) == ("below", "FAIL")
+    assert any("% of the cluster's own 6,0" in r and "more than 10% below" in r for r in verdict.reasons), (
+        verdict.reasons
+    )

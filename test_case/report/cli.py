@@ -27,8 +27,8 @@ from test_case.acceptance.manifest import PREFIX as MANIFEST_PREFIX
 from test_case.acceptance.manifest import SweepManifest
 from test_case.gpu_peaks import PEAK_TFLOPS
 from test_case.preflight.records import PreflightReport
-from test_case.published_runs import DEFAULT_BASELINE, BaselineError, load_baseline
-from test_case.report.compare import compare_to_baseline, scaling_groups
+from test_case.published_runs import DEFAULT_BASELINE, BaselineError, BaselineRow, load_baseline
+from test_case.report.compare import OWN_SOURCE, compare_to_baseline, own_rows_for, scaling_groups
 from test_case.report.liveness import refine
 from test_case.report.log_lines import ParsedLog
 from test_case.report.log_reading import parse_log_file
@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/history.md)",
     )
     p.add_argument(
+        "--own-baseline",
+        default=None,
+        metavar="STORE",
+        help="also compare each run with the median of the cluster's own last 10 passing runs of its configuration "
+        "in this results store (docs/history.md); exit 3 if more than --tolerance below",
+    )
+    p.add_argument(
         "--cluster",
         default=None,
         help="--store: the cluster's name where the logs do not give one (SLURM_CLUSTER_NAME)",
@@ -184,6 +191,22 @@ def draw_plots(report: Report, out_dir: Path) -> list[Path]:
     if report.runs and (bars := plot_goodput(report.runs, out_dir)) is not None:
         plots.append(bars)
     return plots + [plot_preflight(pf, out_dir) for pf in report.preflight if pf.bandwidth]
+
+
+def own_baseline(target: str, cluster: str | None, runs: list[RunSummary]) -> list[BaselineRow]:
+    """The cluster's own baseline rows from the store (`test_case.history.baseline`), the runs being
+    judged left out; the cluster is ``cluster``, else the one the runs' headers name, else ``default``."""
+    from test_case.history.baseline import own_baseline_rows
+    from test_case.history.extract import DEFAULT_CLUSTER
+    from test_case.history.store import open_store
+
+    name = cluster or next((r.cluster for r in runs if r.cluster), None) or DEFAULT_CLUSTER
+    store = open_store(target)
+    try:
+        rows, _ = own_baseline_rows(store, name, exclude_jobs={r.job_id or r.name for r in runs})
+    finally:
+        store.close()
+    return rows
 
 
 def store_report(report: Report, target: str, cluster: str | None, out: TextIO = sys.stdout) -> int:
@@ -277,11 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     if baseline_rows is not None:
         for run in runs:
             run.baseline = compare_to_baseline(run, baseline_rows, args.tolerance)
+    own_rows = None
+    if args.own_baseline is not None:
+        from test_case.history.store import StoreError  # SQLAlchemy only where a store is named
+
+        try:
+            own_rows = own_baseline(args.own_baseline, args.cluster, runs)
+        except StoreError as err:
+            print(f"report.py: error: --own-baseline: {err}", file=sys.stderr)
+            return 2
+        for run in runs:
+            run.own_baseline = compare_to_baseline(run, own_rows_for(run, own_rows), args.tolerance, OWN_SOURCE)
     scaling = scaling_groups(runs)
     verdict = None
     if manifest is not None:
         rows = baseline_rows if baseline_rows is not None else load_baseline(DEFAULT_BASELINE)
-        verdict = judge_sweep(manifest, runs, jobs, preflights, rows, scaling=scaling)
+        verdict = judge_sweep(manifest, runs, jobs, preflights, rows, scaling=scaling, own_rows=own_rows)
 
     report = Report([str(p) for p in args.paths], empty, jobs, runs, scaling, preflights, verdict)
     out_dir = args.out or default_out_dir(args.paths)
@@ -307,6 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     if not runs and not preflights and verdict is None:
         return 1
-    if any(r.baseline and r.baseline.status == "below" for r in runs):
+    if any(b and b.status == "below" for r in runs for b in (r.baseline, r.own_baseline)):
         return 3
     return 0

@@ -38,19 +38,22 @@ def run_setup(run: RunSummary) -> dict[str, object]:
     }
 
 
-def differences(row: BaselineRow, run: RunSummary) -> list[str]:
+def differences(row: BaselineRow, run: RunSummary, source: str = "published") -> list[str]:
     """What of the row's stated configuration the run did otherwise (a setting the row does not
     state is not compared; one the run's log does not state differs)."""
     ours = run_setup(run)
     return [
-        f"{name} {shown(value)} published, {shown(ours[name])} here"
+        f"{name} {shown(value)} {source}, {shown(ours[name])} here"
         for name, value in row.setup().items()
         if value is not None and value != ours[name]
     ]
 
 
-def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: float) -> BaselineVerdict:
-    """The comparable row and the verdict for one run (``status``: ok, below, no-match, not-compared)."""
+def compare_to_baseline(
+    run: RunSummary, rows: list[BaselineRow], tolerance: float, source: str = "published"
+) -> BaselineVerdict:
+    """The comparable row and the verdict for one run (``status``: ok, below, no-match, not-compared).
+    ``source`` names where the rows come from in the reasons (the cluster's own: `test_case.history.baseline`)."""
     gpu = BASELINE_NAME.get(run.device_type or "", run.device_type or "")
     candidates = [
         r
@@ -73,8 +76,8 @@ def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: flo
         nearest = min(candidates, key=lambda r: len(differences(r, run)))
         return BaselineVerdict(
             "no-match",
-            reason=f"no comparable row: the published {run.model} on {nearest.n_gpus} {nearest.gpu} ran "
-            f"{setup_text(nearest.setup())}; this run differs: {'; '.join(differences(nearest, run))}",
+            reason=f"no comparable row: the {source} {run.model} on {nearest.n_gpus} {nearest.gpu} ran "
+            f"{setup_text(nearest.setup())}; this run differs: {'; '.join(differences(nearest, run, source))}",
         )
     row = comparable[0]
     ratio = run.tokens_per_sec_per_device / row.tokens_per_sec_per_gpu
@@ -88,6 +91,15 @@ def compare_to_baseline(run: RunSummary, rows: list[BaselineRow], tolerance: flo
         ratio=ratio,
         tolerance=tolerance,
     )
+
+
+OWN_SOURCE = "cluster's own"  # how reasons name the rows of `test_case.history.baseline`
+
+
+def own_rows_for(run: RunSummary, rows: list[BaselineRow]) -> list[BaselineRow]:
+    """The cluster's own rows of the run's global batch: its own past ran every batch it was given, the
+    published table one per row, so the batch is matched here besides the gate's columns."""
+    return [r for r in rows if r.global_batch_size == run.global_batch_size]
 
 
 # (model, gpu, precision, seq, processes per node, scheduler, sweep, what is held: "global" or

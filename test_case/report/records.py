@@ -155,6 +155,8 @@ class VerdictJob:
     mfu: float | None = None
     baseline: str | None = None  # ok, below, no-match, not-compared
     baseline_ratio: float | None = None
+    own_baseline: str | None = None  # with --own-baseline: ok, below, no-match, not-compared
+    own_baseline_ratio: float | None = None
     scaling_efficiency: float | None = None  # its point's in `compare.scaling_groups` (None: not a point)
     stragglers: list[str] = field(default_factory=list)  # nodes
     goodput: float | None = None
@@ -312,6 +314,8 @@ class RunSummary:
     stream_shares_within_error: bool | None = None  # every stream's drawn share within error; None without a mixture
     sweep_id: str | None = None  # the acceptance sweep whose manifest lists this job (None: none)
     baseline: BaselineVerdict | None = None
+    # with --own-baseline: against the median of the cluster's own last passing runs of this configuration
+    own_baseline: BaselineVerdict | None = None
     stragglers: list[Straggler] = field(
         default_factory=list
     )  # flagged ranks, slowest first (test_case.report.stragglers)

@@ -61,7 +61,11 @@ def csv_row(run: RunSummary) -> dict[str, Any]:
     and ``goodput.<part>`` its parts; ``eval_loss_by_domain.<label>``; ``stream_shares.<stream>.<field>``
     (`STREAM_SHARE_COLUMNS`): a nested report.json field is the column named by its path."""
     record = run.to_dict()
-    row = {k: v for k, v in record.items() if not isinstance(v, list | dict) and k not in ("baseline", "goodput")}
+    row = {
+        k: v
+        for k, v in record.items()
+        if not isinstance(v, list | dict) and k not in ("baseline", "own_baseline", "goodput")
+    }
     row["goodput"] = None if run.goodput is None else run.goodput.goodput
     if run.goodput is not None:
         row |= {f"goodput.{k}": v for k, v in run.goodput.to_dict().items() if k != "goodput"}

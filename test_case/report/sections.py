@@ -79,7 +79,8 @@ def scaling(report: Report) -> Section:
 
 
 def baseline(report: Report) -> Section:
-    """Per run compared with --baseline: its verdict against the published row."""
+    """Per run compared with --baseline: its verdict against the published row; with --own-baseline,
+    against the cluster's own past."""
     lines = []
     for r in report.runs:
         if (b := r.baseline) is None:
@@ -91,6 +92,18 @@ def baseline(report: Report) -> Section:
                 f"baseline {r.name}: {b.status.upper()} {100 * (b.ratio or 0):.1f}% of "
                 f"{b.published_tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU published for {b.gpu} x{b.n_gpus} "
                 f"(MFU {b.published_mfu_pct or 0:.1f}%), tolerance {100 * (b.tolerance or 0):.0f}%"
+            )
+    for r in report.runs:
+        if (b := r.own_baseline) is None:
+            continue
+        if b.status in ("no-match", "not-compared"):
+            lines.append(f"own baseline {r.name}: {b.status} ({b.reason})")
+        else:
+            lines.append(
+                f"own baseline {r.name}: {b.status.upper()} {100 * (b.ratio or 0):.1f}% of "
+                f"{b.published_tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU, the median of the cluster's last "
+                f"passing runs of this configuration ({b.gpu} x{b.n_gpus}, batch {b.global_batch_size}), "
+                f"tolerance {100 * (b.tolerance or 0):.0f}%"
             )
     return Section("baseline", "Baseline", tuple(lines))
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from test_case.acceptance.manifest import SweepJob, SweepManifest
 from test_case.preflight.records import PreflightReport
 from test_case.published_runs import BaselineRow
-from test_case.report.compare import compare_to_baseline, scaling_groups, scaling_point
+from test_case.report.compare import OWN_SOURCE, compare_to_baseline, own_rows_for, scaling_groups, scaling_point
 from test_case.report.records import JobWithoutTraining, RunSummary, ScalingGroup, Verdict, VerdictJob
 
 SlurmState = Callable[[str], str | None]
@@ -112,9 +112,11 @@ def judge_sweep(
     state: SlurmState = slurm_state,
     slurm_restarts: Callable[[str], int | None] = slurm_restarts,
     scaling: Sequence[ScalingGroup] | None = None,
+    own_rows: list[BaselineRow] | None = None,
 ) -> Verdict:
     """The verdict (module docstring); ``scaling`` the report's scaling groups of ``runs`` (made here
-    when not given)."""
+    when not given); ``own_rows`` the cluster's own baseline (`test_case.history.baseline`), judged
+    besides the published table when given."""
     scaling = scaling_groups(list(runs)) if scaling is None else scaling
     reasons, nodes, fabric = _preflight_reasons(manifest, preflights, state)
     preflight_failed = bool(reasons)
@@ -167,6 +169,17 @@ def judge_sweep(
                 f"{verdict.published_tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU, "
                 f"more than {100 * manifest.tolerance:.0f}% below"
             )
+        if own_rows is not None:
+            own = compare_to_baseline(run, own_rows_for(run, own_rows), manifest.tolerance, OWN_SOURCE)
+            record.own_baseline, record.own_baseline_ratio = own.status, own.ratio
+            if own.status == "no-match":
+                notes.append(f"{_describe(job)}: not compared with the cluster's own past: {own.reason}")
+            if own.status == "below":
+                record.reasons.append(
+                    f"{_describe(job)}: {100 * (own.ratio or 0):.1f}% of the cluster's own "
+                    f"{own.published_tokens_per_sec_per_gpu or 0:,.0f} tokens/s/GPU (the median of its last passing "
+                    f"runs of this configuration), more than {100 * manifest.tolerance:.0f}% below"
+                )
         if (point := scaling_point(run, scaling, manifest.scaling)) is not None:
             record.scaling_efficiency = round(point.efficiency, 4)
             if record.scaling_efficiency < manifest.scaling_threshold:
