@@ -591,8 +591,8 @@ def test_a_run_is_judged_against_the_clusters_own_past_with_the_published_gates_
     verdict = judge_sweep(
         manifest, [run13], [], [], [], state=lambda j: None, slurm_restarts=lambda j: None, own_rows=rows
     )
-    (job,) = verdict.jobs
-    assert (job.own_baseline, verdict.status) == ("below", "FAIL")
+    (judged,) = verdict.jobs
+    assert (judged.own_baseline, verdict.status) == ("below", "FAIL")
     assert any("% of the cluster's own 6,0" in r and "more than 10% below" in r for r in verdict.reasons), (
         verdict.reasons
     )
