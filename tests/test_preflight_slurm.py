@@ -161,7 +161,14 @@ def test_a_slowed_link_is_named_as_the_link_and_neither_of_its_nodes_fails(
     """node2 <-> node3 limited to 100 Mbit/s (about 12 MB/s, against about 500 MB/s between the
     others here: a 40x margin over the 50 % link tolerance); 1 MiB messages at most, so that the
     all-node sweep, whose ring crosses the link too, stays short."""
-    short = {**settings, "PREFLIGHT_ARGS": settings["PREFLIGHT_ARGS"] + " --max-bytes 1048576"}
+    # Judged at a 50 % peer tolerance: with the link left out, node2 and node3 each keep one pair, and while
+    # the link is shaped the node1-node2 pair measured 0.34-0.56 GB/s against node1-node3's 0.62-0.95 on
+    # this machine (three runs, 2026-12-06; 0.60 against 0.66 on an earlier one), so one pair alone is
+    # 26-45 % below the median node. The default 25 % names a node slowed for real (a fifth of a core,
+    # 70 % below: test_a_node_given_a_fifth_of_a_core_is_named); the link, 40x slower, is judged by the
+    # link tolerance.
+    args = settings["PREFLIGHT_ARGS"] + " --max-bytes 1048576 --peer-tolerance 0.5"
+    short = {**settings, "PREFLIGHT_ARGS": args}
     with cluster.slowed_link("node2", "node3", 100):
         run = run_preflight(cluster, short)
     assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
