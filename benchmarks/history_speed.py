@@ -18,8 +18,8 @@ Measured, each ``--repeats`` times, median printed:
 
 1. ``report.py --store`` of a report.json holding 100 runs (`extract.batch_of_report` and one
    `Store.write`: the part ``--store`` adds to a report), into a store already holding 1,000 runs;
-2. ``python -m test_case.history show`` over 1,000 stored runs and 100 preflights of 64 nodes (about
-   58,000 node figures), as a user runs it (a new process: imports, queries, judging, history.md/html,
+2. ``python -m test_case.history show`` over 1,300 stored runs and 100 preflights of 64 nodes (106,650
+   node figures), as a user runs it (a new process: imports, queries, judging, history.md/html,
    exports), with its PNGs and with ``--no-plots``.
 """
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -178,27 +179,29 @@ def test_old_truncated_and_newer_files_each_get_one_line_and_store_nothing(store
     log = requeued_log(tmp_path / "logs", starts=2)
     assert report_main([str(log), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
-    # a report.json of an older suite: schema 1, no cluster, start time, device_type or versions
+    # a report.json of an older suite: schema 1, no run status, cluster, start time, device_type or versions
     old = dict(doc, schema_version=1)
-    old["runs"] = [
-        {k: v for k, v in run.items() if k not in ("cluster", "started_at", "device_type", "torch", "composer")}
-        for run in doc["runs"]
-    ]
+    gone = ("status", "cluster", "started_at", "device_type", "torch", "composer")
+    old["runs"] = [{k: v for k, v in run.items() if k not in gone} for run in doc["runs"]]
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "report.json").write_text(json.dumps(old))
     done = history("ingest", "--store", store_url, "--cluster", "p5-east", str(tmp_path / "old" / "report.json"))
     assert done.returncode == 0 and "runs 1 added" in done.stdout, done.stderr
     before = counts(store_url)
     text = json.dumps(doc, indent=2)
-    bad = {
+    preflight = json.loads(gzip.decompress(HEALTHY.read_bytes()))
+    preflight["bandwidth"][0]["scope"] = ""
+    bad: dict[str, str | bytes] = {
         "truncated.json": text[: len(text) // 2],
         "newer.json": json.dumps(dict(doc, schema_version=99)),
         "list.json": "[1, 2]",
         "wrong.json": json.dumps(dict(doc, runs=[*doc["runs"], {"restarts": 1}])),  # a run without its name
+        "preflight_1.json": gzip.compress(HEALTHY.read_bytes()),  # compressed under a plain name
+        "preflight_2.json": json.dumps(preflight),  # a curve without its scope
     }
     for name, content in bad.items():
         path = tmp_path / name
-        path.write_text(content)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
         done = history("ingest", "--store", store_url, str(path))
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and str(path) in lines[0], (name, done.stderr)
@@ -210,6 +213,10 @@ def test_old_truncated_and_newer_files_each_get_one_line_and_store_nothing(store
     (run,) = store.rows("runs")
     store.close()
     assert (run["cluster"], run["device_type"], run["started_at"]) == ("p5-east", "cpu", doc["runs"][0]["log_ends_at"])
+    # completed by its last block (no status field then): a sample of the baseline, in the model's series
+    assert (run["status"], run["passed"]) == ("completed", True) and run["configuration"].startswith(
+        "mpt-tiny-cpu on 2 cpu"
+    )
 
 
 def test_a_store_of_a_newer_schema_or_of_something_else_is_refused_untouched(store_url: str, tmp_path: Path) -> None:
@@ -502,9 +509,17 @@ def test_the_page_opens_offline_in_chromium_with_the_stored_figures(tmp_path: Pa
     node3 = next(r for r in records if r["subject"] == "node3" and r["metric"] == "matmul_tflops")
     assert float(line.split()[1]) == node3["value"] and node3["regression"].startswith("node3: matmul")
     assert 'mpt_suite_regression{cluster="mptsuite",kind="node",subject="node3",metric="matmul_tflops"} 1' in prom
-    assert re.fullmatch(r"(# (HELP|TYPE) .*|[a-z_:]+\{[^}]*\} [-+0-9.e]+( \d+)?)(\n|$)", prom.splitlines()[0] + "\n")
-    for x in prom.splitlines():
-        assert re.fullmatch(r"# (HELP|TYPE) mpt_suite_\w+ .+|mpt_suite_\w+\{[^}]*\} [-+0-9.e]+( \d{13})?", x), x
+    for x in prom.splitlines():  # no sample timestamps: the textfile collector and Pushgateway refuse them
+        assert re.fullmatch(r'# (HELP|TYPE) mpt_suite_\w+ .+|mpt_suite_\w+\{(\w+="[^"]*",?)+\} [-+0-9.e]+', x), x
+    at = next(
+        x
+        for x in prom.splitlines()
+        if x.startswith(
+            'mpt_suite_measured_at_seconds{cluster="mptsuite",kind="node",subject="node3",metric="matmul_tflops"}'
+        )
+    )
+    assert float(at.split()[1]) == datetime.fromisoformat("2026-12-05T10:00:00+00:00").timestamp()
+
     assert os.path.getsize(out / "history.md") > 0
 
 
@@ -596,3 +611,122 @@ def test_a_run_is_judged_against_the_clusters_own_past_with_the_published_gates_
     assert any("% of the cluster's own 6,0" in r and "more than 10% below" in r for r in verdict.reasons), (
         verdict.reasons
     )
+
+
+def test_a_files_own_cluster_wins_over_cluster_and_a_password_is_never_shown(
+    postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    """--cluster names the cluster of files that do not say; a preflight that says (mptsuite) keeps its
+    own. The URL's password is shown as ***, in what is stored and in errors."""
+    url = postgres.database("passwords").replace("postgres@", "postgres:s3cret@")  # trust: any password works
+    done = history("ingest", "--store", url, "--cluster", "other", str(preflight_file(tmp_path, HEALTHY)))
+    assert done.returncode == 0 and "postgresql://postgres:***@" in done.stdout and "s3cret" not in done.stdout
+    store = open_store(url)
+    assert store.clusters() == ["mptsuite"]
+    again = store.write(extract.batch_of_file(preflight_file(tmp_path, HEALTHY)))
+    store.close()
+    assert again["preflights"] == (0, 1) and again["node_figures"][0] == 0 and again["node_figures"][1] > 10
+    wrong = url.replace("/passwords?", "/nowhere?")
+    done = history("show", "--store", wrong, "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "postgres:***@" in done.stderr and "s3cret" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_own_baseline_from_a_missing_or_foreign_store_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    log = scaled_log(tmp_path / "logs", 21, 1.0)
+    missing = tmp_path / "resuls.sqlite"
+    args = [str(log), "--out", str(tmp_path / "r"), "--no-plots", "--own-baseline", str(missing)]
+    done = subprocess.run(
+        [sys.executable, "report.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and f"{missing}: no such results store" in done.stderr and not missing.exists()
+    text_file = tmp_path / "notes.sqlite"
+    text_file.write_text("not a database\n" * 100)
+    done = history("ingest", "--store", str(text_file), str(preflight_file(tmp_path, HEALTHY)))
+    assert done.returncode == 2 and "not a results store" in done.stderr, done.stderr
+    assert text_file.read_text() == "not a database\n" * 100
+    # a store that cannot be written does not hide the report's own exit code (3: below its own baseline)
+    url = str(tmp_path / "results.sqlite")
+    for job in (22, 23, 24):
+        assert (
+            report_main(
+                [
+                    str(scaled_log(tmp_path / f"b{job}", job, 1.0)),
+                    "--out",
+                    str(tmp_path / f"r{job}"),
+                    "--no-plots",
+                    "--store",
+                    url,
+                ]
+            )
+            == 0
+        )
+    slow = scaled_log(tmp_path / "slow", 25, 0.7)
+    nowhere = str(tmp_path / "no-folder" / "results.sqlite")
+    args = [str(slow), "--out", str(tmp_path / "r25"), "--no-plots", "--own-baseline", url, "--store", nowhere]
+    assert report_main(args) == 3
+
+
+def test_configurations_differ_by_every_column_of_the_published_gate() -> None:
+    from test_case.history import configuration
+    from test_case.published_runs import BaselineRow
+    from test_case.report.compare import own_rows_for
+    from test_case.report.records import RunSummary
+
+    run = {"device_type": "h100-sxm", "model": "mpt-7b", "world_size": 16, "nodes": 2, "max_seq_len": 2048,
+           "global_batch_size": 256, "precision": "amp_bf16", "microbatch": 8, "activation_checkpointing": False,
+           "fsdp_sharding": "FULL_SHARD", "fsdp_mixed_precision": "PURE"}  # fmt: skip
+    assert configuration.describe(run) == (
+        "mpt-7b on 16 h100-80gb (2 nodes), amp_bf16, seq 2048, batch 256, microbatch 8, activation checkpointing "
+        "off, FSDP FULL_SHARD PURE"
+    )
+    for name, other in (("activation_checkpointing", True), ("microbatch", 4), ("fsdp_mixed_precision", "DEFAULT")):
+        assert configuration.key(run | {name: other}) != configuration.key(run), name
+    assert configuration.key(run | {"global_batch_size": None}) is None
+    # the own baseline's row that states the run's whole configuration comes before an older one that states less
+    vague = BaselineRow("cpu", "m", 128, 2, 16, "fp32", 0.0, 9000.0)
+    exact = BaselineRow("cpu", "m", 128, 2, 16, "fp32", 0.0, 6000.0, 8, False, None, None)
+    summary = RunSummary("r", "r.out", model="m", precision="fp32", microbatch=8, global_batch_size=16)
+    assert own_rows_for(summary, [vague, exact])[0] is exact
+
+
+def test_a_gpu_without_its_result_or_with_only_a_bus_id_stays_with_its_node() -> None:
+    doc = json.loads(gzip.decompress(HEALTHY.read_bytes()))
+    node = doc["nodes"]["node1"]
+    node["matmul_tflops"] = [400.0, 401.0]
+    node["facts"]["gpu_serials"] = "S1,S2,S3"  # three GPUs, two results: which is whose is not known
+    doc["nodes"]["node2"]["matmul_tflops"] = [399.0]
+    doc["nodes"]["node2"]["facts"]["gpu_serials"] = "bus 00000000:1B:00.0"
+    doc["nodes"]["node3"]["matmul_tflops"] = [398.0]
+    doc["nodes"]["node3"]["facts"]["gpu_serials"] = "S9"
+    ids = {(f.node, f.device_id) for f in extract.batch_of_preflight(doc).figures if f.device}
+    assert ids == {("node1", "node1/device0"), ("node1", "node1/device1"), ("node2", "node2/device0"), ("node3", "S9")}
+
+
+# the columns of each schema version: a landed step never changes (store.py, MIGRATIONS)
+SCHEMA_COLUMNS = {
+    1: {
+        "store_meta": ["key", "value"],
+        "runs": ["cluster", "job_id", "start", "started_at", "stored_at", "run_name", "model", "status", "passed",
+                 "device_type", "nodes", "world_size", "nodelist", "precision", "max_seq_len", "global_batch_size",
+                 "configuration", "tokens_per_sec_per_device", "mfu", "goodput", "stragglers", "versions", "record"],
+        "preflights": ["cluster", "job_id", "measured_at", "stored_at", "status", "nodes", "failures", "record"],
+        "node_figures": ["cluster", "source", "job_id", "start", "node", "device", "metric", "measured_at",
+                         "device_id", "value", "unit", "passed", "versions"],
+    },
+    2: {"verdicts": ["cluster", "sweep_id", "decided_at", "stored_at", "status", "reasons", "record"]},
+}  # fmt: skip
+
+
+def test_each_schema_version_has_the_columns_it_landed_with(tmp_path: Path) -> None:
+    engine = engine_for(str(tmp_path / "s.sqlite"))
+    expected: dict[str, list[str]] = {}
+    for version in sorted(MIGRATIONS):
+        with engine.begin() as conn:
+            MIGRATIONS[version](conn)
+            expected |= SCHEMA_COLUMNS[version]
+            found = {
+                t: [c["name"] for c in sa.inspect(conn).get_columns(t)] for t in sa.inspect(conn).get_table_names()
+            }
+        assert found == expected, version
+    engine.dispose()

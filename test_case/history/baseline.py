@@ -2,9 +2,8 @@
 its own past with the same matching of configurations as the published gate
 (`test_case.report.compare.compare_to_baseline`): ``python report.py --own-baseline STORE``.
 
-A row stands for one configuration the cluster ran: GPU, model, GPU count, sequence length, global
-batch, precision, microbatch, activation checkpointing, FSDP sharding and mixed precision (the
-published gate's columns), with the median tokens/s per GPU and MFU of its last ``last_n`` runs that
+A row stands for one configuration the cluster ran (`configuration.key`: the published gate's columns
+and the global batch), with the median tokens/s per GPU and MFU of its last ``last_n`` runs that
 passed (completed, no straggler, not below a published row; a job's last start), leaving out the
 jobs being judged (a report run again after ``--store`` must not compare a run with itself).
 """
@@ -15,28 +14,9 @@ import statistics
 from collections.abc import Collection
 from typing import Any
 
-from test_case.gpu_peaks import BASELINE_NAME
+from test_case.history import configuration
 from test_case.history.store import Store
 from test_case.published_runs import BaselineRow
-
-
-def _key(record: dict[str, Any]) -> tuple[Any, ...] | None:
-    device = record.get("device_type") or record.get("gpu")
-    needed = (device, record.get("model"), record.get("world_size"), record.get("max_seq_len"))
-    if any(v is None for v in needed) or record.get("global_batch_size") is None:
-        return None
-    return (
-        BASELINE_NAME.get(str(device), str(device)),
-        record["model"],
-        record["world_size"],
-        record["max_seq_len"],
-        record["global_batch_size"],
-        record.get("precision"),
-        record.get("microbatch"),
-        bool(record.get("activation_checkpointing")),
-        record.get("fsdp_sharding"),
-        record.get("fsdp_mixed_precision"),
-    )
 
 
 def own_baseline_rows(
@@ -51,7 +31,7 @@ def own_baseline_rows(
             last[row["job_id"]] = row
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in sorted(last.values(), key=lambda r: (r["started_at"] or "", r["job_id"])):
-        if row["passed"] and row["tokens_per_sec_per_device"] is not None and (key := _key(row["record"])):
+        if row["passed"] and row["tokens_per_sec_per_device"] is not None and (key := configuration.key(row["record"])):
             groups.setdefault(key, []).append(row)
     rows: list[BaselineRow] = []
     counts: dict[tuple[str, str, int], int] = {}

@@ -115,7 +115,7 @@ def ingest(args: argparse.Namespace) -> int:
             try:
                 batch = extract.batch_of_file(path, args.cluster)
                 print(store_batch(store, batch, str(path)))
-            except extract.ReportFileError as err:
+            except (extract.ReportFileError, StoreError) as err:  # this file not stored; the others still are
                 print(f"{PROG}: error: {err}", file=sys.stderr)
                 status = 2
     return status
@@ -150,10 +150,8 @@ def show(args: argparse.Namespace) -> int:
                 )
                 return 2
             cluster = clusters[0] if clusters else extract.DEFAULT_CLUSTER
-        figures = store.rows("node_figures", cluster, trended=True)
-        runs = store.rows("runs", cluster, trended=True)
-        preflights = store.rows("preflights", cluster, trended=True)
-        verdicts = store.rows("verdicts", cluster)
+        tables = store.snapshot(cluster)  # one read transaction: a writer meanwhile is seen whole or not at all
+    figures, runs, preflights, verdicts = (tables[t] for t in ("node_figures", "runs", "preflights", "verdicts"))
     if not (runs or preflights):
         print(f"{PROG}: nothing stored for cluster {cluster} in {args.store}: store reports with `ingest` first")
         return 0
@@ -161,7 +159,14 @@ def show(args: argparse.Namespace) -> int:
     verdict = max(verdicts, key=lambda v: (v["decided_at"] or "", v["stored_at"]), default=None)
     history = views.build(cluster, series, settings, verdict=verdict, preflights=len(preflights), runs=len(runs))
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(
+            f"{PROG}: error: --out {out}: cannot be made ({err.strerror or err}): name a writable folder",
+            file=sys.stderr,
+        )
+        return 2
     if not args.no_plots:
         from test_case.history.plots import plot_history
 
@@ -172,8 +177,12 @@ def show(args: argparse.Namespace) -> int:
         "history.jsonl": export.jsonl(history),
         "history.prom": export.prometheus(history),
     }
-    for name, text in files.items():
-        (out / name).write_text(text)
+    try:
+        for name, text in files.items():
+            (out / name).write_text(text)
+    except OSError as err:
+        print(f"{PROG}: error: --out {out}: cannot be written ({err.strerror or err})", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(export.records(history), indent=2))
     else:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from test_case.history import configuration
 from test_case.history.records import (
     VERSION_KEYS,
     Batch,
@@ -39,6 +40,11 @@ def read_document(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise ReportFileError(f"{path}: cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ReportFileError(
+            f"{path}: not a text file (byte {err.start} is not UTF-8): a compressed or cut-off file? Name the "
+            "report.json or preflight_<job-id>.json itself (nothing was stored)"
+        ) from err
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
@@ -59,7 +65,7 @@ def batch_of_file(path: Path, cluster: str | None = None) -> Batch:
             return batch_of_report(doc, cluster)
         if "nodes" in doc and "job_id" in doc:
             return batch_of_preflight(doc, cluster)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (LookupError, TypeError, ValueError, AttributeError) as err:
         if isinstance(err, ReportFileError):
             raise ReportFileError(f"{path}: {err}") from err
         raise ReportFileError(
@@ -80,18 +86,20 @@ def batch_of_report(doc: Mapping[str, Any], cluster: str | None = None) -> Batch
             "(git pull) before storing it (nothing was stored)"
         )
     preflights = [p for p in doc.get("preflight") or [] if isinstance(p, dict)]
-    cluster = cluster or _named_cluster(doc.get("runs") or [], preflights) or DEFAULT_CLUSTER
+    # each record's own cluster where it names one; else ``cluster`` (--cluster), else the one the report's
+    # other records name, else `DEFAULT_CLUSTER`
+    fallback = cluster or _named_cluster(doc.get("runs") or [], preflights) or DEFAULT_CLUSTER
     batch = Batch()
     for run in doc.get("runs") or []:
-        batch += _run_rows(run, cluster)
+        batch += _run_rows(run, run.get("cluster") or fallback)
     for preflight in preflights:
-        batch += batch_of_preflight(preflight, cluster)
+        batch += batch_of_preflight(preflight, fallback)
     verdict = doc.get("verdict")
     if isinstance(verdict, dict) and verdict.get("sweep_id") is not None:
         starts = [r.started_at for r in batch.runs if r.started_at]
         batch.verdicts.append(
             VerdictResult(
-                cluster=cluster,
+                cluster=fallback,
                 sweep_id=str(verdict["sweep_id"]),
                 status=str(verdict["status"]),
                 decided_at=max(starts, default=None),
@@ -121,7 +129,13 @@ def _run_rows(run: Mapping[str, Any], cluster: str) -> Batch:
     start = 1 + (_int(run.get("restarts")) or 0)
     stragglers = sorted({str(s["node"]) for s in run.get("stragglers") or []})
     baseline = run.get("baseline") or {}
-    status = str(run.get("status") or "unfinished")
+    status = run.get("status")
+    if not status:  # report.json before run status: completed is the last block's [batch=T/T]
+        done = run.get("completed") or (
+            run.get("last_batch") is not None and run.get("last_batch") == run.get("max_duration")
+        )
+        status = "completed" if done else "unfinished"
+    status = str(status)
     passed = status == "completed" and not stragglers and baseline.get("status") != "below"
     versions = {k: str(run[k]) for k in VERSION_KEYS if run.get(k) not in (None, "")}
     goodput = run.get("goodput")
@@ -142,6 +156,7 @@ def _run_rows(run: Mapping[str, Any], cluster: str) -> Batch:
         precision=run.get("precision"),
         max_seq_len=_int(run.get("max_seq_len")),
         global_batch_size=_int(run.get("global_batch_size")),
+        configuration=configuration.describe(run),
         tokens_per_sec_per_device=_num(run.get("tokens_per_sec_per_device")),
         mfu=_num(run.get("mfu")),
         goodput=_num(goodput.get("goodput")) if isinstance(goodput, dict) else None,
@@ -173,7 +188,7 @@ def _run_rows(run: Mapping[str, Any], cluster: str) -> Batch:
 
 def batch_of_preflight(doc: Mapping[str, Any], cluster: str | None = None) -> Batch:
     """The rows of one preflight result: its verdict, and every node's figures (docs/history.md, "Figures")."""
-    cluster = cluster or doc.get("cluster") or DEFAULT_CLUSTER
+    cluster = doc.get("cluster") or cluster or DEFAULT_CLUSTER  # its own where it names one
     job_id = str(doc["job_id"])
     at = doc.get("measured_at")
     nodes: dict[str, Any] = doc["nodes"]
@@ -195,11 +210,15 @@ def batch_of_preflight(doc: Mapping[str, Any], cluster: str | None = None) -> Ba
             if value is not None:
                 metric = "matmul_tflops" if name == "matmul" else f"check.{name}"
                 figure(host, metric, value, str(check.get("unit") or ""), check.get("status") != "fail")
-        serials = str((node.get("facts") or {}).get("gpu_serials") or "").split(",")
+        devices = node.get("matmul_tflops") or []
+        serials = [s for s in str((node.get("facts") or {}).get("gpu_serials") or "").split(",") if s]
+        if len(serials) != len(devices):  # a device without its result: which serial is whose is not known
+            serials = []
         device_ok = checks.get("matmul", {}).get("status") != "fail"
-        for i, tflops in enumerate(node.get("matmul_tflops") or []):
+        for i, tflops in enumerate(devices):
             failed = (checks.get(f"matmul.device{i}") or {}).get("status") == "fail"
-            did = serials[i] if i < len(serials) and serials[i] else f"{host}/device{i}"
+            # a GPU is followed by its serial or UUID; one known only by its bus id stays with its node
+            did = serials[i] if serials and not serials[i].startswith("bus ") else f"{host}/device{i}"
             figure(host, "matmul_tflops", float(tflops), "TFLOP/s", device_ok and not failed, f"device{i}", did)
     failed_nodes = {str(f["node"]) for f in doc.get("failures") or []}
     pair_busbw: dict[tuple[str, str], list[tuple[str, float]]] = {}  # (node, collective) -> (peer, busbw)

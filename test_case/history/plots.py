@@ -8,6 +8,7 @@ Imported only when plots are drawn: matplotlib is slow to load.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from datetime import datetime
@@ -36,7 +37,9 @@ def _xs(series: Series, days: dict[str, float]) -> list[float]:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80]
+    """A file name part: the text's letters and digits, cut, and a hash of the whole (no two alike)."""
+    short = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60]
+    return f"{short}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def _draw(ax: plt.Axes, series: list[Series], regressed: set[tuple[str, str]]) -> None:

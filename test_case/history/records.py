@@ -25,7 +25,7 @@ class RunResult:
     cluster: str
     job_id: str  # Slurm job id (or the run name for a log without one)
     start: int  # 1 + the restarts the log shows: the start these figures are as of
-    started_at: str | None  # the run header's, UTC ISO 8601 (None for logs older than the field)
+    started_at: str | None  # the run header's, UTC ISO 8601; for a log older than the field, when it last printed
     run_name: str
     model: str | None
     status: str  # completed, failed, ... (records.RunStatus)
@@ -37,6 +37,7 @@ class RunResult:
     precision: str | None
     max_seq_len: int | None
     global_batch_size: int | None
+    configuration: str | None  # `configuration.describe`: runs are compared within one (None: not known)
     tokens_per_sec_per_device: float | None
     mfu: float | None
     goodput: float | None

@@ -39,28 +39,29 @@ metadata = sa.MetaData()
 meta = sa.Table(
     "store_meta",
     metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
 runs = sa.Table(
     "runs",
     metadata,
-    sa.Column("cluster", sa.String(128), primary_key=True),
-    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("job_id", sa.Text, primary_key=True),
     sa.Column("start", sa.Integer, primary_key=True),
-    sa.Column("started_at", sa.String(40)),
-    sa.Column("stored_at", sa.String(40), nullable=False),
+    sa.Column("started_at", sa.Text),
+    sa.Column("stored_at", sa.Text, nullable=False),
     sa.Column("run_name", sa.Text, nullable=False),
     sa.Column("model", sa.Text),
-    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
     sa.Column("passed", sa.Boolean, nullable=False),
-    sa.Column("device_type", sa.String(64)),
+    sa.Column("device_type", sa.Text),
     sa.Column("nodes", sa.Integer),
     sa.Column("world_size", sa.Integer),
     sa.Column("nodelist", sa.Text),
-    sa.Column("precision", sa.String(32)),
+    sa.Column("precision", sa.Text),
     sa.Column("max_seq_len", sa.Integer),
     sa.Column("global_batch_size", sa.Integer),
+    sa.Column("configuration", sa.Text),  # configuration.describe: what runs are compared by (None: unknown)
     sa.Column("tokens_per_sec_per_device", sa.Float),
     sa.Column("mfu", sa.Float),
     sa.Column("goodput", sa.Float),
@@ -71,11 +72,11 @@ runs = sa.Table(
 preflights = sa.Table(
     "preflights",
     metadata,
-    sa.Column("cluster", sa.String(128), primary_key=True),
-    sa.Column("job_id", sa.String(128), primary_key=True),
-    sa.Column("measured_at", sa.String(40)),
-    sa.Column("stored_at", sa.String(40), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("measured_at", sa.Text),
+    sa.Column("stored_at", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
     sa.Column("nodes", sa.Integer, nullable=False),
     sa.Column("failures", sa.Integer, nullable=False),
     sa.Column("record", sa.Text, nullable=False),
@@ -83,17 +84,17 @@ preflights = sa.Table(
 figures = sa.Table(
     "node_figures",
     metadata,
-    sa.Column("cluster", sa.String(128), primary_key=True),
-    sa.Column("source", sa.String(16), primary_key=True),
-    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("job_id", sa.Text, primary_key=True),
     sa.Column("start", sa.Integer, primary_key=True),
-    sa.Column("node", sa.String(255), primary_key=True),
-    sa.Column("device", sa.String(32), primary_key=True),
-    sa.Column("metric", sa.String(128), primary_key=True),
-    sa.Column("measured_at", sa.String(40)),
-    sa.Column("device_id", sa.String(128), nullable=False),
+    sa.Column("node", sa.Text, primary_key=True),
+    sa.Column("device", sa.Text, primary_key=True),
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("measured_at", sa.Text),
+    sa.Column("device_id", sa.Text, nullable=False),
     sa.Column("value", sa.Float, nullable=False),
-    sa.Column("unit", sa.String(32), nullable=False),
+    sa.Column("unit", sa.Text, nullable=False),
     sa.Column("passed", sa.Boolean, nullable=False),
     sa.Column("versions", sa.Text, nullable=False),
     sa.Index("node_figures_by_metric", "cluster", "metric", "measured_at"),
@@ -101,11 +102,11 @@ figures = sa.Table(
 verdicts = sa.Table(  # schema 2
     "verdicts",
     metadata,
-    sa.Column("cluster", sa.String(128), primary_key=True),
-    sa.Column("sweep_id", sa.String(128), primary_key=True),
-    sa.Column("decided_at", sa.String(40)),
-    sa.Column("stored_at", sa.String(40), nullable=False),
-    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("sweep_id", sa.Text, primary_key=True),
+    sa.Column("decided_at", sa.Text),
+    sa.Column("stored_at", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
     sa.Column("reasons", sa.Text, nullable=False),  # JSON list
     sa.Column("record", sa.Text, nullable=False),
 )
@@ -119,7 +120,9 @@ def _create(*tables: sa.Table) -> Callable[[Connection], None]:
     return step
 
 
-# version -> the step that brings a store of the version before it to this one
+# version -> the step that brings a store of the version before it to this one. A step, once landed, is
+# never changed: a later version adds its tables, or its columns with ALTER TABLE, in a step of its own
+# (tests/test_history.py pins every version's columns).
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create(meta, runs, preflights, figures),
     2: _create(verdicts),  # acceptance verdicts
@@ -157,34 +160,34 @@ class Store:
     """A results store, opened (and created or migrated) from a path or URL (`open_store`)."""
 
     def __init__(self, target: str, engine: Engine, timeout_s: float) -> None:
-        self.target = target
+        self.target = shown_target(target)  # in every message: a URL without its password
         self.engine = engine
         self.timeout_s = timeout_s
         self.backend = engine.dialect.name
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[Connection]:
+    def _transaction(self, what: str, write: bool = True) -> Iterator[Connection]:
+        engine = self.engine if write else self.engine.execution_options(mpt_read_only=True)
         try:
-            with self.engine.begin() as conn:
+            with engine.begin() as conn:
                 yield conn
-        except exc.OperationalError as err:
-            raise StoreError(self._explain(err, what)) from err
-        except exc.DatabaseError as err:
-            raise StoreError(f"{self.target}: {what} failed ({_first_line(err)}): nothing was written") from err
+        except exc.DatabaseError as err:  # OperationalError, and sqlite3's "file is not a database"
+            raise StoreError(self._explain(err, what, write)) from err
 
-    def _explain(self, err: exc.OperationalError, what: str) -> str:
+    def _explain(self, err: exc.DatabaseError, what: str, write: bool) -> str:
         text = _first_line(err)
         low = text.lower()
+        nothing = "nothing was written" if write else "nothing was read"
         if "locked" in low or "lock timeout" in low:
             return (
-                f"{self.target}: locked by another writer for more than {self.timeout_s:g} s; nothing was written: "
+                f"{self.target}: locked by another writer for more than {self.timeout_s:g} s; {nothing}: "
                 "retry when it is done (or raise --store-timeout)"
             )
         if "readonly" in low or "read-only" in low or "unable to open" in low:
-            return f"{self.target}: cannot be written ({text}): give a writable path (nothing was written)"
+            return f"{self.target}: cannot be written ({text}): give a writable path ({nothing})"
         if "not a database" in low:
             return f"{self.target}: not a results store ({text}): name another file; this one was not touched"
-        return f"{self.target}: {what} failed ({text}): nothing was written"
+        return f"{self.target}: {what} failed ({text}): {nothing}"
 
     def migrate(self) -> int:
         """Create or bring the schema to `SCHEMA_VERSION`; the version found before (0: a new store)."""
@@ -222,7 +225,7 @@ class Store:
         conn.execute(sa.insert(meta).values(key="schema_version", value=str(version)))
 
     def schema_version(self) -> int:
-        with self._transaction("reading the schema") as conn:
+        with self._transaction("reading the schema", write=False) as conn:
             return self._version(conn, self.target)
 
     def write(self, batch: Batch) -> dict[str, tuple[int, int]]:
@@ -246,13 +249,12 @@ class Store:
         key = [c.name for c in table.primary_key.columns]
         unique = {tuple(r[k] for k in key): r for r in rows}  # the same key twice in one report: the last wins
         rows = [unique[k] for k in sorted(unique)]  # key order: two writers lock rows in the same order
-        present: set[tuple[Any, ...]] = set()  # the keys already stored, found by cluster and job
+        present: set[tuple[Any, ...]] = set()  # the keys already stored, found by cluster and job (or sweep)
+        job = "sweep_id" if table is verdicts else "job_id"
         for cluster in {r["cluster"] for r in rows}:
-            jobs = sorted({r[key[1]] for r in rows if r["cluster"] == cluster})
+            jobs = sorted({r[job] for r in rows if r["cluster"] == cluster})
             for chunk in _chunks(jobs, 500):
-                query = sa.select(*(table.c[k] for k in key)).where(
-                    table.c.cluster == cluster, table.c[key[1]].in_(chunk)
-                )
+                query = sa.select(*(table.c[k] for k in key)).where(table.c.cluster == cluster, table.c[job].in_(chunk))
                 present |= {tuple(r) for r in conn.execute(query)}
         existing = sum(1 for k in unique if k in present)
         if self.backend == "postgresql":
@@ -272,6 +274,18 @@ class Store:
     def rows(self, table: str, cluster: str | None = None, trended: bool = False) -> list[dict[str, Any]]:
         """Every row of ``table`` (runs, preflights, node_figures, verdicts), JSON columns decoded.
         ``trended``: what `trends` reads: no ``record`` column, and only the node figures it draws."""
+        with self._transaction(f"reading {table}", write=False) as conn:
+            return self._read(conn, table, cluster, trended)
+
+    def snapshot(self, cluster: str) -> dict[str, list[dict[str, Any]]]:
+        """What ``history show`` reads of one cluster (trended rows, verdicts whole), in one transaction."""
+        with self._transaction("reading the history", write=False) as conn:
+            out = {t: self._read(conn, t, cluster, True) for t in ("node_figures", "runs", "preflights")}
+            out["verdicts"] = self._read(conn, "verdicts", cluster, False)
+        return out
+
+    @staticmethod
+    def _read(conn: Connection, table: str, cluster: str | None, trended: bool) -> list[dict[str, Any]]:
         t = metadata.tables[table]
         columns = [c for c in t.columns if not (trended and c.name == "record")]
         query = sa.select(*columns)
@@ -282,8 +296,7 @@ class Store:
                 t.c.source == "preflight",
                 sa.or_(t.c.metric == "matmul_tflops", t.c.metric.like("busbw\\_gbps.%", escape="\\")),
             )
-        with self._transaction(f"reading {table}") as conn:
-            out = [dict(r._mapping) for r in conn.execute(query)]
+        out = [dict(r._mapping) for r in conn.execute(query)]
         decoded: dict[str, Any] = {}  # most rows share a few version sets: each text decoded once
         for row in out:
             for name in ("versions", "record", "reasons"):
@@ -298,7 +311,7 @@ class Store:
         return out
 
     def clusters(self) -> list[str]:
-        with self._transaction("reading clusters") as conn:
+        with self._transaction("reading clusters", write=False) as conn:
             found: set[str] = set()
             for t in (runs, preflights, verdicts):
                 found |= {r[0] for r in conn.execute(sa.select(t.c.cluster).distinct())}
@@ -348,7 +361,7 @@ def engine_for(target: str, timeout_s: float = 30.0) -> Engine:
         if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg")
         if not url.drivername.startswith("postgresql"):
-            raise StoreError(f"{target}: only SQLite files and postgresql:// URLs are supported")
+            raise StoreError(f"{shown_target(target)}: only SQLite files and postgresql:// URLs are supported")
         try:
             import psycopg  # noqa: F401
         except ImportError as err:
@@ -359,7 +372,7 @@ def engine_for(target: str, timeout_s: float = 30.0) -> Engine:
             url,
             connect_args={
                 "connect_timeout": max(1, int(timeout_s)),
-                "options": f"-c lock_timeout={int(timeout_s * 1000)}",
+                "options": f"-c lock_timeout={max(1, int(timeout_s * 1000))}",
             },
             pool_pre_ping=True,
         )
@@ -376,14 +389,31 @@ def engine_for(target: str, timeout_s: float = 30.0) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _write_lock_up_front(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # wait for another writer here, not half-way through
+        # a write waits for another writer here, not half-way through; a read takes no lock until it reads
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("mpt_read_only") else "BEGIN IMMEDIATE")
 
     return engine
 
 
-def open_store(target: str, timeout_s: float = 30.0, warn: Callable[[str], None] | None = None) -> Store:
-    """The store at ``target`` (a path or postgresql:// URL), created or migrated to `SCHEMA_VERSION`."""
+def shown_target(target: str) -> str:
+    """``target`` as messages show it: a URL's password replaced by ``***``."""
+    if "://" not in target:
+        return target
+    try:
+        return sa.make_url(target).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return target
+
+
+def open_store(
+    target: str, timeout_s: float = 30.0, warn: Callable[[str], None] | None = None, create: bool = True
+) -> Store:
+    """The store at ``target`` (a path or postgresql:// URL), created or migrated to `SCHEMA_VERSION`;
+    with ``create=False`` (a store only read, e.g. --own-baseline) one that does not exist yet, or holds
+    nothing, is an error, and nothing is created."""
     target = os.path.expanduser(target)
+    if not create and "://" not in target and not Path(target).is_file():
+        raise StoreError(f"{target}: no such results store: name the file that report.py --store wrote")
     if "://" not in target and warn is not None and (kind := network_filesystem(Path(target).parent)):
         warn(
             f"{target} is on {kind}: SQLite's locking is unreliable there; keep the store on a local disk "
@@ -392,9 +422,24 @@ def open_store(target: str, timeout_s: float = 30.0, warn: Callable[[str], None]
     try:
         store = Store(target, engine_for(target, timeout_s), timeout_s)
     except exc.ArgumentError as err:
-        raise StoreError(f"{target}: not a path or database URL ({err})") from err
+        raise StoreError(f"{shown_target(target)}: not a path or database URL ({err})") from err
     try:
-        store.migrate()
+        if create:
+            store.migrate()
+        elif (found := store.schema_version()) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{store.target}: "
+                + (
+                    "holds no results store: name the store that report.py --store wrote"
+                    if found == 0
+                    else f"schema {found}, this suite's is {SCHEMA_VERSION}: "
+                    + (
+                        "update the suite (git pull)"
+                        if found > SCHEMA_VERSION
+                        else "store a report in it first (migrates it)"
+                    )
+                )
+            )
     except StoreError:
         store.close()
         raise

@@ -279,22 +279,9 @@ def node_series(figures: list[dict[str, Any]]) -> list[Series]:
     return out
 
 
-def model_config(run: Mapping[str, Any]) -> str:
-    """A model configuration's name: runs of the same one are comparable (the published gate's columns)."""
-    parts = [
-        str(run.get("device_type") or "?"),
-        str(run.get("precision") or "?"),
-        f"seq {run.get('max_seq_len') or '?'}",
-        f"batch {run.get('global_batch_size') or '?'}",
-    ]
-    nodes = run.get("nodes")
-    return (
-        f"{run.get('model') or run['run_name']} x {nodes or '?'} node{'s' if nodes != 1 else ''} ({', '.join(parts)})"
-    )
-
-
 def model_series(runs: list[dict[str, Any]]) -> list[Series]:
-    """Per model configuration, tokens/s per device and MFU of its completed runs (a job's last start)."""
+    """Per configuration (`configuration.describe`), tokens/s per device and MFU of its completed runs (a
+    job's last start)."""
     last: dict[tuple[str, str], dict[str, Any]] = {}
     for r in runs:
         key = (r["cluster"], r["job_id"])
@@ -302,11 +289,11 @@ def model_series(runs: list[dict[str, Any]]) -> list[Series]:
             last[key] = r
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in last.values():
-        if r["status"] != "completed":
+        if r["status"] != "completed" or not r["configuration"]:
             continue
         for metric in ("tokens_per_sec_per_device", "mfu"):
             if r[metric] is not None:
-                groups.setdefault((model_config(r), metric), []).append(r)
+                groups.setdefault((r["configuration"], metric), []).append(r)
     out = []
     for (subject, metric), rows in sorted(groups.items()):
         rows.sort(key=lambda r: _order(r["started_at"], r["job_id"]))

@@ -11,8 +11,9 @@ table, bus bandwidth plot), and an ``acceptance_<sweep-id>.json`` manifest of 3.
 adds the sweep's verdict (`verdict`; the newest sweep where there are several).
 
 Exit codes: 0 report written; 1 no run, no preflight and no sweep found; 2 bad arguments or
-unreadable input; 3 ``--baseline`` given and a run is below it by more than ``--tolerance``;
-4 an acceptance sweep's verdict is FAIL.
+unreadable input, or ``--store`` could not store the report (written all the same); 3 ``--baseline``
+or ``--own-baseline`` given and a run is below it by more than ``--tolerance``; 4 an acceptance
+sweep's verdict is FAIL. 4 comes before 1, 3 and a failed store, 1 and 3 before a failed store.
 """
 
 from __future__ import annotations
@@ -200,8 +201,8 @@ def own_baseline(target: str, cluster: str | None, runs: list[RunSummary]) -> li
     from test_case.history.extract import DEFAULT_CLUSTER
     from test_case.history.store import open_store
 
-    name = cluster or next((r.cluster for r in runs if r.cluster), None) or DEFAULT_CLUSTER
-    store = open_store(target)
+    name = next((r.cluster for r in runs if r.cluster), None) or cluster or DEFAULT_CLUSTER
+    store = open_store(target, create=False)  # only read: a mistyped path is an error, not a new empty store
     try:
         rows, _ = own_baseline_rows(store, name, exclude_jobs={r.job_id or r.name for r in runs})
     finally:
@@ -332,15 +333,15 @@ def main(argv: list[str] | None = None) -> int:
             if name not in listed_as_jobs:
                 print(f"no runs in {name}")
         print(f"wrote {', '.join(str(p) for p in written + report.plots)}")
-    if (
-        args.store is not None
-        and (stored := store_report(report, args.store, args.cluster, sys.stderr if args.json else sys.stdout)) != 0
-    ):
-        return stored
+    stored = (
+        0
+        if args.store is None
+        else store_report(report, args.store, args.cluster, sys.stderr if args.json else sys.stdout)
+    )
     if verdict is not None and verdict.status == "FAIL":
-        return 4
+        return 4  # before a store that failed (2): the verdict is what the caller gates on
     if not runs and not preflights and verdict is None:
         return 1
     if any(b and b.status == "below" for r in runs for b in (r.baseline, r.own_baseline)):
         return 3
-    return 0
+    return stored

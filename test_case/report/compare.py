@@ -97,9 +97,13 @@ OWN_SOURCE = "cluster's own"  # how reasons name the rows of `test_case.history.
 
 
 def own_rows_for(run: RunSummary, rows: list[BaselineRow]) -> list[BaselineRow]:
-    """The cluster's own rows of the run's global batch: its own past ran every batch it was given, the
-    published table one per row, so the batch is matched here besides the gate's columns."""
-    return [r for r in rows if r.global_batch_size == run.global_batch_size]
+    """The cluster's own rows of the run's global batch (its own past ran every batch it was given, the
+    published table one per row, so the batch is matched here besides the gate's columns), the one that
+    states most of the run's configuration first: a row of older runs whose logs did not state a setting
+    matches any run, and must not stand in for the run's own configuration."""
+    ours = run_setup(run)
+    same = [r for r in rows if r.global_batch_size == run.global_batch_size]
+    return sorted(same, key=lambda r: -sum(v is not None and v == ours[k] for k, v in r.setup().items()))
 
 
 # (model, gpu, precision, seq, processes per node, scheduler, sweep, what is held: "global" or
