@@ -730,3 +730,28 @@ def test_each_schema_version_has_the_columns_it_landed_with(tmp_path: Path) -> N
             }
         assert found == expected, version
     engine.dispose()
+
+
+def test_the_latest_verdict_is_stored_with_its_sweep_and_shown_on_the_page(tmp_path: Path) -> None:
+    """An acceptance manifest beside the logs: report.py --store keeps the sweep's verdict (keyed by
+    cluster and sweep), and history.html shows the newest one."""
+    from test_case.acceptance.manifest import SweepJob, SweepManifest
+
+    logs = tmp_path / "logs"
+    scaled_log(logs, 31, 1.0)
+    manifest = SweepManifest(
+        "30", "2026-12-06T00:00:00+00:00", ["mpt-tiny-cpu"], [2], "strong", 0.1, 0.9, None,
+        [SweepJob("train", "31", 2, "mpt-tiny-cpu", 16), SweepJob("train", "32", 2, "mpt-tiny-cpu", 16)],
+    )  # fmt: skip
+    manifest.write(logs)
+    url = str(tmp_path / "results.sqlite")
+    assert report_main([str(logs), "--out", str(tmp_path / "rep"), "--no-plots", "--store", url]) == 4
+    store = open_store(url)
+    (verdict,) = store.rows("verdicts")
+    store.close()
+    assert (verdict["cluster"], verdict["sweep_id"], verdict["status"]) == ("default", "30", "FAIL")
+    assert any("job 32" in r and "never ran" in r for r in verdict["reasons"]), verdict["reasons"]
+    shown = history("show", "--store", url, "--out", str(tmp_path / "out"), "--no-plots")
+    assert shown.returncode == 0 and "latest acceptance verdict: sweep 30: FAIL (" in shown.stdout, shown.stdout
+    page = (tmp_path / "out" / "history.html").read_text()
+    assert 'data-figure="verdict|status">FAIL</span>' in page and "job 32" in page
