@@ -303,6 +303,10 @@ def test_a_locked_or_read_only_store_says_so_and_writes_nothing(store_url: str, 
     try:
         assert holding.wait(30)
         done = history("ingest", "--store", store_url, "--store-timeout", "1", str(path))
+        if store_url.startswith("postgresql"):  # LOCK TABLE ... ACCESS EXCLUSIVE blocks readers too
+            read = None
+        else:  # a reader is not kept waiting by a writer
+            read = history("show", "--store", store_url, "--store-timeout", "1", "--out", str(tmp_path / "out"))
     finally:
         release.set()
         holder.join()
@@ -310,6 +314,7 @@ def test_a_locked_or_read_only_store_says_so_and_writes_nothing(store_url: str, 
     assert done.returncode == 2 and "locked by another writer for more than 1 s; nothing was written" in done.stderr, (
         done.stderr
     )
+    assert read is None or (read.returncode == 0 and "nothing stored for cluster default" in read.stdout), read
     assert counts(store_url)["preflights"] == 0
     if store_url.startswith("postgresql"):
         engine = engine_for(store_url)
@@ -640,6 +645,20 @@ def test_own_baseline_from_a_missing_or_foreign_store_is_one_line_and_creates_no
         [sys.executable, "report.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 2 and f"{missing}: no such results store" in done.stderr and not missing.exists()
+    done = history("show", "--store", str(missing), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "no such results store" in done.stderr and not missing.exists()
+    # the same store for --store and --own-baseline: the first report starts it
+    args = [
+        str(log),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-plots",
+        "--own-baseline",
+        str(missing),
+        "--store",
+        str(missing),
+    ]
+    assert report_main(args) == 0 and missing.is_file()
     text_file = tmp_path / "notes.sqlite"
     text_file.write_text("not a database\n" * 100)
     done = history("ingest", "--store", str(text_file), str(preflight_file(tmp_path, HEALTHY)))
@@ -677,7 +696,7 @@ def test_configurations_differ_by_every_column_of_the_published_gate() -> None:
            "global_batch_size": 256, "precision": "amp_bf16", "microbatch": 8, "activation_checkpointing": False,
            "fsdp_sharding": "FULL_SHARD", "fsdp_mixed_precision": "PURE"}  # fmt: skip
     assert configuration.describe(run) == (
-        "mpt-7b on 16 h100-80gb (2 nodes), amp_bf16, seq 2048, batch 256, microbatch 8, activation checkpointing "
+        "mpt-7b on 16 h100-80gb, amp_bf16, seq 2048, batch 256, microbatch 8, activation checkpointing "
         "off, FSDP FULL_SHARD PURE"
     )
     for name, other in (("activation_checkpointing", True), ("microbatch", 4), ("fsdp_mixed_precision", "DEFAULT")):
@@ -750,6 +769,11 @@ def test_the_latest_verdict_is_stored_with_its_sweep_and_shown_on_the_page(tmp_p
     (verdict,) = store.rows("verdicts")
     store.close()
     assert (verdict["cluster"], verdict["sweep_id"], verdict["status"]) == ("default", "30", "FAIL")
+    # a sweep's verdict goes with its runs: their own cluster, where they name one, over --cluster
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    doc["runs"][0]["cluster"] = "p5-east"
+    batch = extract.batch_of_report(doc, "other")
+    assert {r.cluster for r in batch.runs} == {v.cluster for v in batch.verdicts} == {"p5-east"}
     assert any("job 32" in r and "never ran" in r for r in verdict["reasons"]), verdict["reasons"]
     shown = history("show", "--store", url, "--out", str(tmp_path / "out"), "--no-plots")
     assert shown.returncode == 0 and "latest acceptance verdict: sweep 30: FAIL (" in shown.stdout, shown.stdout

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from test_case.history import export, extract, trends, views
 from test_case.history.records import Batch
-from test_case.history.store import Store, StoreError, open_store
+from test_case.history.store import Store, StoreError, open_store, shown_target
 
 PROG = "python -m test_case.history"
 
@@ -122,9 +122,12 @@ def ingest(args: argparse.Namespace) -> int:
 
 
 class _opened:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, create: bool = True) -> None:
         self.store = open_store(
-            args.store, args.store_timeout, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr)
+            args.store,
+            args.store_timeout,
+            warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr),
+            create=create,
         )
 
     def __enter__(self) -> Store:
@@ -139,7 +142,7 @@ def show(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: --last, --window, --min-history >= 1; --threshold in [0, 1); --z >= 0", file=sys.stderr)
         return 2
     settings = trends.Settings(args.last, args.threshold, args.window, args.drift_threshold, args.z, args.min_history)
-    with _opened(args) as store:
+    with _opened(args, create=False) as store:  # only read: a mistyped path is an error, not a new store
         clusters = store.clusters()
         cluster = args.cluster
         if cluster is None:
@@ -153,7 +156,7 @@ def show(args: argparse.Namespace) -> int:
         tables = store.snapshot(cluster)  # one read transaction: a writer meanwhile is seen whole or not at all
     figures, runs, preflights, verdicts = (tables[t] for t in ("node_figures", "runs", "preflights", "verdicts"))
     if not (runs or preflights):
-        print(f"{PROG}: nothing stored for cluster {cluster} in {args.store}: store reports with `ingest` first")
+        print(f"{PROG}: nothing stored for cluster {cluster} in {shown_target(args.store)}: store reports first")
         return 0
     series = trends.node_series(figures) + trends.model_series(runs)
     verdict = max(verdicts, key=lambda v: (v["decided_at"] or "", v["stored_at"]), default=None)
@@ -161,27 +164,23 @@ def show(args: argparse.Namespace) -> int:
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(
-            f"{PROG}: error: --out {out}: cannot be made ({err.strerror or err}): name a writable folder",
-            file=sys.stderr,
-        )
-        return 2
-    if not args.no_plots:
-        from test_case.history.plots import plot_history
+        if not args.no_plots:
+            from test_case.history.plots import plot_history
 
-        history.plots = plot_history(history, out)
-    files = {
-        "history.md": views.markdown_text(history),
-        "history.html": views.html_page(history),
-        "history.jsonl": export.jsonl(history),
-        "history.prom": export.prometheus(history),
-    }
-    try:
+            history.plots = plot_history(history, out)
+        files = {
+            "history.md": views.markdown_text(history),
+            "history.html": views.html_page(history),
+            "history.jsonl": export.jsonl(history),
+            "history.prom": export.prometheus(history),
+        }
         for name, text in files.items():
             (out / name).write_text(text)
     except OSError as err:
-        print(f"{PROG}: error: --out {out}: cannot be written ({err.strerror or err})", file=sys.stderr)
+        print(
+            f"{PROG}: error: --out {out}: cannot be written ({err.strerror or err}): name a writable folder",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         print(json.dumps(export.records(history), indent=2))

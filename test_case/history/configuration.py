@@ -40,16 +40,14 @@ def key(run: Mapping[str, Any]) -> tuple[Any, ...] | None:
 
 
 def describe(run: Mapping[str, Any]) -> str | None:
-    """The configuration as one line, e.g. ``mpt-7b on 16 h100-80gb (2 nodes), amp_bf16, seq 2048, batch
-    256, microbatch 8, activation checkpointing off, FSDP FULL_SHARD PURE``; None as `key`."""
+    """`key` as one line (and nothing more), e.g. ``mpt-7b on 16 h100-80gb, amp_bf16, seq 2048, batch 256,
+    microbatch 8, activation checkpointing off, FSDP FULL_SHARD PURE``; None as `key`."""
     found = key(run)
     if found is None:
         return None
     gpu, model, world, seq, batch, precision, micro, ckpt, sharding, mixed = found
-    nodes = run.get("nodes")
-    where = f" ({nodes} node{'s' if nodes != 1 else ''})" if nodes else ""
     fsdp = " ".join(str(v) for v in (sharding, mixed) if v) or "none"
     return (
-        f"{model} on {world} {gpu}{where}, {precision or '?'}, seq {seq}, batch {batch}, microbatch "
+        f"{model} on {world} {gpu}, {precision or '?'}, seq {seq}, batch {batch}, microbatch "
         f"{micro if micro is not None else '?'}, activation checkpointing {'on' if ckpt else 'off'}, FSDP {fsdp}"
     )

@@ -99,7 +99,7 @@ def batch_of_report(doc: Mapping[str, Any], cluster: str | None = None) -> Batch
         starts = [r.started_at for r in batch.runs if r.started_at]
         batch.verdicts.append(
             VerdictResult(
-                cluster=fallback,
+                cluster=_named_cluster(doc.get("runs") or [], preflights) or fallback,  # its runs' cluster
                 sweep_id=str(verdict["sweep_id"]),
                 status=str(verdict["status"]),
                 decided_at=max(starts, default=None),

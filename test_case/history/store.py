@@ -166,8 +166,10 @@ class Store:
         self.backend = engine.dialect.name
 
     @contextmanager
-    def _transaction(self, what: str, write: bool = True) -> Iterator[Connection]:
+    def _transaction(self, what: str, write: bool = True, snapshot: bool = False) -> Iterator[Connection]:
         engine = self.engine if write else self.engine.execution_options(mpt_read_only=True)
+        if snapshot and self.backend == "postgresql":  # READ COMMITTED would give each SELECT its own snapshot
+            engine = engine.execution_options(isolation_level="REPEATABLE READ")
         try:
             with engine.begin() as conn:
                 yield conn
@@ -184,6 +186,8 @@ class Store:
                 "retry when it is done (or raise --store-timeout)"
             )
         if "readonly" in low or "read-only" in low or "unable to open" in low:
+            if not write:
+                return f"{self.target}: cannot be opened ({text}) ({nothing})"
             return f"{self.target}: cannot be written ({text}): give a writable path ({nothing})"
         if "not a database" in low:
             return f"{self.target}: not a results store ({text}): name another file; this one was not touched"
@@ -279,7 +283,7 @@ class Store:
 
     def snapshot(self, cluster: str) -> dict[str, list[dict[str, Any]]]:
         """What ``history show`` reads of one cluster (trended rows, verdicts whole), in one transaction."""
-        with self._transaction("reading the history", write=False) as conn:
+        with self._transaction("reading the history", write=False, snapshot=True) as conn:
             out = {t: self._read(conn, t, cluster, True) for t in ("node_figures", "runs", "preflights")}
             out["verdicts"] = self._read(conn, "verdicts", cluster, False)
         return out
@@ -401,8 +405,8 @@ def shown_target(target: str) -> str:
         return target
     try:
         return sa.make_url(target).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return target
+    except (exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return target.split("@")[-1]
 
 
 def open_store(
@@ -421,25 +425,21 @@ def open_store(
         )
     try:
         store = Store(target, engine_for(target, timeout_s), timeout_s)
-    except exc.ArgumentError as err:
+    except (exc.ArgumentError, ValueError) as err:
         raise StoreError(f"{shown_target(target)}: not a path or database URL ({err})") from err
     try:
-        if create:
+        if create and store.schema_version() != SCHEMA_VERSION:  # read first: the write lock only to migrate
             store.migrate()
-        elif (found := store.schema_version()) != SCHEMA_VERSION:
-            raise StoreError(
-                f"{store.target}: "
-                + (
-                    "holds no results store: name the store that report.py --store wrote"
-                    if found == 0
-                    else f"schema {found}, this suite's is {SCHEMA_VERSION}: "
-                    + (
-                        "update the suite (git pull)"
-                        if found > SCHEMA_VERSION
-                        else "store a report in it first (migrates it)"
-                    )
+        elif not create and (found := store.schema_version()) != SCHEMA_VERSION:
+            if found == 0:
+                why = "holds no results store: name the store that report.py --store wrote"
+            elif found > SCHEMA_VERSION:
+                why = f"schema {found} is newer than this suite's ({SCHEMA_VERSION}): update the suite (git pull)"
+            else:
+                why = (
+                    f"schema {found} is older than this suite's ({SCHEMA_VERSION}): store a report in it (migrates it)"
                 )
-            )
+            raise StoreError(f"{store.target}: {why}; it was not touched")
     except StoreError:
         store.close()
         raise

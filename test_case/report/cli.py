@@ -194,15 +194,17 @@ def draw_plots(report: Report, out_dir: Path) -> list[Path]:
     return plots + [plot_preflight(pf, out_dir) for pf in report.preflight if pf.bandwidth]
 
 
-def own_baseline(target: str, cluster: str | None, runs: list[RunSummary]) -> list[BaselineRow]:
+def own_baseline(target: str, cluster: str | None, runs: list[RunSummary], create: bool) -> list[BaselineRow]:
     """The cluster's own baseline rows from the store (`test_case.history.baseline`), the runs being
-    judged left out; the cluster is ``cluster``, else the one the runs' headers name, else ``default``."""
+    judged left out; the cluster is the one the runs' headers name, else ``cluster``, else ``default``.
+    ``create``: the store is also the one --store writes, so a first report may start it (an empty
+    baseline: every run "no-match"); else a store that does not exist is an error."""
     from test_case.history.baseline import own_baseline_rows
     from test_case.history.extract import DEFAULT_CLUSTER
     from test_case.history.store import open_store
 
     name = next((r.cluster for r in runs if r.cluster), None) or cluster or DEFAULT_CLUSTER
-    store = open_store(target, create=False)  # only read: a mistyped path is an error, not a new empty store
+    store = open_store(target, create=create)  # only read: a mistyped path is an error, not a new empty store
     try:
         rows, _ = own_baseline_rows(store, name, exclude_jobs={r.job_id or r.name for r in runs})
     finally:
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         from test_case.history.store import StoreError  # SQLAlchemy only where a store is named
 
         try:
-            own_rows = own_baseline(args.own_baseline, args.cluster, runs)
+            own_rows = own_baseline(args.own_baseline, args.cluster, runs, create=args.own_baseline == args.store)
         except StoreError as err:
             print(f"report.py: error: --own-baseline: {err}", file=sys.stderr)
             return 2
