@@ -136,8 +136,13 @@ def on_another_cpu_path(node: str, settings: dict[str, str], folder: Path) -> di
 def test_a_node_with_its_dev_shm_nearly_full_and_another_cpu_path_is_named_for_both(
     cluster: LocalSlurmCluster, settings: dict[str, str], tmp_path: Path
 ) -> None:
+    # Judged at a 40 % peer tolerance, as the healthy run: this test is about /dev/shm and the numbers,
+    # and at the default 25 % a healthy node3's matmul was once named here (a CI run of 2026-12-06: below
+    # 0.0471 TFLOP/s, 25 % under the median of 0.0628, three emulated nodes sharing two cores). The
+    # default still names a node slowed for real: test_a_node_given_a_fifth_of_a_core_is_named.
+    loose = {**settings, "PREFLIGHT_ARGS": settings["PREFLIGHT_ARGS"] + " --peer-tolerance 0.4"}
     with cluster.shm_filled("node2", 900):
-        run = run_preflight(cluster, on_another_cpu_path("node2", settings, tmp_path / "venv"))
+        run = run_preflight(cluster, on_another_cpu_path("node2", loose, tmp_path / "venv"))
     assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
     failures = run.report["failures"]
     # node2 and only node2 is named, for its /dev/shm and its numbers; on 2 busy cores, filling
