@@ -129,6 +129,15 @@ def test_a_hang_is_blamed_on_the_rank_whose_heartbeat_stopped(tmp_path: Path) ->
     [
         ([Beat(0, "a", 1, 100.0), Beat(1, "b", 2, 60.0)], [1]),  # killed while stopped: stale
         ([Beat(0, "a", 1, 100.0, 5, 90), Beat(1, "b", 2, 104.0, 44, 104)], [1]),  # woken at the end
+        # woken 16 s after its peer had ended (a loaded machine: the job took that long to end the step);
+        # recorded from the local cluster: start 1 of job 192, rank 1 on node4 stopped with SIGSTOP
+        (
+            [
+                Beat(0, "n3", 1, 1796538503.681, 5.018, 1796538463.68),
+                Beat(1, "n4", 2, 1796538519.823, 55.997, 1796538519.823),
+            ],
+            [1],
+        ),
         ([Beat(0, "a", 1, 100.0, 30, 40), Beat(1, "b", 2, 101.0)], []),  # a long gap, long before the end
         ([Beat(0, "a", 1, 100.0), Beat(1, "b", 2, 98.0)], []),  # a crash: all stop together
         ([Beat(0, "a", 1, 50.0), Beat(1, "b", 2, 50.0)], []),  # everything stopped: nobody to blame

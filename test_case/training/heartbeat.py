@@ -137,17 +137,29 @@ def read_beats(folder: Path) -> list[Beat]:
     return sorted(beats, key=lambda b: b.rank)
 
 
+def running_until(beat: Beat, every: float) -> float:
+    """When a rank last ran steadily: its last beat, or, for a rank woken only for its last moments
+    (its longest gap, longer than `SILENT_AFTER` intervals, ended within an interval of its last
+    beat), when that gap began."""
+    if beat.gap_s > SILENT_AFTER * every and beat.gap_end >= beat.time - every:
+        return beat.gap_end - beat.gap_s
+    return beat.time
+
+
 def silent_ranks(beats: list[Beat], every: float) -> list[Beat]:
-    """Ranks that had stopped while the others went on, longer than `SILENT_AFTER` intervals: the
-    last beat that much older than the newest of the others, or a gap that long that ended only
-    within an interval of the others' last beats. Empty when all stopped together (a crash, the end)."""
+    """Ranks that had stopped while the others went on, longer than `SILENT_AFTER` intervals: stopped
+    running (`running_until`) that much before the latest of the others did. A rank woken at the end is
+    judged by when its gap began, so neither the time the job took to wake and end it nor its last
+    beats make its peers, which had ended meanwhile, look stopped. Empty when all stopped together (a
+    crash, the end)."""
     if len(beats) < 2:
         return []
     limit = SILENT_AFTER * every
+    until = [running_until(b, every) for b in beats]
     silent = []
-    for b in beats:
-        others = max(o.time for o in beats if o is not b)
-        if others - b.time > limit or (b.gap_s > limit and b.gap_end >= others - every):
+    for i, b in enumerate(beats):
+        others = max(t for j, t in enumerate(until) if j != i)
+        if others - until[i] > limit:
             silent.append(b)
     return silent if len(silent) < len(beats) else []
 
