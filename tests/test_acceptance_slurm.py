@@ -159,8 +159,13 @@ def test_a_sweep_with_a_slow_node_fails_naming_it(cluster: LocalSlurmCluster, se
     assert (straggler.node, straggler.rank) == ("node2", 1)
     assert straggler.ratio_to_median > STRAGGLER_RATIO
     assert summary.node_compute[0].node == "node2" and summary.node_compute[0].straggler
+    # Every full window of the callback (20 batches) names node2. The last one, of the 10 batches left,
+    # is not judged: a quarter of a core's quota bites in bursts, and the short tail can fall between
+    # them (node2 1.66x the median rank in batches 1-20, then 1.05x node1 in 21-30 once, 2026-12-06);
+    # the run's straggler above is the median over all windows.
     windows = [e for _, e in parsed.timing_events if isinstance(e, RankTimes)]
-    assert windows and all(w.slowest_node == "node2" for w in windows)
+    full = [w for w in windows if w.batches == 20]
+    assert full and all(w.slowest_node == "node2" for w in full), windows
 
 
 def test_a_sweep_whose_preflight_fails_trains_nothing_and_says_why(
