@@ -1,6 +1,7 @@
 """Shared fixtures and the suite's plumbing: offline environment, the demo's C4 sample and tokenizer,
-an MDS dataset built from them, the one local Slurm cluster of a session, each module's area marker,
-and the per-test durations every run records (tests/durations.py)."""
+an MDS dataset built from them, the one local Slurm cluster of a session, the Slurm jobs that run in
+the background from the session's start, the order of the modules, each module's area marker, and
+the per-test durations every run records (tests/durations.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.durations import Recorder, durations_file
+from tests.fault_scenario import FaultScenario
 from tests.local_slurm import LocalSlurmCluster, session_cluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,29 +90,69 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(Recorder(durations_file()), "durations")
 
 
+# The module whose Slurm jobs run in the background from the session's start (`background`).
+BACKGROUND_MODULE = "test_fault_tolerance_slurm"
+
+
+def run_order(item: pytest.Item) -> int:
+    """Where a test's module runs: the modules that need no cluster first, the quick ones (one core,
+    mostly) before those that train (both cores): they compute while the background jobs wait; then
+    the module of the background jobs (it reads their results); then the other Slurm modules, alone on
+    the cluster (their timing is judged). Within each group, files and tests keep their order."""
+    if Path(str(item.fspath)).stem == BACKGROUND_MODULE:
+        return 2
+    if item.get_closest_marker("slurm"):
+        return 3
+    return 1 if item.get_closest_marker("slow") else 0
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its module's areas (`AREAS`)."""
+    """Mark each test with its module's areas (`AREAS`); order the modules (`run_order`)."""
     for item in items:
         module = Path(str(item.fspath)).stem
         if module not in AREAS:
             raise pytest.UsageError(f"tests/conftest.py: {module} has no entry in AREAS: add its areas there")
         for area in AREAS[module]:
             item.add_marker(area)
+    items.sort(key=run_order)  # stable: the order of files and tests within each group is kept
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[LocalSlurmCluster]:
-    """The session's one local Slurm cluster (tests/local_slurm.py): 5 nodes, partitions ``debug``
-    (node1-2, the default), ``three`` (node1-3) and ``all``; reused, and left running, when
-    ``python -m tests.local_slurm up`` started it."""
+    """The session's one local Slurm cluster (tests/local_slurm.py): 8 nodes, partitions ``debug``
+    (node1-2, the default), ``three`` (node1-3), ``five`` (node1-5), ``spare`` (node6-8) and ``all``;
+    reused, and left running, when ``python -m tests.local_slurm up`` started it."""
     yield from session_cluster()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def background(request: pytest.FixtureRequest) -> Iterator[FaultScenario | None]:
+    """The jobs of tests/test_fault_tolerance_slurm.py (tests/fault_scenario.py), started before the
+    first test when any of that module's tests is selected: they mostly wait (a requeue gap, gloo's
+    timeout, Slurm noticing a dead slurmd), so they run while the modules that need no cluster compute.
+    Cancelled at the end of a session that stopped before reading them."""
+    wanted = any(Path(str(item.fspath)).stem == BACKGROUND_MODULE for item in request.session.items)
+    if not wanted or os.geteuid() != 0:  # without root that module's tests skip (`session_cluster`)
+        yield None
+        return
+    slurm: LocalSlurmCluster = request.getfixturevalue("slurm_cluster")
+    data: Path = request.getfixturevalue("mds_root")
+    assets: tuple[Path, Path] = request.getfixturevalue("demo_assets")
+    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    slurm.settle()
+    scenario = FaultScenario(slurm, data, assets[1], factory.mktemp("faults")).start()
+    yield scenario
+    scenario.cancel()
+
+
 @pytest.fixture(scope="module")
-def cluster(slurm_cluster: LocalSlurmCluster) -> Iterator[LocalSlurmCluster]:
-    """The session's cluster for one Slurm module: no job left and every node idle before the module
-    and after it (a fault a module did not undo fails here, not in the next module)."""
+def cluster(slurm_cluster: LocalSlurmCluster, background: FaultScenario | None) -> Iterator[LocalSlurmCluster]:
+    """The session's cluster for one Slurm module, alone: the background jobs ended, no job left and
+    every node idle before the module and after it (a fault a module did not undo fails here, not in
+    the next module)."""
+    if background is not None:
+        background.join()
     slurm_cluster.settle()
     yield slurm_cluster
     slurm_cluster.settle()

@@ -1,11 +1,13 @@
 """A real Slurm cluster on this one machine, for the integration tests (and for trying the scripts).
 
 Debian's ``slurm-wlm`` (slurmctld + slurmd) and ``munge``, installed when missing, started by hand
-(no systemd): one controller and N emulated nodes ``node1..nodeN`` (5 by default, the most any test
-needs), in three partitions (`PARTITIONS`): ``debug``, the default, ``node[1-2]`` (what a 2-node
-test submits to); ``three``, ``node[1-3]`` (the preflight's 3 nodes; a 2-node crash loop that can
-spare one node and no more); ``all``, every node (a 2-node job that loses a node three times and
-moves on each time). Idle emulated nodes cost next to nothing: they share this machine's cores.
+(no systemd): one controller and N emulated nodes ``node1..nodeN`` (8 by default, the most any test
+session needs at once), in partitions (`PARTITIONS`): ``debug``, the default, ``node[1-2]`` (what a
+2-node test submits to); ``three``, ``node[1-3]`` (the preflight's 3 nodes); ``five``, ``node[1-5]``
+(a 2-node job that loses a node three times and moves on each time); ``spare``, ``node[6-8]``, beside
+``five`` (a 2-node crash loop that can spare one node and no more, then a healthy 2-node run, while
+the faulted run goes on: tests/fault_scenario.py); ``all``, every node. Idle emulated nodes cost next
+to nothing: they share this machine's cores.
 Each ``slurmd -N nodeK`` runs in its own UTS and mount namespace (``unshare -u -m``) with hostname
 ``nodeK`` and a hosts file that names every node, and its own ``/dev/shm`` (real nodes never share
 one; streaming keys its shared memory by name there), so jobs see a real multi-node allocation
@@ -46,7 +48,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 PACKAGES = ("slurm-wlm", "munge", "iptables")  # iptables: `slowed_link`
@@ -54,7 +56,8 @@ DEFAULT_WORKDIR = Path("/tmp/mpt-suite-slurm")
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # cgroup v1, writable on these machines
 UNIFIED_CGROUP = Path("/sys/fs/cgroup/unified")  # the cgroup v2 hierarchy beside it: what iptables' cgroup match reads
 CTLD_PORT = 16817
-PARTITIONS = {"debug": 2, "three": 3}  # name: its nodes, node1 on (``debug`` is the default); ``all`` has every node
+# name: (first, last) node number (``debug`` is the default); ``all`` has every node
+PARTITIONS = {"debug": (1, 2), "three": (1, 3), "five": (1, 5), "spare": (6, 8)}
 NODE_PORT_BASE = 17000
 GPUS_PER_NODE = 4  # GRES per emulated node (module docstring); 4 ranks' /dev/shm share fits a node's 1 GiB
 NVIDIA_MAJOR = 195  # the character-device major number of /dev/nvidia<N>
@@ -149,13 +152,20 @@ class LocalSlurmCluster:
     """A controller and ``nodes`` emulated nodes whose state lives under ``workdir``."""
 
     workdir: Path = DEFAULT_WORKDIR
-    nodes: int = 5
+    nodes: int = 8
     cpus_per_node: int = 1
     # s without an answer from a node's slurmd before Slurm marks it down. 10 s lets the killed-slurmd
-    # test see its node marked down about 30 s after the kill; a slurmd throttled to a fifth of a core
-    # (the preflight's and the acceptance's slow node) still answers every ping well inside it.
+    # test see its node marked down about 30 s after the kill; a slurmd throttled to a tenth of a core
+    # (the preflight's slow node; the acceptance's has a quarter) still answers every ping well inside it.
     slurmd_timeout: int = 10
     extra_config: tuple[str, ...] = ()  # slurm.conf lines added for a while (`configured`)
+    # the environment its client commands and daemons start from: os.environ at each call when None;
+    # a copy taken once for a thread that runs beside tests that change os.environ (`pinned`)
+    environ: dict[str, str] | None = None
+
+    def pinned(self) -> LocalSlurmCluster:
+        """The same cluster, its commands run with os.environ as it is now, whatever changes it later."""
+        return replace(self, environ=dict(os.environ))
 
     @property
     def conf(self) -> Path:
@@ -165,7 +175,7 @@ class LocalSlurmCluster:
     @property
     def env(self) -> dict[str, str]:
         """Environment for Slurm client commands (sbatch, squeue, scontrol)."""
-        return dict(os.environ, SLURM_CONF=str(self.conf))
+        return dict(os.environ if self.environ is None else self.environ, SLURM_CONF=str(self.conf))
 
     @property
     def node_names(self) -> list[str]:
@@ -351,8 +361,9 @@ class LocalSlurmCluster:
         self._spawn(name, ["unshare", "-u", "-m", "sh", "-c", inner])
 
     def partitions(self) -> dict[str, list[str]]:
-        """Each partition's nodes (`PARTITIONS`, cut to the cluster's size)."""
-        return {name: self.node_names[:size] for name, size in PARTITIONS.items()} | {"all": self.node_names}
+        """Each partition's nodes (`PARTITIONS`, cut to the cluster's size; one beyond it left out)."""
+        cut = {name: self.node_names[first - 1 : last] for name, (first, last) in PARTITIONS.items()}
+        return {name: nodes for name, nodes in cut.items() if nodes} | {"all": self.node_names}
 
     def node_state(self, name: str) -> str:
         """``sinfo``'s long state of ``name`` (``idle``, ``allocated``, ``down*``, ...)."""

@@ -1,10 +1,11 @@
 """Both sbatch scripts on a real 2-node Slurm cluster started by the test (see tests/local_slurm.py).
 
 Preprocessing runs once; the tiny MPT then trains on both nodes twice with the same config:
-uninterrupted, and interrupted twice (requeued with ``scontrol requeue`` after its first checkpoint,
-then, after a checkpoint of its second start, sent the time-limit warning (USR1) that makes the
-script requeue itself). Each start must resume from its checkpoint and the run must end exactly
-where the uninterrupted run ends. A killed rank, a job stopped
+uninterrupted (alone on the cluster: its rank timing names no straggler), and interrupted twice
+(requeued with ``scontrol requeue`` after its first checkpoint, then, after a checkpoint of its
+second start, sent the time-limit warning (USR1) that makes the script requeue itself), on
+partition ``spare`` while the other tests run on ``debug``. Each start must resume from its
+checkpoint and the run must end exactly where the uninterrupted run ends. A killed rank, a job stopped
 by its check step and a typo make the failed and never-started runs the report must show; a second
 preprocessing job into a folder that one is writing, submitted from another directory, is refused.
 """
@@ -19,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from preprocessing.writer_lock import LOCK
 from test_case.report.log_lines import ParsedLog
 from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import LOSS_KEY, summarise_run
+from test_case.report.stragglers import STRAGGLER_RATIO
+from test_case.timing_events import RankTimes
 from test_case.training.node_plan import expand_hostlist
 from tests.conftest import REPO_ROOT
 from tests.local_slurm import LocalSlurmCluster, rank_pid
@@ -100,9 +105,9 @@ class TrainRun:
     parsed: ParsedLog
 
 
-def submit_training(cluster: LocalSlurmCluster, ws: Workspace, **env: str) -> str:
-    args = [f"--output={ws.logs}/%x_%j.out", "--nodes=2", TRAIN, "mpt-tiny-cpu", *OVERRIDES]
-    return cluster.sbatch(args, cwd=REPO_ROOT, env=ws.env(**env))
+def submit_training(cluster: LocalSlurmCluster, ws: Workspace, partition: str = "debug", **env: str) -> str:
+    args = [f"--output={ws.logs}/%x_%j.out", f"--partition={partition}", "--nodes=2", TRAIN, "mpt-tiny-cpu"]
+    return cluster.sbatch([*args, *OVERRIDES], cwd=REPO_ROOT, env=ws.env(**env))
 
 
 def finish(cluster: LocalSlurmCluster, ws: Workspace, job: str) -> TrainRun:
@@ -175,6 +180,20 @@ def test_training_on_two_nodes(uninterrupted: TrainRun, workspace: Workspace) ->
     assert re.fullmatch(rf"\[\S+\] job {run.job_id} end: exit code 0 after \d+ s", lines[-1]), lines[-1]
 
 
+def test_a_healthy_two_node_run_names_no_straggler(uninterrupted: TrainRun) -> None:
+    """Rank timing (`test_case.training.rank_timing`) of a run alone on the cluster: no node named."""
+    summary = summarise_run(uninterrupted.parsed)
+    print(f"healthy 2-node run: per-node compute (threshold {STRAGGLER_RATIO}x the median rank):")
+    for n in summary.node_compute:
+        print(f"  {n.node}: {n.median_compute_s:.4f} s/batch, {n.ratio_to_median:.2f}x, straggler={n.straggler}")
+    assert [n.node for n in summary.node_compute] in (["node1", "node2"], ["node2", "node1"])
+    assert summary.stragglers == []
+    assert all(n.median_compute_s > 0 and not n.straggler for n in summary.node_compute)
+    windows = [e for _, e in uninterrupted.parsed.timing_events if isinstance(e, RankTimes)]
+    assert [w.batch for w in windows] == [20, 40, 60]  # every 20 batches, both ranks
+    assert all(len(w.compute_s) == 2 for w in windows)
+
+
 def test_report_reads_the_two_node_log(uninterrupted: TrainRun, tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "report.py", str(uninterrupted.log), "--out", str(tmp_path)],
@@ -204,45 +223,6 @@ def parse_log_file_text(text: str) -> ParsedLog:
 def checkpoint_batch(path: Path) -> int:
     """``ep0-ba10-rank0.pt`` -> 10."""
     return int(path.name.split("-ba")[1].split("-")[0])
-
-
-@pytest.fixture(scope="module")
-def requeued(cluster: LocalSlurmCluster, workspace: Workspace) -> tuple[TrainRun, list[Path]]:
-    """One run interrupted twice, each time after a checkpoint of the start it interrupts: requeued
-    with ``scontrol requeue`` (an admin, a preemption), then sent the time-limit warning that makes
-    the script requeue itself (what ``--signal=B:USR1@120`` delivers before the time limit: USR1 to
-    the batch shell only). The run, and the checkpoint each interruption came after."""
-    job = submit_training(cluster, workspace)
-    first = wait_for_checkpoint(workspace, job)
-    subprocess.run(["scontrol", "requeue", job], env=cluster.env, check=True, capture_output=True)
-    rank_pid(job, rank=0, timeout=300, restart=1)  # start 1 is up; the ranks are still importing
-    second = wait_for_checkpoint(workspace, job, after=checkpoint_batch(wait_for_checkpoint(workspace, job)))
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster.env, check=True, capture_output=True)
-    return finish(cluster, workspace, job), [first, second]
-
-
-def test_requeue_and_the_time_limit_signal_resume_from_the_checkpoint(
-    requeued: tuple[TrainRun, list[Path]], uninterrupted: TrainRun
-) -> None:
-    run, saved = requeued
-    assert run.info["Restarts"] == "2"
-    starts = [line for line in run.text.splitlines() if "[run-header] restart_count:" in line]
-    assert [s.rsplit(":", 1)[1].strip() for s in starts] == ["0", "1", "2"]
-    assert f"time limit near: requeueing job {run.job_id}" in run.text
-    assert run.text.count("time limit near: requeueing job") == 1  # the second interruption, not the first
-    assert run.text.index(starts[1]) < run.text.index("time limit near: requeueing job") < run.text.index(starts[2])
-    for n, checkpoint in enumerate(saved, start=1):
-        following = run.text.index(starts[n + 1]) if n + 1 < len(starts) else len(run.text)
-        resumed = parse_log_file_text(run.text[run.text.index(starts[n]) : following])
-        assert resumed.train_blocks[0].step > checkpoint_batch(checkpoint)  # after a checkpoint, not from batch 1
-        print(f"start {n} resumed at batch {resumed.train_blocks[0].step} (checkpoint {checkpoint.name} before it)")
-    last = parse_log_file_text(run.text[run.text.index(starts[2]) :]).train_blocks[-1]
-    assert last.step == last.total == 60
-    final = run.parsed.train_blocks[-1].metrics[LOSS_KEY]
-    assert final == uninterrupted.parsed.train_blocks[-1].metrics[LOSS_KEY]
-    # each start ends with its line: the first two stopped by Slurm's SIGTERM, the last one done
-    ends = re.findall(rf"^\[\S+\] job {run.job_id} end: (exit code .*) after \d+ s$", run.text, re.MULTILINE)
-    assert ends == ["exit code 143 (stopped by SIGTERM)"] * 2 + ["exit code 0"], ends
 
 
 def wait_for_batch(log: Path, batch: int, timeout: float = 300) -> None:
@@ -355,54 +335,6 @@ def test_a_typo_in_an_override_stops_the_job_once_with_exit_code_2(mistyped: Tra
     )
     assert mistyped.text.count(error) == 1 and "launch: node" not in mistyped.text and "Traceback" not in mistyped.text
     assert re.search(rf"\] job {mistyped.job_id} end: exit code 2 after \d+ s$", mistyped.text.rstrip())
-
-
-def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
-    uninterrupted: TrainRun,
-    requeued: tuple[TrainRun, list[Path]],
-    killed_rank: TrainRun,
-    never_started: tuple[str, dict[str, str]],
-    mistyped: TrainRun,
-    workspace: Workspace,
-    tmp_path: Path,
-) -> None:
-    assert killed_rank.info["JobState"] == "FAILED" and never_started[1]["JobState"] == "FAILED"
-    out = subprocess.run(
-        [sys.executable, "report.py", str(workspace.logs), "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    print(out.stdout)  # the closing notes quote it
-    doc = json.loads((tmp_path / "report.json").read_text())
-    runs = {r["job_id"]: r for r in doc["runs"]}
-    assert runs[uninterrupted.job_id]["status"] == "completed"
-    assert (runs[requeued[0].job_id]["status"], runs[requeued[0].job_id]["restarts"]) == ("completed", 2)
-    failed = runs[killed_rank.job_id]
-    assert failed["status"] == "failed" and failed["last_batch"] < 60, failed
-    # the killed rank is the cause, not its peer's "Connection reset by peer" printed before it
-    assert re.search(r"ERROR:composer\.cli\.launcher:Rank \d crashed with exit code -9", failed["failure"]), failed
-    lines = killed_rank.text.splitlines()
-    assert lines[failed["failure_line_number"] - 1] == failed["failure"]  # quoted from the log, line and all
-    # a training failure ends the job with 1, whatever the step's code (here 137: the killed rank)
-    assert re.fullmatch(
-        rf"\[\S+\] job {killed_rank.job_id} end: exit code 1 \(training failed; its step exited with \d+\) "
-        r"after \d+ s",
-        lines[-1],
-    ), lines[-1]
-    assert killed_rank.info["ExitCode"] == "1:0"
-    assert f"restarts: job {killed_rank.job_id} stops after 0 restart(s): failure 1 in a row" in killed_rank.text
-    assert "more than MAX_RESTARTS=0; last failure on node2: rank 1 on node2 was ended by signal 9" in killed_rank.text
-    (job,) = [j for j in doc["jobs_without_training"] if j["job_id"] == never_started[0]]
-    # stopped by the batch script's check step, before any node: one line, no node number
-    assert job["failure"].startswith("launch: error: train_loader: dataset split 'train_small' not found at")
-    (typo,) = [j for j in doc["jobs_without_training"] if j["job_id"] == mistyped.job_id]
-    assert "no config key 'max_durtion'" in typo["failure"]
-    order = [int(r["job_id"]) for r in doc["runs"]]
-    assert order == sorted(order)
-    assert f"did not train: job {never_started[0]}" in out.stdout
 
 
 def test_a_second_preprocessing_job_into_the_same_folder_stops_with_one_line(
@@ -551,3 +483,108 @@ def test_gpus_requested_as_gres_are_what_slurm_gives_and_a_node_that_lists_fewer
         ("node1", "4", "0,1,2,3"),
         ("node2", "4", "0,1,2,3"),
     }
+
+
+def run_requeued(cluster: LocalSlurmCluster, ws: Workspace) -> tuple[TrainRun, list[Path]]:
+    """One run interrupted twice, each time after a checkpoint of the start it interrupts: requeued
+    with ``scontrol requeue`` (an admin, a preemption), then sent the time-limit warning that makes
+    the script requeue itself (what ``--signal=B:USR1@120`` delivers before the time limit: USR1 to
+    the batch shell only). The run, and the checkpoint each interruption came after."""
+    job = submit_training(cluster, ws, partition="spare", PATH=cluster.env["PATH"])
+    first = wait_for_checkpoint(ws, job)
+    subprocess.run(["scontrol", "requeue", job], env=cluster.env, check=True, capture_output=True)
+    rank_pid(job, rank=0, timeout=300, restart=1)  # start 1 is up; the ranks are still importing
+    second = wait_for_checkpoint(ws, job, after=checkpoint_batch(wait_for_checkpoint(ws, job)))
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster.env, check=True, capture_output=True)
+    return finish(cluster, ws, job), [first, second]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def requeue_in_background(
+    cluster: LocalSlurmCluster, workspace: Workspace, uninterrupted: TrainRun
+) -> Iterator[Future[tuple[TrainRun, list[Path]]]]:
+    """The requeued run (`run_requeued`), started once the uninterrupted run has ended (its rank timing
+    is judged: it runs alone), on partition ``spare`` (node6-8) while this module's other tests use
+    ``debug`` (node1-2): it mostly waits (two requeues), so they run meanwhile. Its tests come last."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(run_requeued, cluster.pinned(), workspace)
+        yield future
+        if not future.done():  # the module stopped early: end the job, then let the thread see it end
+            subprocess.run(["scancel", "--partition=spare"], env=cluster.env, check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def requeued(requeue_in_background: Future[tuple[TrainRun, list[Path]]]) -> tuple[TrainRun, list[Path]]:
+    return requeue_in_background.result()
+
+
+def test_requeue_and_the_time_limit_signal_resume_from_the_checkpoint(
+    requeued: tuple[TrainRun, list[Path]], uninterrupted: TrainRun
+) -> None:
+    run, saved = requeued
+    assert run.info["Restarts"] == "2"
+    starts = [line for line in run.text.splitlines() if "[run-header] restart_count:" in line]
+    assert [s.rsplit(":", 1)[1].strip() for s in starts] == ["0", "1", "2"]
+    assert f"time limit near: requeueing job {run.job_id}" in run.text
+    assert run.text.count("time limit near: requeueing job") == 1  # the second interruption, not the first
+    assert run.text.index(starts[1]) < run.text.index("time limit near: requeueing job") < run.text.index(starts[2])
+    for n, checkpoint in enumerate(saved, start=1):
+        following = run.text.index(starts[n + 1]) if n + 1 < len(starts) else len(run.text)
+        resumed = parse_log_file_text(run.text[run.text.index(starts[n]) : following])
+        assert resumed.train_blocks[0].step > checkpoint_batch(checkpoint)  # after a checkpoint, not from batch 1
+        print(f"start {n} resumed at batch {resumed.train_blocks[0].step} (checkpoint {checkpoint.name} before it)")
+    last = parse_log_file_text(run.text[run.text.index(starts[2]) :]).train_blocks[-1]
+    assert last.step == last.total == 60
+    final = run.parsed.train_blocks[-1].metrics[LOSS_KEY]
+    assert final == uninterrupted.parsed.train_blocks[-1].metrics[LOSS_KEY]
+    # each start ends with its line: the first two stopped by Slurm's SIGTERM, the last one done
+    ends = re.findall(rf"^\[\S+\] job {run.job_id} end: (exit code .*) after \d+ s$", run.text, re.MULTILINE)
+    assert ends == ["exit code 143 (stopped by SIGTERM)"] * 2 + ["exit code 0"], ends
+
+
+def test_report_of_a_completed_a_failed_a_never_started_and_a_requeued_run(
+    uninterrupted: TrainRun,
+    requeued: tuple[TrainRun, list[Path]],
+    killed_rank: TrainRun,
+    never_started: tuple[str, dict[str, str]],
+    mistyped: TrainRun,
+    workspace: Workspace,
+    tmp_path: Path,
+) -> None:
+    assert killed_rank.info["JobState"] == "FAILED" and never_started[1]["JobState"] == "FAILED"
+    out = subprocess.run(
+        [sys.executable, "report.py", str(workspace.logs), "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    print(out.stdout)  # the closing notes quote it
+    doc = json.loads((tmp_path / "report.json").read_text())
+    runs = {r["job_id"]: r for r in doc["runs"]}
+    assert runs[uninterrupted.job_id]["status"] == "completed"
+    assert (runs[requeued[0].job_id]["status"], runs[requeued[0].job_id]["restarts"]) == ("completed", 2)
+    failed = runs[killed_rank.job_id]
+    assert failed["status"] == "failed" and failed["last_batch"] < 60, failed
+    # the killed rank is the cause, not its peer's "Connection reset by peer" printed before it
+    assert re.search(r"ERROR:composer\.cli\.launcher:Rank \d crashed with exit code -9", failed["failure"]), failed
+    lines = killed_rank.text.splitlines()
+    assert lines[failed["failure_line_number"] - 1] == failed["failure"]  # quoted from the log, line and all
+    # a training failure ends the job with 1, whatever the step's code (here 137: the killed rank)
+    assert re.fullmatch(
+        rf"\[\S+\] job {killed_rank.job_id} end: exit code 1 \(training failed; its step exited with \d+\) "
+        r"after \d+ s",
+        lines[-1],
+    ), lines[-1]
+    assert killed_rank.info["ExitCode"] == "1:0"
+    assert f"restarts: job {killed_rank.job_id} stops after 0 restart(s): failure 1 in a row" in killed_rank.text
+    assert "more than MAX_RESTARTS=0; last failure on node2: rank 1 on node2 was ended by signal 9" in killed_rank.text
+    (job,) = [j for j in doc["jobs_without_training"] if j["job_id"] == never_started[0]]
+    # stopped by the batch script's check step, before any node: one line, no node number
+    assert job["failure"].startswith("launch: error: train_loader: dataset split 'train_small' not found at")
+    (typo,) = [j for j in doc["jobs_without_training"] if j["job_id"] == mistyped.job_id]
+    assert "no config key 'max_durtion'" in typo["failure"]
+    order = [int(r["job_id"]) for r in doc["runs"]]
+    assert order == sorted(order)
+    assert f"did not train: job {never_started[0]}" in out.stdout
