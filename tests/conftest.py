@@ -9,12 +9,15 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.durations import Recorder, durations_file
-from tests.fault_scenario import FaultScenario
 from tests.local_slurm import LocalSlurmCluster, session_cluster
+
+if TYPE_CHECKING:
+    from tests.fault_scenario import FaultScenario
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
@@ -96,9 +99,10 @@ BACKGROUND_MODULE = "test_fault_tolerance_slurm"
 
 def run_order(item: pytest.Item) -> int:
     """Where a test's module runs: the modules that need no cluster first, the quick ones (one core,
-    mostly) before those that train (both cores): they compute while the background jobs wait; then
-    the module of the background jobs (it reads their results); then the other Slurm modules, alone on
-    the cluster (their timing is judged). Within each group, files and tests keep their order."""
+    mostly) before those with a slow test (training: both cores): they compute while the background
+    jobs wait; then the module of the background jobs (it reads their results); then the other Slurm
+    modules, alone on the cluster (their timing is judged). A module's group is the latest of its
+    tests' (a module is never split: its fixtures are made once); files and tests keep their order."""
     if Path(str(item.fspath)).stem == BACKGROUND_MODULE:
         return 2
     if item.get_closest_marker("slurm"):
@@ -115,7 +119,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(f"tests/conftest.py: {module} has no entry in AREAS: add its areas there")
         for area in AREAS[module]:
             item.add_marker(area)
-    items.sort(key=run_order)  # stable: the order of files and tests within each group is kept
+    group: dict[str, int] = {}
+    for item in items:
+        group[str(item.fspath)] = max(group.get(str(item.fspath), 0), run_order(item))
+    items.sort(key=lambda item: group[str(item.fspath)])  # stable: files and tests keep their order
 
 
 @pytest.fixture(scope="session")
@@ -127,35 +134,64 @@ def slurm_cluster() -> Iterator[LocalSlurmCluster]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def background(request: pytest.FixtureRequest) -> Iterator[FaultScenario | None]:
+def background(request: pytest.FixtureRequest) -> Iterator[FaultScenario | Exception | None]:
     """The jobs of tests/test_fault_tolerance_slurm.py (tests/fault_scenario.py), started before the
     first test when any of that module's tests is selected: they mostly wait (a requeue gap, gloo's
     timeout, Slurm noticing a dead slurmd), so they run while the modules that need no cluster compute.
-    Cancelled at the end of a session that stopped before reading them."""
+    What kept them from starting (the cluster, the data) is handed to that module's tests, not raised
+    here: the other tests run on. Cancelled at the end of a session that stopped before reading them."""
     wanted = any(Path(str(item.fspath)).stem == BACKGROUND_MODULE for item in request.session.items)
     if not wanted or os.geteuid() != 0:  # without root that module's tests skip (`session_cluster`)
         yield None
         return
-    slurm: LocalSlurmCluster = request.getfixturevalue("slurm_cluster")
-    data: Path = request.getfixturevalue("mds_root")
-    assets: tuple[Path, Path] = request.getfixturevalue("demo_assets")
-    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-    slurm.settle()
-    scenario = FaultScenario(slurm, data, assets[1], factory.mktemp("faults")).start()
+    from tests.fault_scenario import FaultScenario
+
+    try:
+        slurm: LocalSlurmCluster = request.getfixturevalue("slurm_cluster")
+        data: Path = request.getfixturevalue("mds_root")
+        assets: tuple[Path, Path] = request.getfixturevalue("demo_assets")
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        slurm.settle()
+        scenario = FaultScenario(slurm, data, assets[1], factory.mktemp("faults")).start()
+    except Exception as err:  # the cluster or the data: raised again by the fault module's tests
+        yield err
+        return
     yield scenario
     scenario.cancel()
 
 
 @pytest.fixture(scope="module")
-def cluster(slurm_cluster: LocalSlurmCluster, background: FaultScenario | None) -> Iterator[LocalSlurmCluster]:
+def cluster(
+    slurm_cluster: LocalSlurmCluster, background: FaultScenario | Exception | None
+) -> Iterator[LocalSlurmCluster]:
     """The session's cluster for one Slurm module, alone: the background jobs ended, no job left and
     every node idle before the module and after it (a fault a module did not undo fails here, not in
     the next module)."""
-    if background is not None:
+    if background is not None and not isinstance(background, Exception):
         background.join()
     slurm_cluster.settle()
     yield slurm_cluster
     slurm_cluster.settle()
+
+
+def decompress_shards(root: Path) -> int:
+    """Every zstd shard under ``root`` decompressed beside itself (``shard.N.mds``, what streaming
+    writes on a shard's first read), once, before jobs that start together read it: each job
+    decompresses in place under the same ``.tmp`` name, and one of two jobs that start together on a
+    fresh dataset can fail on the rename (seen: ``FileNotFoundError: .../shard.00000.mds.tmp ->
+    .../shard.00000.mds``; a requeue then finds the shard). The number of shards decompressed."""
+    import zstd
+
+    count = 0
+    for index in sorted(root.rglob("index.json")):
+        for shard in json.loads(index.read_text())["shards"]:
+            zipped, raw = shard.get("zip_data"), index.parent / shard["raw_data"]["basename"]
+            if zipped and not raw.exists():
+                tmp = raw.with_name(f"{raw.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(zstd.decompress((index.parent / zipped["basename"]).read_bytes()))
+                os.replace(tmp, raw)
+                count += 1
+    return count
 
 
 def examples(full: int) -> int:

@@ -4,8 +4,10 @@ per-module table of minutes that `make test` and `.ci/run` print at their end.
 `Recorder` is the pytest plugin (registered in tests/conftest.py): it adds each test's setup, call and
 teardown seconds and writes ``test-durations.json`` (or ``$TEST_DURATIONS``) when the session ends.
 A session fixture's set-up (the local Slurm cluster, the demo's data) counts to the first test that
-asks for it, so to that test's module. Standard library only: ``.ci/run`` reads the file with the
-system Python, whatever happened to the venv.
+asks for it, so to that test's module; when the fault-tolerance jobs run in the background
+(tests/conftest.py, ``background``), the cluster's start and theirs count to the session's first
+test. Standard library only: ``.ci/run`` reads the file with the system Python, whatever happened to
+the venv.
 
     python3 tests/durations.py [FILE] [--since EPOCH]   # the table; --since adds what ran before pytest
 """

@@ -13,15 +13,19 @@ Slurm noticing a dead slurmd), run while the tests that do not need the cluster 
   spare and no more) that must stop after ``MAX_RESTARTS``, then the uninterrupted reference run
   whose final loss the faulted run must end with exactly.
 
-The faults are undone when the faulted run ends (the stopped rank continued if still there, the
+The jobs read a copy of the session's dataset whose shards were decompressed before they start
+(`tests.conftest.decompress_shards`: two jobs that start together on a fresh zstd dataset can
+collide). The faults are undone when the faulted run ends (the stopped rank continued if still there, the
 lost slurmd started again: ReturnToService=2 brings its node back). Each rank runs one thread
 (``OMP_NUM_THREADS=1``): the emulated nodes share this machine's cores, and real nodes do not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -35,7 +39,8 @@ from test_case.report.log_reading import parse_log_file
 from test_case.report.metrics import LOSS_KEY
 from test_case.restart_events import RestartEvent
 from test_case.training.restarts import events_in
-from tests.local_slurm import LocalSlurmCluster, pid_alive, rank_pids
+from tests.conftest import decompress_shards
+from tests.local_slurm import FINAL_STATES, LocalSlurmCluster, pid_alive, rank_pids
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN = "slurm-scripts/2.train-mpt-manual-distributed.sbatch"
@@ -122,6 +127,7 @@ class CrashLoop:
 
 
 def submit(cluster: LocalSlurmCluster, place: Place, partition: str, **env: str) -> str:
+    assert not STOPPING.is_set(), "cancelled: no job submitted"
     args = [f"--output={place.logs}/%x_%j.out", f"--partition={partition}", "--nodes=2", TRAIN, "mpt-tiny-cpu"]
     return cluster.sbatch([*args, *OVERRIDES], cwd=REPO_ROOT, env={**place.env, **env})
 
@@ -136,7 +142,11 @@ def running_since(cluster: LocalSlurmCluster, job: str, timeout: float = 300) ->
 
 
 def finished(cluster: LocalSlurmCluster, place: Place, job: str, running_at: float | None = None) -> Run:
-    info = cluster.wait(job, timeout=900)
+    """Wait for the job to end (a final state, polled every second); its run."""
+    deadline = time.monotonic() + 900
+    while (info := cluster.job_info(job)).get("JobState") not in FINAL_STATES:
+        _still_waiting(deadline, f"job {job} did not end in 900 s: {info.get('JobState')}")
+        time.sleep(1)
     log = place.logs / f"mpt-train_{job}.out"
     return Run(job, info, log.read_text(), parse_log_file(log), running_at)
 
@@ -210,14 +220,13 @@ def faulted_run(cluster: LocalSlurmCluster, place: Place) -> FaultedRun:
             subprocess.run(["scancel", job], env=cluster.env, check=False, capture_output=True)
         if stopped is not None and pid_alive(stopped):
             os.kill(stopped, signal.SIGCONT)
-        if len(faults) == 3:
+        if len(faults) == 3 and not STOPPING.is_set():  # cancelled: the cluster is about to stop
             lost = faults[2].node
             cluster.start_node(lost)
             deadline = time.monotonic() + 120
             while cluster.node_state(lost) not in ("idle", "mixed", "allocated"):
                 assert time.monotonic() < deadline, f"{lost} stayed {cluster.node_state(lost)}"
                 time.sleep(1)
-    print("faults: " + ", ".join(f"start {f.start} on {f.node} after batch {f.saved_at}" for f in faults))
     assert run is not None and len(faults) == 3, faults
     return FaultedRun(run, faults)
 
@@ -228,8 +237,9 @@ def kill_rank_at_every_start(job: str, stop: threading.Event) -> list[int]:
     while not stop.is_set():
         for pid in rank_pids(job, 1):
             if pid not in killed:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+                with contextlib.suppress(ProcessLookupError):  # ended meanwhile: the next start's will do
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
         time.sleep(0.1)
     return killed
 
@@ -262,9 +272,12 @@ class FaultScenario:
     def __init__(self, cluster: LocalSlurmCluster, data_root: Path, tokenizer: Path, root: Path) -> None:
         (root / "logs").mkdir(parents=True)
         cluster = cluster.pinned()  # the tests that run meanwhile may change os.environ (PATH, HOME, ...)
+        data = root / "data"  # a copy for the jobs that start together, its shards decompressed before
+        shutil.copytree(data_root, data)
+        decompress_shards(data)
         env = {
             "PATH": cluster.env["PATH"],
-            "DATA_ROOT": str(data_root),
+            "DATA_ROOT": str(data),
             "TOKENIZER": str(tokenizer),
             "SAVE_ROOT": str(root / "ckpt"),
             "OMP_NUM_THREADS": "1",
@@ -276,6 +289,9 @@ class FaultScenario:
 
     def _drive(self, *steps: str) -> None:
         for step in steps:
+            if STOPPING.is_set():
+                self._results[step] = RuntimeError(f"not run: the scenario was cancelled before {step}")
+                continue
             try:
                 self._results[step] = getattr(self, f"_{step}")()
             except BaseException as err:  # handed to the test that asks for it
@@ -294,6 +310,7 @@ class FaultScenario:
         return finished(self.cluster, self.place, submit(self.cluster, self.place, "spare"))
 
     def start(self) -> FaultScenario:
+        STOPPING.clear()
         for steps in (("faulted",), ("crash_loop", "reference")):
             thread = threading.Thread(target=self._drive, args=steps, name=f"fault-scenario-{steps[0]}", daemon=True)
             thread.start()
@@ -311,7 +328,8 @@ class FaultScenario:
         if any(thread.is_alive() for thread in self._threads):
             STOPPING.set()
             self.cluster.end_jobs()
-            self.join(timeout=180)
+            self.join(timeout=300)  # every wait gives up within a poll once STOPPING is set
+            self.cluster.end_jobs()  # one requeued between the two
 
     def _result(self, step: str) -> object:
         self.join()

@@ -46,6 +46,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -197,7 +198,9 @@ class LocalSlurmCluster:
     def _save_pid(self, name: str, pid: int) -> None:
         pids = self._pids()
         pids[name] = pid
-        self._pids_file().write_text(json.dumps(pids))
+        partial = self._pids_file().with_name(f"pids.json.{os.getpid()}.{threading.get_ident()}")
+        partial.write_text(json.dumps(pids))
+        partial.replace(self._pids_file())  # whole or not at all: a thread beside the tests may read it
 
     def running(self) -> bool:
         """True when the controller and every node daemon recorded here are alive, started from the

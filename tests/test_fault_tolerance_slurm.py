@@ -48,8 +48,10 @@ HANG_MARGIN_S = 30  # the hang's decision comes within DIST_TIMEOUT + this: the 
 
 
 @pytest.fixture(scope="module")
-def scenario(cluster: LocalSlurmCluster, background: FaultScenario | None) -> FaultScenario:
+def scenario(cluster: LocalSlurmCluster, background: FaultScenario | Exception | None) -> FaultScenario:
     """The background jobs, ended (the ``cluster`` fixture waited for them)."""
+    if isinstance(background, Exception):
+        raise background  # what kept them from starting
     assert background is not None, "tests/conftest.py starts the scenario whenever this module's tests are selected"
     return background
 
@@ -65,6 +67,7 @@ def reference(scenario: FaultScenario) -> Run:
 @pytest.fixture(scope="module")
 def faulted(scenario: FaultScenario) -> FaultedRun:
     result = scenario.faulted()
+    print("faults: " + ", ".join(f"start {f.start} on {f.node} after batch {f.saved_at}" for f in result.faults))
     assert result.faults[0].node == "node2" and len({f.node for f in result.faults}) == 3, result.faults
     return result
 

@@ -1,5 +1,6 @@
-"""The local Slurm cluster's own teardown (tests/local_slurm.py): it ends its own jobs' step daemons,
-by PID, and leaves every other process named ``slurmstepd`` alone (another cluster's, a real node's)."""
+"""The local Slurm cluster's own start and teardown (tests/local_slurm.py): starting a running cluster
+again changes nothing; ending its jobs ends its own step daemons, by PID, and leaves every other
+process named ``slurmstepd`` alone (another cluster's, a real node's)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,8 @@ def test_ending_the_jobs_ends_this_clusters_step_daemons_and_no_other(
     finally:
         outsider.kill()
         outsider.wait()
+
+
+def test_cluster_start_is_idempotent(cluster: LocalSlurmCluster) -> None:
+    before = cluster._pids()
+    assert cluster.start()._pids() == before and cluster.running()

@@ -139,6 +139,11 @@ def test_a_hang_is_blamed_on_the_rank_whose_heartbeat_stopped(tmp_path: Path) ->
             [1],
         ),
         ([Beat(0, "a", 1, 100.0, 30, 40), Beat(1, "b", 2, 101.0)], []),  # a long gap, long before the end
+        # woken 16 s after its peer ended and beating 6 s more (Composer's SIGTERM handler, KillWait)
+        ([Beat(0, "a", 1, 140.0), Beat(1, "b", 2, 162.0, 56, 156)], [1]),
+        ([Beat(0, "a", 1, 140.0), Beat(1, "b", 2, 161.0, 56, 156)], [1]),
+        # a 20 s stall survived (woken at 200), then the peer failed on its own: nobody had stopped
+        ([Beat(0, "a", 1, 206.0), Beat(1, "b", 2, 206.0, 20, 200)], []),
         ([Beat(0, "a", 1, 100.0), Beat(1, "b", 2, 98.0)], []),  # a crash: all stop together
         ([Beat(0, "a", 1, 50.0), Beat(1, "b", 2, 50.0)], []),  # everything stopped: nobody to blame
         ([Beat(0, "a", 1, 50.0)], []),

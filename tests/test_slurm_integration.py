@@ -19,9 +19,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from test_case.report.metrics import LOSS_KEY, summarise_run
 from test_case.report.stragglers import STRAGGLER_RATIO
 from test_case.timing_events import RankTimes
 from test_case.training.node_plan import expand_hostlist
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, decompress_shards
 from tests.local_slurm import LocalSlurmCluster, rank_pid
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -138,11 +139,6 @@ def wait_for_checkpoint(ws: Workspace, job: str, timeout: float = 300, after: in
 @pytest.fixture(scope="module")
 def uninterrupted(cluster: LocalSlurmCluster, workspace: Workspace) -> TrainRun:
     return finish(cluster, workspace, submit_training(cluster, workspace))
-
-
-def test_cluster_start_is_idempotent(cluster: LocalSlurmCluster) -> None:
-    before = cluster._pids()
-    assert cluster.start()._pids() == before and cluster.running()
 
 
 def test_preprocessing_job_shares_the_work_between_two_nodes(workspace: Workspace) -> None:
@@ -499,22 +495,46 @@ def run_requeued(cluster: LocalSlurmCluster, ws: Workspace) -> tuple[TrainRun, l
     return finish(cluster, ws, job), [first, second]
 
 
+REQUEUED_TESTS = ("test_requeue_and_the_time_limit_signal", "test_report_of_a_completed_a_failed")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def requeue_in_background(
-    cluster: LocalSlurmCluster, workspace: Workspace, uninterrupted: TrainRun
-) -> Iterator[Future[tuple[TrainRun, list[Path]]]]:
+    request: pytest.FixtureRequest, cluster: LocalSlurmCluster
+) -> Iterator[Future[tuple[TrainRun, list[Path]]] | None]:
     """The requeued run (`run_requeued`), started once the uninterrupted run has ended (its rank timing
     is judged: it runs alone), on partition ``spare`` (node6-8) while this module's other tests use
-    ``debug`` (node1-2): it mostly waits (two requeues), so they run meanwhile. Its tests come last."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(run_requeued, cluster.pinned(), workspace)
+    ``debug`` (node1-2): it mostly waits (two requeues), so they run meanwhile. Its tests come last.
+    Started only when one of them is selected; what keeps it from starting is raised by them."""
+    if not any(item.name.startswith(REQUEUED_TESTS) for item in request.session.items):
+        yield None
+        return
+    future: Future[tuple[TrainRun, list[Path]]] = Future()
+    try:
+        workspace: Workspace = request.getfixturevalue("workspace")
+        request.getfixturevalue("uninterrupted")
+        decompress_shards(workspace.data)  # both runs read it at once (tests/conftest.py says why)
+    except Exception as err:  # the preprocessing or the uninterrupted run: their own tests say so
+        future.set_exception(err)
         yield future
-        if not future.done():  # the module stopped early: end the job, then let the thread see it end
-            subprocess.run(["scancel", "--partition=spare"], env=cluster.env, check=False, capture_output=True)
+        return
+    pinned = cluster.pinned()
+
+    def drive() -> None:
+        try:
+            future.set_result(run_requeued(pinned, workspace))
+        except BaseException as err:  # handed to the tests that ask for it
+            future.set_exception(err)
+
+    threading.Thread(target=drive, name="requeued-run", daemon=True).start()
+    yield future
+    if not future.done():  # the module stopped early: the job ends; the daemon thread gives up on its own
+        subprocess.run(["scancel", "--partition=spare"], env=cluster.env, check=False, capture_output=True)
 
 
 @pytest.fixture(scope="module")
-def requeued(requeue_in_background: Future[tuple[TrainRun, list[Path]]]) -> tuple[TrainRun, list[Path]]:
+def requeued(requeue_in_background: Future[tuple[TrainRun, list[Path]]] | None) -> tuple[TrainRun, list[Path]]:
+    assert requeue_in_background is not None
     return requeue_in_background.result()
 
 

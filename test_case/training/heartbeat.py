@@ -10,7 +10,8 @@ launcher sets `DIR_ENV`); ``gap_s`` is the longest time between two beats of thi
 collective keeps beating. After a failure, `silent_ranks` names the ranks that had stopped while
 the others went on: their last beat is far older than the others' (the job killed them while
 stopped), or their longest gap ended only as the others were ending (Slurm sends ``SIGCONT`` before
-``SIGTERM`` when it ends a step, so a stopped rank wakes up for its last moments). The batch
+``SIGTERM`` when it ends a step, so a stopped rank wakes up for its last moments), and is then
+judged from when that gap began. The batch
 script's decision step (`test_case.training.restarts`) blames their node. A rank that wakes from a
 stall the run survives (shorter than ``dist_timeout``) prints a `stall_warning` into the log.
 
@@ -137,29 +138,30 @@ def read_beats(folder: Path) -> list[Beat]:
     return sorted(beats, key=lambda b: b.rank)
 
 
-def running_until(beat: Beat, every: float) -> float:
-    """When a rank last ran steadily: its last beat, or, for a rank woken only for its last moments
-    (its longest gap, longer than `SILENT_AFTER` intervals, ended within an interval of its last
-    beat), when that gap began."""
-    if beat.gap_s > SILENT_AFTER * every and beat.gap_end >= beat.time - every:
+def running_until(beat: Beat, every: float, others_end: float) -> float:
+    """When a rank last ran steadily: its last beat; or, for a rank woken only as the others were
+    ending (its longest gap, over `SILENT_AFTER` intervals, ended no earlier than an interval before
+    ``others_end``, the others' last beat), when that gap began."""
+    if beat.gap_s > SILENT_AFTER * every and beat.gap_end >= others_end - every:
         return beat.gap_end - beat.gap_s
     return beat.time
 
 
 def silent_ranks(beats: list[Beat], every: float) -> list[Beat]:
     """Ranks that had stopped while the others went on, longer than `SILENT_AFTER` intervals: stopped
-    running (`running_until`) that much before the latest of the others did. A rank woken at the end is
-    judged by when its gap began, so neither the time the job took to wake and end it nor its last
-    beats make its peers, which had ended meanwhile, look stopped. Empty when all stopped together (a
-    crash, the end)."""
+    running (`running_until`) that much before the latest of the others did. A rank woken as the
+    others ended is judged from when its gap began, so neither the time the job took to wake and
+    end it nor the beats it made meanwhile make its peers, ended by then, look stopped. Empty when all
+    stopped together (a crash, the end)."""
     if len(beats) < 2:
         return []
     limit = SILENT_AFTER * every
-    until = [running_until(b, every) for b in beats]
     silent = []
-    for i, b in enumerate(beats):
-        others = max(t for j, t in enumerate(until) if j != i)
-        if others - until[i] > limit:
+    for b in beats:
+        others = [o for o in beats if o is not b]
+        mine = running_until(b, every, max(o.time for o in others))
+        theirs = max(running_until(o, every, b.time) for o in others)
+        if theirs - mine > limit:
             silent.append(b)
     return silent if len(silent) < len(beats) else []
 
