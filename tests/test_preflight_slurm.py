@@ -103,8 +103,11 @@ def test_a_node_given_a_tenth_of_a_core_is_named(cluster: LocalSlurmCluster, set
     # (node1-node3 0.667 GB/s against node1-node2's 1.11 once, 2026-12-06: at the edge of the 25 % that
     # names a node, so the pair sweep named the link node2-node3 instead): a 4 MB all_reduce fits
     # within a fifth of a core's 20 ms per 100 ms period often enough. A tenth leaves each pair too little.
+    # The all-node sweep stops at 4 MiB, the pairs' size: its 16 MiB step, at a tenth of a core, only
+    # added time (77 s for the test against 33-41 s at a fifth).
+    short = {**settings, "PREFLIGHT_ARGS": settings["PREFLIGHT_ARGS"] + " --max-bytes 4194304"}
     with cluster.cpu_quota("node3", 0.1):
-        run = run_preflight(cluster, settings)
+        run = run_preflight(cluster, short)
     print(run.log)
     assert (run.info["JobState"], run.info["ExitCode"]) == ("FAILED", "1:0"), run.log[-4000:]
     doc = run.report
